@@ -1,0 +1,163 @@
+//! Typed configuration from flags and environment variables, validated once at start.
+//! Nothing else in the server reads the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `provisiond` settings. Every flag has an environment variable.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "provisiond", version, about = "Provisioning API gRPC service")]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "PROVISIOND_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL URL. Without it the server runs its own cluster under --data-dir.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Directory of the embedded PostgreSQL cluster (and the default scripts directory).
+    /// Default: /var/lib/provisiond as root, else ~/.local/share/provisiond.
+    #[arg(long, env = "PROVISIOND_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Directory script handlers must live in. Default: <data-dir>/scripts.
+    #[arg(long, env = "PROVISIOND_SCRIPTS_DIR")]
+    pub scripts_dir: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, env = "PROVISIOND_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+
+    /// Largest accepted event data, in bytes.
+    #[arg(long, env = "PROVISIOND_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
+    pub max_payload_bytes: usize,
+
+    /// Delays between AFTER attempts (the last repeats until max attempts), each with
+    /// up to 20% jitter.
+    #[arg(long, env = "PROVISIOND_RETRY_SCHEDULE", default_value = "5s,30s,2m,10m,30m,1h,3h", value_parser = parse_schedule)]
+    pub retry_schedule: Schedule,
+
+    /// Attempts of an AFTER delivery before it is dead.
+    #[arg(long, env = "PROVISIOND_MAX_ATTEMPTS", default_value_t = 8)]
+    pub max_attempts: u32,
+
+    /// A handler failing without a single success for this long is disabled.
+    #[arg(long, env = "PROVISIOND_DISABLE_AFTER", default_value = "5d", value_parser = parse_duration)]
+    pub disable_after: Duration,
+
+    /// How long a replica holds claimed deliveries before others may take them over
+    /// (added to the handlers' timeouts).
+    #[arg(long, env = "PROVISIOND_LEASE", default_value = "30s", value_parser = parse_duration)]
+    pub lease: Duration,
+
+    /// Execution-log rows (and delivered events) older than this are removed.
+    #[arg(long, env = "PROVISIOND_LOG_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub log_retention: Duration,
+
+    /// Deliveries run at once by this replica.
+    #[arg(long, env = "PROVISIOND_CONCURRENCY", default_value_t = 512)]
+    pub concurrency: usize,
+
+    /// Largest database connection pool.
+    #[arg(long, env = "PROVISIOND_DB_POOL_SIZE", default_value_t = 24)]
+    pub db_pool_size: u32,
+
+    /// How often the dispatcher looks for due work when nothing wakes it.
+    #[arg(long, env = "PROVISIOND_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+}
+
+/// A retry schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule(pub Vec<Duration>);
+
+impl Config {
+    /// The data directory, defaulted.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.clone();
+        }
+        if unsafe { libc::geteuid() } == 0 {
+            return PathBuf::from("/var/lib/provisiond");
+        }
+        match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(".local/share/provisiond"),
+            None => PathBuf::from(".provisiond"),
+        }
+    }
+
+    /// The scripts directory, defaulted.
+    pub fn scripts_dir(&self) -> PathBuf {
+        self.scripts_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("scripts"))
+    }
+
+    /// A configuration with every default, for tests and embedding.
+    pub fn defaults() -> Config {
+        Config::parse_from(["provisiond"])
+    }
+}
+
+/// Parses `500ms`, `5s`, `2m`, `1h`, `5d` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 5s, 2m, 1h or 5d"))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+fn parse_schedule(text: &str) -> Result<Schedule, String> {
+    let delays = text
+        .split(',')
+        .map(parse_duration)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Schedule(delays))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(5 * 86_400)));
+        assert!(parse_duration("5w").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn the_default_schedule_is_the_documented_one() {
+        let config = Config::defaults();
+        let secs: Vec<u64> = config.retry_schedule.0.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [5, 30, 120, 600, 1800, 3600, 10800]);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+    }
+}

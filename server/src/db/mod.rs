@@ -1,0 +1,108 @@
+//! Database access: the r2d2 pool of Diesel connections, the one helper through which
+//! every blocking query runs (`Db::run`, inside `spawn_blocking`), embedded migrations,
+//! and the embedded PostgreSQL cluster used when no database URL is configured.
+//!
+//! This layer holds no business rules: `queries/` has one small function per statement,
+//! transactions are opened by `domain/`.
+
+pub mod embedded;
+pub mod models;
+pub mod queries;
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use diesel::PgConnection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+/// Migrations compiled into the binary; run at every start.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
+
+/// Errors of the database layer itself (the queries return Diesel's `QueryResult`).
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No connection could be checked out of the pool in time.
+    #[error("database connection unavailable")]
+    Pool(#[source] diesel::r2d2::PoolError),
+    /// A statement failed.
+    #[error("database query failed")]
+    Query(#[from] diesel::result::Error),
+    /// The blocking task running the query panicked or was cancelled.
+    #[error("database task failed")]
+    Join(#[from] tokio::task::JoinError),
+    /// Opening a dedicated connection failed.
+    #[error("database connection failed")]
+    Connect(#[from] diesel::ConnectionError),
+    /// A migration failed.
+    #[error("database migration failed: {0}")]
+    Migration(String),
+}
+
+/// A cloneable handle on the connection pool.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool<ConnectionManager<PgConnection>>,
+    url: String,
+}
+
+impl Db {
+    /// Builds a pool of at most `max_size` connections to `url`. Connections are opened
+    /// lazily, so this fails only if the first connection cannot be opened.
+    pub fn connect(url: &str, max_size: u32) -> Result<Db, DbError> {
+        let pool = Pool::builder()
+            .max_size(max_size)
+            .min_idle(Some(2.min(max_size)))
+            .connection_timeout(Duration::from_secs(10))
+            .build(ConnectionManager::new(url))
+            .map_err(DbError::Pool)?;
+        Ok(Db {
+            pool,
+            url: url.to_owned(),
+        })
+    }
+
+    /// The URL the pool connects to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Runs blocking Diesel work on a pooled connection inside `spawn_blocking`, so no
+    /// runtime worker thread ever waits on the database.
+    pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn: PooledConnection<_> = pool.get().map_err(DbError::Pool)?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(DbError::Join)?
+    }
+
+    /// Opens a connection outside the pool (for LISTEN, which holds its connection).
+    pub fn dedicated(&self) -> Result<PgConnection, DbError> {
+        use diesel::Connection;
+        Ok(PgConnection::establish(&self.url)?)
+    }
+
+    /// Applies the pending embedded migrations. Safe to call from several replicas at
+    /// once: the run holds a transaction-level advisory lock.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        self.run(|conn| {
+            use diesel::connection::Connection;
+            use diesel::RunQueryDsl;
+            conn.transaction::<_, DbError, _>(|conn| {
+                diesel::sql_query("SELECT pg_advisory_xact_lock(7262024)").execute(conn)?;
+                conn.run_pending_migrations(MIGRATIONS)
+                    .map_err(|e| DbError::Migration(e.to_string()))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,105 @@
+//! Row types of each table: a read struct, an insert struct and a changeset, checked
+//! against the PostgreSQL backend. They are neither proto nor domain types; `domain/`
+//! converts explicitly.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+
+use super::schema::{event_types, execution_logs, handlers};
+
+/// A row of `handlers`.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = handlers, check_for_backend(diesel::pg::Pg))]
+pub struct HandlerRow {
+    pub id: i64,
+    pub name: String,
+    pub event: String,
+    pub phase: String,
+    pub kind: String,
+    pub status: String,
+    pub priority: i32,
+    pub timeout_ms: i32,
+    pub url: Option<String>,
+    pub headers: serde_json::Value,
+    pub secret: Option<String>,
+    pub script_path: Option<String>,
+    pub failure_policy: String,
+    pub filter: Option<serde_json::Value>,
+    pub disabled_reason: Option<String>,
+    pub failing_since: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Insert form of `handlers`.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = handlers, check_for_backend(diesel::pg::Pg))]
+pub struct NewHandlerRow {
+    pub name: String,
+    pub event: String,
+    pub phase: String,
+    pub kind: String,
+    pub status: String,
+    pub priority: i32,
+    pub timeout_ms: i32,
+    pub url: Option<String>,
+    pub headers: serde_json::Value,
+    pub secret: Option<String>,
+    pub script_path: Option<String>,
+    pub failure_policy: String,
+    pub filter: Option<serde_json::Value>,
+}
+
+/// Full replacement of a handler's editable columns (Update reads, patches, writes).
+#[derive(Debug, AsChangeset)]
+#[diesel(table_name = handlers, check_for_backend(diesel::pg::Pg), treat_none_as_null = true)]
+pub struct HandlerChangeset {
+    pub name: String,
+    pub event: String,
+    pub phase: String,
+    pub kind: String,
+    pub status: String,
+    pub priority: i32,
+    pub timeout_ms: i32,
+    pub url: Option<String>,
+    pub headers: serde_json::Value,
+    pub secret: Option<String>,
+    pub script_path: Option<String>,
+    pub failure_policy: String,
+    pub filter: Option<serde_json::Value>,
+    pub disabled_reason: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A row of `event_types`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = event_types, check_for_backend(diesel::pg::Pg))]
+pub struct EventTypeRow {
+    pub name: String,
+    pub description: String,
+    pub builtin: bool,
+}
+
+/// A row of `execution_logs`.
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
+#[diesel(table_name = execution_logs, check_for_backend(diesel::pg::Pg))]
+pub struct LogRow {
+    pub id: i64,
+    pub created_at: DateTime<Utc>,
+    pub phase: String,
+    pub event: String,
+    pub status: String,
+    pub handler_id: i64,
+    pub handler_name: String,
+    pub kind: String,
+    pub error: String,
+    pub duration_ms: i32,
+    pub attempt: i32,
+    pub data_sent: serde_json::Value,
+    pub data_returned: Option<serde_json::Value>,
+    pub response: String,
+    pub http_status: Option<i32>,
+    pub exit_code: Option<i32>,
+    pub event_id: i64,
+    pub delivery_id: Option<i64>,
+}

@@ -1,0 +1,232 @@
+//! Claiming and settling AFTER deliveries.
+//!
+//! A claim is a lease: claimed rows get `next_attempt_at` pushed to the lease expiry, so
+//! if this replica dies they simply become due again and any replica takes them over.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Int4, Jsonb, Nullable, Text, Timestamptz};
+
+/// A claimed delivery with what is needed to run it.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct ClaimedDelivery {
+    /// Delivery id.
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    /// Event id.
+    #[diesel(sql_type = BigInt)]
+    pub event_id: i64,
+    /// Attempts made so far.
+    #[diesel(sql_type = Int4)]
+    pub attempts: i32,
+    /// Event name.
+    #[diesel(sql_type = Text)]
+    pub event: String,
+    /// Event data as emitted.
+    #[diesel(sql_type = Text)]
+    pub data: String,
+    /// Handler id.
+    #[diesel(sql_type = BigInt)]
+    pub handler_id: i64,
+    /// Handler name.
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    /// `http` / `script`.
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    /// Handler status now.
+    #[diesel(sql_type = Text)]
+    pub status: String,
+    /// HTTP URL.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub url: Option<String>,
+    /// HTTP headers.
+    #[diesel(sql_type = Jsonb)]
+    pub headers: serde_json::Value,
+    /// HTTP secret.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub secret: Option<String>,
+    /// Script path.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub script_path: Option<String>,
+    /// Timeout of one run.
+    #[diesel(sql_type = Int4)]
+    pub timeout_ms: i32,
+}
+
+/// Claims up to `limit` due deliveries, plus the waiting (lower-priority) siblings of
+/// each claimed first attempt, so one replica runs an event's chain in order. Rows come
+/// ordered by event, then run order.
+pub fn claim_due(conn: &mut PgConnection, limit: i64, lease_ms: i64, owner: &str) -> QueryResult<Vec<ClaimedDelivery>> {
+    diesel::sql_query(
+        r#"
+WITH heads AS (
+    SELECT id, event_id, handler_id FROM deliveries
+    WHERE state = 1 AND next_attempt_at <= now()
+    ORDER BY next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), sibs AS (
+    SELECT d.id, d.event_id, d.handler_id FROM deliveries d
+    WHERE d.state = 0 AND d.event_id IN (SELECT event_id FROM heads)
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT x.id, sum(h.timeout_ms) OVER (PARTITION BY x.event_id) AS chain_ms
+    FROM (SELECT * FROM heads UNION ALL SELECT * FROM sibs) x
+    JOIN handlers h ON h.id = x.handler_id
+), claimed AS (
+    UPDATE deliveries d
+    SET state = 1,
+        next_attempt_at = now() + (($2 + p.chain_ms) * interval '1 millisecond'),
+        leased_by = $3
+    FROM picked p
+    WHERE d.id = p.id
+    RETURNING d.id, d.event_id, d.handler_id, d.attempts, d.priority
+)
+SELECT c.id, c.event_id, c.attempts, e.event, e.data,
+       h.id AS handler_id, h.name, h.kind, h.status, h.url, h.headers, h.secret, h.script_path, h.timeout_ms
+FROM claimed c
+JOIN events e ON e.id = c.event_id
+JOIN handlers h ON h.id = c.handler_id
+ORDER BY c.event_id, c.priority, c.handler_id
+"#,
+    )
+    .bind::<BigInt, _>(limit)
+    .bind::<BigInt, _>(lease_ms)
+    .bind::<Text, _>(owner)
+    .load(conn)
+}
+
+/// Deletes delivered rows.
+pub fn delete_delivered(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
+    diesel::sql_query("DELETE FROM deliveries WHERE id = ANY($1)")
+        .bind::<Array<BigInt>, _>(ids)
+        .execute(conn)
+}
+
+/// Records failed attempts: attempts + 1, the error, and either the next attempt time
+/// or, where it is `NULL`, death.
+pub fn record_failures(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    next_attempt_at: &[Option<DateTime<Utc>>],
+    errors: &[&str],
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        r#"
+UPDATE deliveries d
+SET attempts = d.attempts + 1,
+    last_error = f.error,
+    state = CASE WHEN f.next_at IS NULL THEN 3 ELSE 1 END,
+    next_attempt_at = coalesce(f.next_at, d.next_attempt_at),
+    leased_by = NULL
+FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS f(id, next_at, error)
+WHERE d.id = f.id
+"#,
+    )
+    .bind::<Array<BigInt>, _>(ids)
+    .bind::<Array<Nullable<Timestamptz>>, _>(next_attempt_at)
+    .bind::<Array<Text>, _>(errors)
+    .execute(conn)
+}
+
+/// Makes waiting deliveries of these events pending (their head is gone).
+pub fn release_waiting(conn: &mut PgConnection, event_ids: &[i64]) -> QueryResult<usize> {
+    diesel::sql_query("UPDATE deliveries SET state = 1, next_attempt_at = now() WHERE state = 0 AND event_id = ANY($1)")
+        .bind::<Array<BigInt>, _>(event_ids)
+        .execute(conn)
+}
+
+/// Event ids with deliveries for this handler.
+pub fn event_ids_of_handler(conn: &mut PgConnection, handler_id: i64) -> QueryResult<Vec<i64>> {
+    use crate::db::schema::deliveries;
+    deliveries::table
+        .filter(deliveries::handler_id.eq(handler_id))
+        .select(deliveries::event_id)
+        .load(conn)
+}
+
+/// Schedules a delivery of (event, handler) to run now: revives the existing row (dead
+/// or waiting for a retry) or creates one. Returns the delivery id.
+pub fn schedule_now(conn: &mut PgConnection, event_id: i64, handler_id: i64, priority: i32) -> QueryResult<i64> {
+    use crate::db::schema::deliveries;
+    let existing: Option<i64> = deliveries::table
+        .filter(deliveries::event_id.eq(event_id))
+        .filter(deliveries::handler_id.eq(handler_id))
+        .select(deliveries::id)
+        .for_update()
+        .first(conn)
+        .optional()?;
+    match existing {
+        Some(id) => diesel::update(deliveries::table.find(id))
+            .set((
+                deliveries::state.eq(1i16),
+                deliveries::next_attempt_at.eq(diesel::dsl::now),
+                deliveries::leased_by.eq(None::<String>),
+            ))
+            .returning(deliveries::id)
+            .get_result(conn),
+        None => diesel::insert_into(deliveries::table)
+            .values((
+                deliveries::event_id.eq(event_id),
+                deliveries::handler_id.eq(handler_id),
+                deliveries::priority.eq(priority),
+                deliveries::state.eq(1i16),
+                deliveries::attempts.eq(0),
+            ))
+            .returning(deliveries::id)
+            .get_result(conn),
+    }
+}
+
+/// Handler health after a batch: successes clear `failing_since`; failures start it;
+/// handlers failing for longer than `disable_after_ms` are disabled with a reason.
+/// Returns the ids disabled now.
+pub fn update_handler_health(
+    conn: &mut PgConnection,
+    succeeded: &[i64],
+    failed: &[i64],
+    disable_after_ms: i64,
+) -> QueryResult<Vec<i64>> {
+    if !succeeded.is_empty() {
+        diesel::sql_query("UPDATE handlers SET failing_since = NULL WHERE id = ANY($1) AND failing_since IS NOT NULL")
+            .bind::<Array<BigInt>, _>(succeeded)
+            .execute(conn)?;
+    }
+    if failed.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query("UPDATE handlers SET failing_since = now() WHERE id = ANY($1) AND failing_since IS NULL")
+        .bind::<Array<BigInt>, _>(failed)
+        .execute(conn)?;
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let disabled: Vec<Id> = diesel::sql_query(
+        r#"
+UPDATE handlers
+SET status = 'disabled', updated_at = now(),
+    disabled_reason = 'disabled automatically: failing without a success since '
+        || to_char(failing_since AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC'
+WHERE id = ANY($1) AND status = 'enabled'
+  AND failing_since < now() - ($2 * interval '1 millisecond')
+RETURNING id
+"#,
+    )
+    .bind::<Array<BigInt>, _>(failed)
+    .bind::<BigInt, _>(disable_after_ms)
+    .load(conn)?;
+    Ok(disabled.into_iter().map(|r| r.id).collect())
+}
+
+/// Disables a handler with a reason (e.g. its endpoint answered 410 Gone).
+pub fn disable_handler(conn: &mut PgConnection, handler_id: i64, reason: &str) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE handlers SET status = 'disabled', disabled_reason = $2, updated_at = now() WHERE id = $1 AND status = 'enabled'",
+    )
+    .bind::<BigInt, _>(handler_id)
+    .bind::<Text, _>(reason)
+    .execute(conn)
+}

@@ -1,0 +1,122 @@
+//! Queries on handlers.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+
+use crate::db::models::{HandlerChangeset, HandlerRow, NewHandlerRow};
+use crate::db::schema::handlers;
+
+/// Inserts a handler.
+pub fn insert(conn: &mut PgConnection, row: &NewHandlerRow) -> QueryResult<HandlerRow> {
+    diesel::insert_into(handlers::table)
+        .values(row)
+        .returning(HandlerRow::as_returning())
+        .get_result(conn)
+}
+
+/// One handler.
+pub fn find(conn: &mut PgConnection, id: i64) -> QueryResult<HandlerRow> {
+    handlers::table
+        .find(id)
+        .select(HandlerRow::as_select())
+        .first(conn)
+}
+
+/// One handler, locked for update until the end of the transaction.
+pub fn find_for_update(conn: &mut PgConnection, id: i64) -> QueryResult<HandlerRow> {
+    handlers::table
+        .find(id)
+        .select(HandlerRow::as_select())
+        .for_update()
+        .first(conn)
+}
+
+/// Filters of `list_page`; `None` means any.
+#[derive(Debug, Default)]
+pub struct ListFilter<'a> {
+    /// Event name.
+    pub event: Option<&'a str>,
+    /// `before` / `after`.
+    pub phase: Option<&'a str>,
+    /// `http` / `script`.
+    pub kind: Option<&'a str>,
+    /// Statuses to include.
+    pub statuses: &'a [&'a str],
+}
+
+/// A page of handlers ordered by id, after `after_id`.
+pub fn list_page(
+    conn: &mut PgConnection,
+    filter: &ListFilter<'_>,
+    after_id: i64,
+    limit: i64,
+) -> QueryResult<Vec<HandlerRow>> {
+    let mut query = handlers::table
+        .select(HandlerRow::as_select())
+        .filter(handlers::id.gt(after_id))
+        .filter(handlers::status.eq_any(filter.statuses))
+        .into_boxed();
+    if let Some(event) = filter.event {
+        query = query.filter(handlers::event.eq(event));
+    }
+    if let Some(phase) = filter.phase {
+        query = query.filter(handlers::phase.eq(phase));
+    }
+    if let Some(kind) = filter.kind {
+        query = query.filter(handlers::kind.eq(kind));
+    }
+    query.order(handlers::id).limit(limit).load(conn)
+}
+
+/// The enabled handlers of (event, phase) in run order.
+pub fn enabled_for(conn: &mut PgConnection, event: &str, phase: &str) -> QueryResult<Vec<HandlerRow>> {
+    handlers::table
+        .select(HandlerRow::as_select())
+        .filter(handlers::event.eq(event))
+        .filter(handlers::phase.eq(phase))
+        .filter(handlers::status.eq("enabled"))
+        .order((handlers::priority, handlers::id))
+        .load(conn)
+}
+
+/// Writes every editable column.
+pub fn update(conn: &mut PgConnection, id: i64, changes: &HandlerChangeset) -> QueryResult<HandlerRow> {
+    diesel::update(handlers::table.find(id))
+        .set(changes)
+        .returning(HandlerRow::as_returning())
+        .get_result(conn)
+}
+
+/// Sets the status and the automatic-disable reason.
+pub fn set_status(
+    conn: &mut PgConnection,
+    id: i64,
+    status: &str,
+    reason: Option<&str>,
+) -> QueryResult<HandlerRow> {
+    diesel::update(handlers::table.find(id))
+        .set((
+            handlers::status.eq(status),
+            handlers::disabled_reason.eq(reason),
+            handlers::failing_since.eq(None::<DateTime<Utc>>),
+            handlers::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(HandlerRow::as_returning())
+        .get_result(conn)
+}
+
+/// Replaces the secret.
+pub fn set_secret(conn: &mut PgConnection, id: i64, secret: &str) -> QueryResult<HandlerRow> {
+    diesel::update(handlers::table.find(id))
+        .set((
+            handlers::secret.eq(secret),
+            handlers::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(HandlerRow::as_returning())
+        .get_result(conn)
+}
+
+/// Deletes a handler; returns the number of rows deleted (0 or 1).
+pub fn delete(conn: &mut PgConnection, id: i64) -> QueryResult<usize> {
+    diesel::delete(handlers::table.find(id)).execute(conn)
+}

@@ -1,0 +1,343 @@
+//! The BEFORE chain: the enabled BEFORE handlers of an event run now, in priority
+//! order, each seeing the data as the previous one left it; the first forbid stops the
+//! chain. Failures follow each handler's failure policy. Every run is logged through
+//! the recorder, off the reply's path.
+//!
+//! HTTP: 2xx with a JSON object body = (possibly modified) data, 2xx with an empty body
+//! = unchanged, 4xx = forbid (reason from the body), anything else = failure.
+//! Script: see `script` for the exit-code protocol.
+
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+
+use super::recorder::{LogRecord, Record};
+use super::script::FORBID_EXIT_CODE;
+use super::worker::reply_fields;
+use super::{AttemptError, Execution, Invocation, Reply, RunTarget, Runner};
+use crate::db::models::HandlerRow;
+use crate::db::queries::events;
+use crate::db::schema::handlers;
+use crate::db::Db;
+use crate::domain::handlers::{handler_from_row, Handler, Target};
+use crate::domain::{DomainError, FailurePolicy, Phase, RunStatus};
+
+/// The decision of a chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The action may go on.
+    Allowed,
+    /// A handler forbade it (or failed closed).
+    Forbidden,
+}
+
+/// What one handler did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Data unchanged.
+    Passed,
+    /// Data modified.
+    Modified,
+    /// Forbade the action.
+    Forbade,
+    /// Failed; the policy decided.
+    Failed,
+    /// Did not run.
+    Skipped,
+}
+
+/// Result of one handler.
+#[derive(Debug, Clone)]
+pub struct HandlerResult {
+    /// Handler id.
+    pub handler_id: i64,
+    /// Handler name.
+    pub handler_name: String,
+    /// What it did.
+    pub outcome: Outcome,
+    /// Error or forbid reason.
+    pub error: String,
+    /// Run time.
+    pub duration: Duration,
+}
+
+/// Result of a whole chain.
+#[derive(Debug, Clone)]
+pub struct ChainResult {
+    /// Id given to the event.
+    pub event_id: i64,
+    /// Decision.
+    pub decision: Decision,
+    /// Data after the chain.
+    pub data: String,
+    /// Why forbidden; empty when allowed.
+    pub reason: String,
+    /// One entry per handler, in run order.
+    pub results: Vec<HandlerResult>,
+}
+
+/// Runs BEFORE chains.
+#[derive(Clone)]
+pub struct BeforeChain {
+    db: Db,
+    runner: Runner,
+}
+
+impl BeforeChain {
+    /// A chain runner over `db`.
+    pub fn new(db: Db, runner: Runner) -> BeforeChain {
+        BeforeChain { db, runner }
+    }
+
+    /// Runs the chain for a validated event; `deadline` bounds the whole chain.
+    pub async fn run(&self, event: String, data: String, deadline: Instant) -> Result<ChainResult, DomainError> {
+        let (event_id, chain) = self.load(event.clone(), data.clone()).await?;
+        let mut data = data;
+        let mut results = Vec::with_capacity(chain.len());
+        let mut decision = Decision::Allowed;
+        let mut reason = String::new();
+        for handler in chain {
+            if decision == Decision::Forbidden {
+                results.push(skipped(&handler, "an earlier handler forbade the action"));
+                continue;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                results.push(skipped(&handler, "deadline exceeded before this handler ran"));
+                decision = Decision::Forbidden;
+                reason = "deadline exceeded before every BEFORE handler ran".into();
+                continue;
+            }
+            let timeout = Duration::from_millis(u64::from(handler.timeout_ms)).min(remaining);
+            let invocation = Invocation {
+                handler_id: handler.id,
+                event: &event,
+                phase: Phase::Before,
+                event_id,
+                attempt: 1,
+                message_id: format!("evt_{event_id}_{}", handler.id),
+                data: &data,
+            };
+            let headers = match &handler.target {
+                Target::Http { headers, .. } => serde_json::to_value(headers).unwrap_or_default(),
+                Target::Script { .. } => serde_json::Value::Null,
+            };
+            let target = match &handler.target {
+                Target::Http { url, secret, .. } => RunTarget::Http {
+                    url,
+                    headers: &headers,
+                    secret,
+                },
+                Target::Script { path } => RunTarget::Script { path },
+            };
+            let execution = self.runner.execute(target, &invocation, timeout).await;
+            let verdict = judge_before(&execution.result, &data);
+            let (outcome, error, new_data) = match verdict {
+                Verdict::Pass => (Outcome::Passed, String::new(), None),
+                Verdict::Modify(new) => (Outcome::Modified, String::new(), Some(new)),
+                Verdict::Forbid(why) => (Outcome::Forbade, why, None),
+                Verdict::Fail(why) => (Outcome::Failed, why, None),
+            };
+            self.log(&handler, &event, event_id, &data, new_data.as_deref(), &execution, outcome, &error)
+                .await;
+            match outcome {
+                Outcome::Forbade => {
+                    decision = Decision::Forbidden;
+                    reason = if error.is_empty() {
+                        format!("forbidden by handler {:?}", handler.name)
+                    } else {
+                        error.clone()
+                    };
+                }
+                Outcome::Failed if handler.failure_policy == FailurePolicy::FailClosed => {
+                    decision = Decision::Forbidden;
+                    reason = format!("handler {:?} failed (fail closed): {error}", handler.name);
+                }
+                _ => {}
+            }
+            if let Some(new) = new_data {
+                data = new;
+            }
+            results.push(HandlerResult {
+                handler_id: handler.id,
+                handler_name: handler.name.clone(),
+                outcome,
+                error,
+                duration: execution.duration,
+            });
+        }
+        Ok(ChainResult {
+            event_id,
+            decision,
+            data,
+            reason,
+            results,
+        })
+    }
+
+    /// A fresh event id and the enabled BEFORE handlers whose filter matches, read now.
+    async fn load(&self, event: String, data: String) -> Result<(i64, Vec<Handler>), DomainError> {
+        let rows = self
+            .db
+            .run(move |conn| {
+                let id = events::next_id(conn)?;
+                let rows: Vec<HandlerRow> = handlers::table
+                    .select(HandlerRow::as_select())
+                    .filter(handlers::event.eq(&event))
+                    .filter(handlers::phase.eq(Phase::Before.as_str()))
+                    .filter(handlers::status.eq("enabled"))
+                    .filter(
+                        handlers::filter
+                            .is_null()
+                            .or(diesel::dsl::sql::<diesel::sql_types::Bool>("")
+                                .bind::<diesel::sql_types::Text, _>(data)
+                                .sql("::jsonb @> filter")),
+                    )
+                    .order((handlers::priority, handlers::id))
+                    .load(conn)?;
+                Ok::<_, DomainError>((id, rows))
+            })
+            .await?;
+        let (id, rows) = rows;
+        Ok((id, rows.into_iter().map(handler_from_row).collect::<Result<_, _>>()?))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn log(
+        &self,
+        handler: &Handler,
+        event: &str,
+        event_id: i64,
+        data_sent: &str,
+        data_returned: Option<&str>,
+        execution: &Execution,
+        outcome: Outcome,
+        error: &str,
+    ) {
+        let (response, http_status, exit_code) = reply_fields(&execution.result);
+        let record = Record {
+            log: LogRecord {
+                created_at: execution.started_at,
+                phase: Phase::Before,
+                event: event.to_owned(),
+                status: if outcome == Outcome::Failed { RunStatus::Fail } else { RunStatus::Success },
+                handler_id: handler.id,
+                handler_name: handler.name.clone(),
+                kind: handler.target.kind(),
+                error: error.to_owned(),
+                duration_ms: execution.duration.as_millis().min(i32::MAX as u128) as i32,
+                attempt: 1,
+                data_sent: data_sent.to_owned(),
+                data_returned: Some(data_returned.unwrap_or(data_sent).to_owned()),
+                response,
+                http_status,
+                exit_code,
+                event_id,
+                delivery_id: None,
+            },
+            delivery: None,
+        };
+        self.runner.recorder.record(record).await;
+    }
+}
+
+fn skipped(handler: &Handler, why: &str) -> HandlerResult {
+    HandlerResult {
+        handler_id: handler.id,
+        handler_name: handler.name.clone(),
+        outcome: Outcome::Skipped,
+        error: why.to_owned(),
+        duration: Duration::ZERO,
+    }
+}
+
+enum Verdict {
+    Pass,
+    Modify(String),
+    Forbid(String),
+    Fail(String),
+}
+
+/// Interprets a BEFORE handler's reply against the data it was sent.
+fn judge_before(result: &Result<Reply, AttemptError>, sent: &str) -> Verdict {
+    match result {
+        Ok(Reply::Http { status, body, .. }) if (200..300).contains(status) => data_verdict(body, sent),
+        Ok(Reply::Http { status, body, .. }) if (400..500).contains(status) => {
+            Verdict::Forbid(forbid_reason(body, &format!("HTTP {status}")))
+        }
+        Ok(Reply::Http { status, .. }) => Verdict::Fail(format!("HTTP {status}")),
+        Ok(Reply::Script { exit_code: Some(0), stdout, .. }) => data_verdict(stdout, sent),
+        Ok(Reply::Script {
+            exit_code: Some(FORBID_EXIT_CODE),
+            stdout,
+            stderr,
+            ..
+        }) => {
+            let text = if stdout.iter().all(u8::is_ascii_whitespace) { stderr } else { stdout };
+            Verdict::Forbid(forbid_reason(text, "forbidden by script"))
+        }
+        Ok(Reply::Script { exit_code: Some(code), .. }) => Verdict::Fail(format!("script exited with code {code}")),
+        Ok(Reply::Script { signal, .. }) => Verdict::Fail(format!("script killed by signal {}", signal.unwrap_or(0))),
+        Err(error) => Verdict::Fail(error.to_string()),
+    }
+}
+
+/// An empty body leaves the data unchanged; a JSON object replaces it.
+fn data_verdict(body: &[u8], sent: &str) -> Verdict {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return Verdict::Pass;
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(returned) if returned.is_object() => {
+            let unchanged = serde_json::from_str::<serde_json::Value>(sent).is_ok_and(|s| s == returned);
+            if unchanged {
+                Verdict::Pass
+            } else {
+                Verdict::Modify(text.to_owned())
+            }
+        }
+        _ => Verdict::Fail("handler replied 2xx with a body that is not a JSON object".into()),
+    }
+}
+
+fn forbid_reason(body: &[u8], fallback: &str) -> String {
+    let text = super::truncated_text(body);
+    let text = text.trim();
+    if text.is_empty() {
+        fallback.to_owned()
+    } else {
+        text.chars().take(1000).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn http(status: u16, body: &str) -> Result<Reply, AttemptError> {
+        Ok(Reply::Http {
+            status,
+            body: Bytes::from(body.to_owned()),
+            retry_after: None,
+        })
+    }
+
+    #[test]
+    fn an_echo_passes_and_a_different_object_modifies() {
+        let sent = r#"{"id": 9007199254740993, "amount": 12.50}"#;
+        assert!(matches!(judge_before(&http(200, sent), sent), Verdict::Pass));
+        assert!(matches!(judge_before(&http(200, "{\"amount\":12.50,\"id\":9007199254740993}"), sent), Verdict::Pass));
+        assert!(matches!(judge_before(&http(204, ""), sent), Verdict::Pass));
+        assert!(matches!(judge_before(&http(200, r#"{"id": 1}"#), sent), Verdict::Modify(d) if d == r#"{"id": 1}"#));
+    }
+
+    #[test]
+    fn client_errors_forbid_and_server_errors_fail() {
+        assert!(matches!(judge_before(&http(403, "no credit"), "{}"), Verdict::Forbid(r) if r == "no credit"));
+        assert!(matches!(judge_before(&http(500, "boom"), "{}"), Verdict::Fail(_)));
+        assert!(matches!(judge_before(&http(200, "[1]"), "{}"), Verdict::Fail(_)));
+    }
+}

@@ -1,0 +1,243 @@
+//! The recorder: the one writer of execution-log rows and delivery outcomes.
+//!
+//! Runs are sent over a bounded channel (a full channel slows producers down; nothing is
+//! dropped) and written in batches, one transaction per batch: log rows, delivery
+//! updates, handler health, then a NOTIFY so tails on every replica see the rows. A
+//! failed batch is retried; if the database rejects the batch itself, rows are written
+//! one by one so a single bad row cannot hold the others back. On shutdown the channel
+//! is drained before the task ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::Connection;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::db::queries::{deliveries, logs};
+use crate::db::{Db, DbError};
+use crate::domain::{HandlerKind, Phase, RunStatus};
+use crate::shutdown::Shutdown;
+
+const CHANNEL_CAPACITY: usize = 32 * 1024;
+const MAX_BATCH: usize = 2000;
+
+/// One execution-log row to write.
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    /// Run start.
+    pub created_at: DateTime<Utc>,
+    /// Phase.
+    pub phase: Phase,
+    /// Event name.
+    pub event: String,
+    /// Outcome.
+    pub status: RunStatus,
+    /// Handler id.
+    pub handler_id: i64,
+    /// Handler name.
+    pub handler_name: String,
+    /// Handler kind.
+    pub kind: HandlerKind,
+    /// Error text, empty on success.
+    pub error: String,
+    /// Duration in ms.
+    pub duration_ms: i32,
+    /// Attempt number.
+    pub attempt: i32,
+    /// Data sent (JSON text).
+    pub data_sent: String,
+    /// Data returned (BEFORE), JSON text.
+    pub data_returned: Option<String>,
+    /// Response or output, truncated.
+    pub response: String,
+    /// HTTP status.
+    pub http_status: Option<i32>,
+    /// Exit code.
+    pub exit_code: Option<i32>,
+    /// Event id.
+    pub event_id: i64,
+    /// Delivery id (AFTER).
+    pub delivery_id: Option<i64>,
+}
+
+/// What became of an AFTER delivery after this attempt.
+#[derive(Debug, Clone)]
+pub enum DeliveryOutcome {
+    /// Delivered: the row is deleted.
+    Delivered,
+    /// Failed; retry at the given time, or never (dead) when `None`.
+    Failed {
+        /// Next attempt time.
+        retry_at: Option<DateTime<Utc>>,
+    },
+    /// Failed and the handler must be disabled (410 Gone).
+    Gone,
+}
+
+/// A run to record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The log row.
+    pub log: LogRecord,
+    /// The delivery settlement (AFTER only).
+    pub delivery: Option<DeliveryOutcome>,
+}
+
+/// Sending side of the recorder.
+#[derive(Clone)]
+pub struct Recorder {
+    sender: mpsc::Sender<Record>,
+}
+
+impl Recorder {
+    /// Queues a record; waits while the queue is full. Fails only after shutdown.
+    pub async fn record(&self, record: Record) {
+        if self.sender.send(record).await.is_err() {
+            tracing::error!("recorder stopped; a run could not be recorded");
+        }
+    }
+}
+
+/// Starts the recorder task.
+pub fn spawn(db: Db, config: Arc<Config>, shutdown: &Shutdown) -> Recorder {
+    let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
+    let token = shutdown.token.clone();
+    shutdown.spawn(write_loop(db, config, receiver, token));
+    Recorder { sender }
+}
+
+async fn write_loop(
+    db: Db,
+    config: Arc<Config>,
+    mut receiver: mpsc::Receiver<Record>,
+    token: tokio_util::sync::CancellationToken,
+) {
+    let disable_after_ms = config.disable_after.as_millis() as i64;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let received = tokio::select! {
+            n = receiver.recv_many(&mut batch, MAX_BATCH) => n,
+            // Senders live in long-lived tasks; after shutdown, drain what is queued.
+            _ = token.cancelled() => {
+                receiver.close();
+                receiver.recv_many(&mut batch, MAX_BATCH).await
+            }
+        };
+        if received == 0 {
+            break;
+        }
+        let records = std::mem::take(&mut batch);
+        write_with_retry(&db, records, disable_after_ms).await;
+    }
+}
+
+async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) {
+    let records = Arc::new(records);
+    let mut delay = Duration::from_millis(50);
+    for _ in 0..5 {
+        let batch = records.clone();
+        match db.run(move |conn| write_batch(conn, &batch, disable_after_ms)).await {
+            Ok(()) => return,
+            Err(DbError::Query(error)) => {
+                tracing::warn!(%error, rows = records.len(), "log batch rejected; writing rows one by one");
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "log batch not written; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    for record in records.iter().cloned() {
+        let one = Arc::new(vec![record]);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let row = one.clone();
+            match db.run(move |conn| write_batch(conn, &row, disable_after_ms)).await {
+                Ok(()) => break,
+                Err(DbError::Query(error)) => {
+                    tracing::error!(%error, event.id = one[0].log.event_id, handler.id = one[0].log.handler_id,
+                        "execution-log row rejected by the database; dropped");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "database unavailable; retrying the log row");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}
+
+fn write_batch(conn: &mut diesel::PgConnection, records: &[Record], disable_after_ms: i64) -> Result<(), DbError> {
+    let mut columns = logs::NewLogColumns::default();
+    let mut delivered = Vec::new();
+    let (mut failed_ids, mut failed_at, mut failed_errors) = (Vec::new(), Vec::new(), Vec::new());
+    let mut succeeded_handlers = Vec::new();
+    let mut failed_handlers = Vec::new();
+    let mut gone = Vec::new();
+    for Record { log, delivery } in records {
+        if let (Some(outcome), Some(id)) = (delivery, log.delivery_id) {
+            match outcome {
+                DeliveryOutcome::Delivered => {
+                    delivered.push(id);
+                    succeeded_handlers.push(log.handler_id);
+                }
+                DeliveryOutcome::Failed { retry_at } => {
+                    failed_ids.push(id);
+                    failed_at.push(*retry_at);
+                    failed_errors.push(log.error.as_str());
+                    failed_handlers.push(log.handler_id);
+                }
+                DeliveryOutcome::Gone => {
+                    failed_ids.push(id);
+                    failed_at.push(None);
+                    failed_errors.push(log.error.as_str());
+                    gone.push(log.handler_id);
+                }
+            }
+        }
+        columns.created_at.push(log.created_at);
+        columns.phase.push(log.phase.as_str());
+        columns.event.push(log.event.clone());
+        columns.status.push(log.status.as_str());
+        columns.handler_id.push(log.handler_id);
+        columns.handler_name.push(log.handler_name.clone());
+        columns.kind.push(log.kind.as_str());
+        columns.error.push(log.error.clone());
+        columns.duration_ms.push(log.duration_ms);
+        columns.attempt.push(log.attempt);
+        columns.data_sent.push(log.data_sent.clone());
+        columns.data_returned.push(log.data_returned.clone());
+        columns.response.push(log.response.clone());
+        columns.http_status.push(log.http_status);
+        columns.exit_code.push(log.exit_code);
+        columns.event_id.push(log.event_id);
+        columns.delivery_id.push(log.delivery_id);
+    }
+    conn.transaction::<_, DbError, _>(|conn| {
+        let max_id = logs::insert_batch(conn, &columns)?;
+        if !delivered.is_empty() {
+            deliveries::delete_delivered(conn, &delivered)?;
+        }
+        if !failed_ids.is_empty() {
+            deliveries::record_failures(conn, &failed_ids, &failed_at, &failed_errors)?;
+        }
+        let disabled = deliveries::update_handler_health(conn, &succeeded_handlers, &failed_handlers, disable_after_ms)?;
+        for id in disabled {
+            tracing::warn!(handler.id = id, "handler disabled: failing for too long");
+        }
+        for id in gone {
+            deliveries::disable_handler(conn, id, "disabled automatically: the endpoint answered 410 Gone")?;
+            tracing::warn!(handler.id = id, "handler disabled: its endpoint answered 410 Gone");
+        }
+        if let Some(max_id) = max_id {
+            logs::notify_logs(conn, max_id)?;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,122 @@
+//! The script executor: runs a program from the scripts directory without a shell, with
+//! a clean environment, the data on stdin, in its own process group so a timeout kills
+//! everything it started.
+//!
+//! Protocol: exit 0 = success (for BEFORE, a JSON object on stdout is the modified data;
+//! empty stdout = unchanged); exit [`FORBID_EXIT_CODE`] = forbid (BEFORE; reason on
+//! stdout or stderr); any other exit code, a signal or a timeout = failure.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use super::{AttemptError, Invocation, Reply};
+use crate::domain::handlers::resolve_script;
+
+/// Exit code by which a BEFORE script forbids the action.
+pub const FORBID_EXIT_CODE: i32 = 10;
+
+/// Runs scripts from one directory.
+#[derive(Clone)]
+pub struct ScriptExecutor {
+    scripts_dir: PathBuf,
+    max_output: usize,
+}
+
+impl ScriptExecutor {
+    /// Scripts under `scripts_dir`; at most `max_output` bytes kept of stdout and stderr.
+    pub fn new(scripts_dir: PathBuf, max_output: usize) -> ScriptExecutor {
+        ScriptExecutor {
+            scripts_dir,
+            max_output,
+        }
+    }
+
+    /// Runs `path` and waits at most `timeout`, then kills its process group.
+    pub async fn run(&self, invocation: &Invocation<'_>, path: &str, timeout: Duration) -> Result<Reply, AttemptError> {
+        // Checked again at every run: the file or a symlink may have changed since Create.
+        let program = resolve_script(&self.scripts_dir, path).map_err(AttemptError::ScriptRefused)?;
+        let mut command = Command::new(&program);
+        command
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("LANG", "C.UTF-8")
+            .env("PROVISIONING_EVENT", invocation.event)
+            .env("PROVISIONING_PHASE", invocation.phase.as_str())
+            .env("PROVISIONING_EVENT_ID", invocation.event_id.to_string())
+            .env("PROVISIONING_ATTEMPT", invocation.attempt.to_string())
+            .env("PROVISIONING_DELIVERY_ID", invocation.message_id.as_str())
+            .env("PROVISIONING_HANDLER_ID", invocation.handler_id.to_string())
+            .current_dir(&self.scripts_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .map_err(|e| AttemptError::ScriptSpawn(format!("cannot start {}: {e}", program.display())))?;
+        let pgid = child.id().map(|id| id as i32);
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let data = invocation.data.as_bytes().to_vec();
+        let max = self.max_output;
+        let work = async move {
+            let feed = async move {
+                if let Some(mut stdin) = stdin {
+                    // A script that does not read its input closes the pipe early: fine.
+                    let _script_may_ignore_stdin = stdin.write_all(&data).await;
+                }
+            };
+            let (_, out, err, status) = tokio::join!(feed, read_capped(stdout, max), read_capped(stderr, max), child.wait());
+            (out, err, status)
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok((stdout, stderr, status)) => {
+                let status = status.map_err(|e| AttemptError::ScriptSpawn(format!("waiting for the script: {e}")))?;
+                kill_group(pgid); // leftovers the script started in the background
+                Ok(Reply::Script {
+                    exit_code: status.code(),
+                    signal: std::os::unix::process::ExitStatusExt::signal(&status),
+                    stdout,
+                    stderr,
+                })
+            }
+            Err(_) => {
+                kill_group(pgid);
+                Err(AttemptError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+fn kill_group(pgid: Option<i32>) {
+    if let Some(pgid) = pgid.filter(|p| *p > 0) {
+        // SAFETY: plain syscall; ESRCH when the group is already gone is fine.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Reads a pipe to the end, keeping at most `max` bytes (the rest is drained so the
+/// script never blocks on a full pipe).
+async fn read_capped<R: AsyncRead + Unpin>(pipe: Option<R>, max: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let Some(mut pipe) = pipe else { return kept };
+    let mut buf = [0u8; 8192];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = max.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    kept
+}

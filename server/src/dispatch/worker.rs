@@ -1,0 +1,270 @@
+//! The AFTER worker: claims due deliveries with `FOR UPDATE SKIP LOCKED` and a lease,
+//! runs each event's deliveries in priority order (the next starts when the previous
+//! attempt ended), and hands every attempt to the recorder. Different events run
+//! concurrently, up to the configured concurrency.
+//!
+//! It wakes at once on new work (in-process signal or NOTIFY from another replica) and
+//! otherwise polls at the configured interval, which also picks up retries and leases
+//! expired by dead replicas.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use super::recorder::{DeliveryOutcome, LogRecord, Record};
+use super::retry::{next_step, NextStep};
+use super::{truncated_text, AttemptError, Execution, Invocation, Reply, RunTarget, Runner};
+use crate::config::Config;
+use crate::db::queries::deliveries::{self, ClaimedDelivery};
+use crate::db::{Db, DbError};
+use crate::domain::{HandlerKind, Phase, RunStatus};
+use crate::listener::Signals;
+use crate::shutdown::Shutdown;
+
+const MAX_CLAIM: usize = 500;
+
+/// Starts the worker.
+pub fn spawn(db: Db, config: Arc<Config>, runner: Runner, signals: Signals, shutdown: &Shutdown) {
+    let shutdown_for_task = shutdown.clone();
+    shutdown.spawn(async move { claim_loop(db, config, runner, signals, shutdown_for_task).await });
+}
+
+async fn claim_loop(db: Db, config: Arc<Config>, runner: Runner, signals: Signals, shutdown: Shutdown) {
+    let owner = format!("{}-{:08x}", std::process::id(), rand::rng().random::<u32>());
+    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let chains = TaskTracker::new();
+    let lease_ms = config.lease.as_millis() as i64;
+    while !shutdown.is_requested() {
+        // Claim no more than can start now: claimed work waiting here would hold a lease.
+        let free = permits.available_permits();
+        if free == 0 {
+            tokio::select! {
+                permit = permits.clone().acquire_owned() => drop(permit),
+                _ = shutdown.requested() => break,
+            }
+            continue;
+        }
+        let limit = free.min(MAX_CLAIM) as i64;
+        let owner_for_claim = owner.clone();
+        let claimed = db
+            .run(move |conn| deliveries::claim_due(conn, limit, lease_ms, &owner_for_claim).map_err(DbError::from))
+            .await;
+        match claimed {
+            Ok(rows) if !rows.is_empty() => {
+                let full = rows.len() as i64 >= limit;
+                for chain in split_by_event(rows) {
+                    let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                    let runner = runner.clone();
+                    let config = config.clone();
+                    chains.spawn(async move {
+                        for delivery in chain {
+                            run_delivery(&runner, &config, delivery).await;
+                        }
+                        drop(permit);
+                    });
+                }
+                if full {
+                    continue;
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "claiming deliveries failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = signals.work.notified() => {}
+            _ = tokio::time::sleep(config.poll_interval) => {}
+            _ = shutdown.requested() => break,
+        }
+    }
+    // Runs in flight end within their timeouts; their records reach the recorder,
+    // which drains its queue before stopping.
+    chains.close();
+    chains.wait().await;
+}
+
+/// Claimed rows come ordered by event: consecutive rows of one event form a chain.
+fn split_by_event(rows: Vec<ClaimedDelivery>) -> Vec<Vec<ClaimedDelivery>> {
+    let mut chains: Vec<Vec<ClaimedDelivery>> = Vec::new();
+    for row in rows {
+        match chains.last_mut() {
+            Some(chain) if chain[0].event_id == row.event_id => chain.push(row),
+            _ => chains.push(vec![row]),
+        }
+    }
+    chains
+}
+
+/// Runs one attempt of a delivery and records it.
+async fn run_delivery(runner: &Runner, config: &Config, delivery: ClaimedDelivery) {
+    let attempt = delivery.attempts.saturating_add(1);
+    let kind = HandlerKind::parse(&delivery.kind).unwrap_or(HandlerKind::Http);
+    let invocation = Invocation {
+        handler_id: delivery.handler_id,
+        event: &delivery.event,
+        phase: Phase::After,
+        event_id: delivery.event_id,
+        attempt: attempt as u32,
+        message_id: format!("dlv_{}", delivery.id),
+        data: &delivery.data,
+    };
+    if delivery.status != "enabled" {
+        // Disabled after the event was accepted: the delivery is kept, dead, so it can
+        // be retried once the handler is enabled again.
+        let execution = Execution {
+            started_at: Utc::now(),
+            duration: Duration::ZERO,
+            result: Err(AttemptError::HandlerNotEnabled(delivery.status.clone())),
+        };
+        let record = after_record(&delivery, kind, attempt, &execution, DeliveryOutcome::Failed { retry_at: None });
+        runner.recorder.record(record).await;
+        return;
+    }
+    let target = match (&delivery.url, &delivery.script_path) {
+        (Some(url), _) if kind == HandlerKind::Http => RunTarget::Http {
+            url,
+            headers: &delivery.headers,
+            secret: delivery.secret.as_deref().unwrap_or_default(),
+        },
+        (_, path) => RunTarget::Script {
+            path: path.as_deref().unwrap_or_default(),
+        },
+    };
+    let timeout = Duration::from_millis(delivery.timeout_ms.max(1) as u64);
+    let execution = runner.execute(target, &invocation, timeout).await;
+    let outcome = match judge_after(&execution.result) {
+        Judgement::Success => DeliveryOutcome::Delivered,
+        Judgement::Failure { gone: true, .. } => DeliveryOutcome::Gone,
+        Judgement::Failure { retryable, retry_after, .. } => {
+            let step = if retryable {
+                next_step(&config.retry_schedule.0, config.max_attempts, attempt as u32, retry_after, rand::rng().random())
+            } else {
+                NextStep::Dead
+            };
+            match step {
+                NextStep::RetryIn(delay) => DeliveryOutcome::Failed {
+                    retry_at: Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1))),
+                },
+                NextStep::Dead => DeliveryOutcome::Failed { retry_at: None },
+            }
+        }
+    };
+    let record = after_record(&delivery, kind, attempt, &execution, outcome);
+    if record.log.status == RunStatus::Fail {
+        tracing::debug!(delivery.id = delivery.id, handler.id = delivery.handler_id, attempt, error = %record.log.error, "delivery attempt failed");
+    }
+    runner.recorder.record(record).await;
+}
+
+/// The log row and settlement of one AFTER attempt.
+fn after_record(
+    delivery: &ClaimedDelivery,
+    kind: HandlerKind,
+    attempt: i32,
+    execution: &Execution,
+    outcome: DeliveryOutcome,
+) -> Record {
+    let error = match judge_after(&execution.result) {
+        Judgement::Success => String::new(),
+        Judgement::Failure { error, .. } => error,
+    };
+    let status = if error.is_empty() { RunStatus::Success } else { RunStatus::Fail };
+    let (response, http_status, exit_code) = reply_fields(&execution.result);
+    Record {
+        log: LogRecord {
+            created_at: execution.started_at,
+            phase: Phase::After,
+            event: delivery.event.clone(),
+            status,
+            handler_id: delivery.handler_id,
+            handler_name: delivery.name.clone(),
+            kind,
+            error,
+            duration_ms: execution.duration.as_millis().min(i32::MAX as u128) as i32,
+            attempt,
+            data_sent: delivery.data.clone(),
+            data_returned: None,
+            response,
+            http_status,
+            exit_code,
+            event_id: delivery.event_id,
+            delivery_id: Some(delivery.id),
+        },
+        delivery: Some(outcome),
+    }
+}
+
+/// How an AFTER attempt went.
+enum Judgement {
+    Success,
+    Failure {
+        error: String,
+        retryable: bool,
+        retry_after: Option<Duration>,
+        gone: bool,
+    },
+}
+
+/// AFTER semantics: any 2xx or exit 0 is success; everything else fails. 410 Gone
+/// disables the handler; `Retry-After` counts on 429 and 503.
+fn judge_after(result: &Result<Reply, AttemptError>) -> Judgement {
+    let failure = |error: String| Judgement::Failure {
+        error,
+        retryable: true,
+        retry_after: None,
+        gone: false,
+    };
+    match result {
+        Ok(Reply::Http { status, .. }) if (200..300).contains(status) => Judgement::Success,
+        Ok(Reply::Http { status: 410, .. }) => Judgement::Failure {
+            error: "HTTP 410 Gone: handler disabled".into(),
+            retryable: false,
+            retry_after: None,
+            gone: true,
+        },
+        Ok(Reply::Http { status, retry_after, .. }) => Judgement::Failure {
+            error: format!("HTTP {status}"),
+            retryable: true,
+            retry_after: if matches!(status, 429 | 503) { *retry_after } else { None },
+            gone: false,
+        },
+        Ok(Reply::Script { exit_code: Some(0), .. }) => Judgement::Success,
+        Ok(Reply::Script { exit_code: Some(code), .. }) => failure(format!("script exited with code {code}")),
+        Ok(Reply::Script { signal, .. }) => failure(format!("script killed by signal {}", signal.unwrap_or(0))),
+        Err(error) => Judgement::Failure {
+            error: error.to_string(),
+            retryable: error.is_retryable(),
+            retry_after: None,
+            gone: false,
+        },
+    }
+}
+
+/// Response text, HTTP status and exit code of a reply, for the log.
+pub(crate) fn reply_fields(result: &Result<Reply, AttemptError>) -> (String, Option<i32>, Option<i32>) {
+    match result {
+        Ok(Reply::Http { status, body, .. }) => (truncated_text(body), Some(i32::from(*status)), None),
+        Ok(Reply::Script {
+            exit_code,
+            stdout,
+            stderr,
+            ..
+        }) => {
+            let mut text = truncated_text(stdout);
+            if !stderr.is_empty() {
+                text.push_str(if text.is_empty() { "" } else { "\n" });
+                text.push_str("[stderr] ");
+                text.push_str(&truncated_text(stderr));
+            }
+            (text, None, *exit_code)
+        }
+        Err(_) => (String::new(), None, None),
+    }
+}

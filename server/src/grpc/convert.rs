@@ -1,0 +1,306 @@
+//! Conversions between proto messages and domain types. Incoming messages are
+//! destructured in full, so a new proto field fails to compile until it is handled;
+//! enum values are checked here and bad ones rejected with the field's name.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use provisioning_api::v1 as pb;
+use tonic::Status;
+
+use crate::domain::handlers::{EventType, Handler, HandlerPatch, HandlerSpec, Target, TargetSpec};
+use crate::domain::{FailurePolicy, HandlerKind, HandlerStatus, Phase, RunStatus};
+
+/// Whether a handler's secret is shown in full (Create, RotateSecret) or masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretView {
+    /// The whole secret.
+    Full,
+    /// `whsec_…` and the last 4 characters.
+    Masked,
+}
+
+fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {message}"))
+}
+
+/// A proto phase; UNSPECIFIED is `None`.
+pub fn optional_phase(value: i32, field: &str) -> Result<Option<Phase>, Status> {
+    match pb::Phase::try_from(value) {
+        Ok(pb::Phase::Unspecified) => Ok(None),
+        Ok(pb::Phase::Before) => Ok(Some(Phase::Before)),
+        Ok(pb::Phase::After) => Ok(Some(Phase::After)),
+        Err(_) => Err(invalid(field, format!("unknown phase value {value}"))),
+    }
+}
+
+/// A required proto phase.
+pub fn required_phase(value: i32, field: &str) -> Result<Phase, Status> {
+    optional_phase(value, field)?.ok_or_else(|| invalid(field, "required (PHASE_BEFORE or PHASE_AFTER)"))
+}
+
+/// A proto handler kind; UNSPECIFIED is `None`.
+pub fn optional_kind(value: i32, field: &str) -> Result<Option<HandlerKind>, Status> {
+    match pb::HandlerKind::try_from(value) {
+        Ok(pb::HandlerKind::Unspecified) => Ok(None),
+        Ok(pb::HandlerKind::Http) => Ok(Some(HandlerKind::Http)),
+        Ok(pb::HandlerKind::Script) => Ok(Some(HandlerKind::Script)),
+        Err(_) => Err(invalid(field, format!("unknown kind value {value}"))),
+    }
+}
+
+/// A proto handler status; UNSPECIFIED is `None`.
+pub fn optional_status(value: i32, field: &str) -> Result<Option<HandlerStatus>, Status> {
+    match pb::HandlerStatus::try_from(value) {
+        Ok(pb::HandlerStatus::Unspecified) => Ok(None),
+        Ok(pb::HandlerStatus::Enabled) => Ok(Some(HandlerStatus::Enabled)),
+        Ok(pb::HandlerStatus::Disabled) => Ok(Some(HandlerStatus::Disabled)),
+        Ok(pb::HandlerStatus::Archived) => Ok(Some(HandlerStatus::Archived)),
+        Err(_) => Err(invalid(field, format!("unknown status value {value}"))),
+    }
+}
+
+/// A proto run status; UNSPECIFIED is `None`.
+pub fn optional_run_status(value: i32, field: &str) -> Result<Option<RunStatus>, Status> {
+    match pb::RunStatus::try_from(value) {
+        Ok(pb::RunStatus::Unspecified) => Ok(None),
+        Ok(pb::RunStatus::Success) => Ok(Some(RunStatus::Success)),
+        Ok(pb::RunStatus::Fail) => Ok(Some(RunStatus::Fail)),
+        Err(_) => Err(invalid(field, format!("unknown run status value {value}"))),
+    }
+}
+
+fn failure_policy(value: i32) -> Result<FailurePolicy, Status> {
+    match pb::FailurePolicy::try_from(value) {
+        Ok(pb::FailurePolicy::Unspecified | pb::FailurePolicy::FailClosed) => Ok(FailurePolicy::FailClosed),
+        Ok(pb::FailurePolicy::FailOpen) => Ok(FailurePolicy::FailOpen),
+        Err(_) => Err(invalid("failure_policy", format!("unknown value {value}"))),
+    }
+}
+
+fn filter(text: &str) -> Result<Option<serde_json::Value>, Status> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| invalid("filter_json", format!("not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(invalid("filter_json", "must be a JSON object such as {\"id_clients\": 15}"));
+    }
+    Ok(Some(value))
+}
+
+fn http_target(target: pb::HttpTarget) -> TargetSpec {
+    let pb::HttpTarget {
+        url,
+        headers,
+        secret: _ignored_on_input,
+    } = target;
+    TargetSpec::Http {
+        url: url.trim().to_owned(),
+        headers: headers.into_iter().collect::<BTreeMap<_, _>>(),
+    }
+}
+
+fn target_spec(target: Option<pb::create_handler_request::Target>) -> Result<TargetSpec, Status> {
+    match target {
+        Some(pb::create_handler_request::Target::Http(http)) => Ok(http_target(http)),
+        Some(pb::create_handler_request::Target::Script(pb::ScriptTarget { path })) => Ok(TargetSpec::Script { path }),
+        None => Err(invalid("target", "required: http or script")),
+    }
+}
+
+/// CreateHandlerRequest → HandlerSpec.
+pub fn handler_spec(request: pb::CreateHandlerRequest) -> Result<HandlerSpec, Status> {
+    let pb::CreateHandlerRequest {
+        name,
+        event,
+        phase,
+        status,
+        priority,
+        timeout_ms,
+        target,
+        failure_policy: policy,
+        filter_json,
+    } = request;
+    Ok(HandlerSpec {
+        name,
+        event: event.trim().to_owned(),
+        phase: required_phase(phase, "phase")?,
+        status: optional_status(status, "status")?.unwrap_or(HandlerStatus::Enabled),
+        priority,
+        timeout_ms,
+        target: target_spec(target)?,
+        failure_policy: failure_policy(policy)?,
+        filter: filter(&filter_json)?,
+    })
+}
+
+/// UpdateHandlerRequest → (id, patch), following the field mask.
+pub fn handler_patch(request: pb::UpdateHandlerRequest) -> Result<(i64, HandlerPatch), Status> {
+    let pb::UpdateHandlerRequest { handler, update_mask } = request;
+    let handler = handler.ok_or_else(|| invalid("handler", "required"))?;
+    let paths = update_mask.map(|m| m.paths).unwrap_or_default();
+    if paths.is_empty() {
+        return Err(invalid("update_mask", "required: name the fields to change"));
+    }
+    let pb::Handler {
+        id,
+        name,
+        event,
+        phase,
+        kind: _derived_from_target,
+        status,
+        priority,
+        timeout_ms,
+        target,
+        failure_policy: policy,
+        filter_json,
+        disabled_reason: _read_only,
+        created_at: _created,
+        updated_at: _updated,
+    } = handler;
+    let mut patch = HandlerPatch::default();
+    for path in &paths {
+        match path.as_str() {
+            "name" => patch.name = Some(name.clone()),
+            "event" => patch.event = Some(event.trim().to_owned()),
+            "phase" => patch.phase = Some(required_phase(phase, "handler.phase")?),
+            "status" => {
+                patch.status = Some(
+                    optional_status(status, "handler.status")?.ok_or_else(|| invalid("handler.status", "required"))?,
+                )
+            }
+            "priority" => patch.priority = Some(priority),
+            "timeout_ms" => patch.timeout_ms = Some(timeout_ms),
+            "failure_policy" => patch.failure_policy = Some(failure_policy(policy)?),
+            "filter_json" => patch.filter = Some(filter(&filter_json)?),
+            "http" | "http.url" | "http.headers" => match &target {
+                Some(pb::handler::Target::Http(http)) => patch.target = Some(http_target(http.clone())),
+                _ => return Err(invalid("handler.http", "update_mask names http but handler.http is not set")),
+            },
+            "script" | "script.path" => match &target {
+                Some(pb::handler::Target::Script(script)) => {
+                    patch.target = Some(TargetSpec::Script {
+                        path: script.path.clone(),
+                    })
+                }
+                _ => return Err(invalid("handler.script", "update_mask names script but handler.script is not set")),
+            },
+            other => return Err(invalid("update_mask", format!("unknown or read-only field {other:?}"))),
+        }
+    }
+    Ok((id, patch))
+}
+
+/// Timestamp → proto.
+pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// Proto timestamp → time, checked.
+pub fn from_timestamp(ts: &prost_types::Timestamp, field: &str) -> Result<DateTime<Utc>, Status> {
+    u32::try_from(ts.nanos)
+        .ok()
+        .and_then(|nanos| Utc.timestamp_opt(ts.seconds, nanos).single())
+        .ok_or_else(|| invalid(field, "timestamp out of range"))
+}
+
+/// Handler → proto.
+pub fn handler(handler: Handler, view: SecretView) -> pb::Handler {
+    let kind = match handler.target.kind() {
+        HandlerKind::Http => pb::HandlerKind::Http,
+        HandlerKind::Script => pb::HandlerKind::Script,
+    };
+    let target = match handler.target {
+        Target::Http { url, headers, secret } => pb::handler::Target::Http(pb::HttpTarget {
+            url,
+            headers: headers.into_iter().collect(),
+            secret: match view {
+                SecretView::Full => secret,
+                SecretView::Masked => mask_secret(&secret),
+            },
+        }),
+        Target::Script { path } => pb::handler::Target::Script(pb::ScriptTarget { path }),
+    };
+    pb::Handler {
+        id: handler.id,
+        name: handler.name,
+        event: handler.event,
+        phase: phase(handler.phase) as i32,
+        kind: kind as i32,
+        status: match handler.status {
+            HandlerStatus::Enabled => pb::HandlerStatus::Enabled,
+            HandlerStatus::Disabled => pb::HandlerStatus::Disabled,
+            HandlerStatus::Archived => pb::HandlerStatus::Archived,
+        } as i32,
+        priority: handler.priority,
+        timeout_ms: handler.timeout_ms,
+        target: Some(target),
+        failure_policy: match handler.failure_policy {
+            FailurePolicy::FailClosed => pb::FailurePolicy::FailClosed,
+            FailurePolicy::FailOpen => pb::FailurePolicy::FailOpen,
+        } as i32,
+        filter_json: handler.filter.map(|f| f.to_string()).unwrap_or_default(),
+        disabled_reason: handler.disabled_reason.unwrap_or_default(),
+        created_at: Some(timestamp(handler.created_at)),
+        updated_at: Some(timestamp(handler.updated_at)),
+    }
+}
+
+/// Phase → proto.
+pub fn phase(phase: Phase) -> pb::Phase {
+    match phase {
+        Phase::Before => pb::Phase::Before,
+        Phase::After => pb::Phase::After,
+    }
+}
+
+fn mask_secret(secret: &str) -> String {
+    let tail: String = secret.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+    format!("whsec_…{tail}")
+}
+
+/// EventType → proto.
+pub fn event_type(event_type: EventType) -> pb::EventType {
+    pb::EventType {
+        name: event_type.name,
+        description: event_type.description,
+        builtin: event_type.builtin,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked_to_their_last_four_characters() {
+        assert_eq!(mask_secret("whsec_abcdefgh"), "whsec_…efgh");
+    }
+
+    #[test]
+    fn unknown_enum_values_are_rejected_with_the_field_name() {
+        let err = optional_phase(42, "phase").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().starts_with("phase:"));
+        assert!(required_phase(0, "phase").is_err());
+    }
+
+    #[test]
+    fn update_needs_a_mask_and_known_paths() {
+        let request = |paths: &[&str]| pb::UpdateHandlerRequest {
+            handler: Some(pb::Handler { id: 1, name: "n".into(), ..Default::default() }),
+            update_mask: Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() }),
+        };
+        assert!(handler_patch(request(&[])).is_err());
+        assert!(handler_patch(request(&["secret"])).is_err());
+        assert!(handler_patch(request(&["http"])).is_err());
+        let (id, patch) = handler_patch(request(&["name"])).unwrap();
+        assert_eq!(id, 1);
+        assert_eq!(patch.name.as_deref(), Some("n"));
+    }
+}

@@ -1,0 +1,104 @@
+//! `provisioning.v1.HandlerService`.
+
+use provisioning_api::v1 as pb;
+use provisioning_api::v1::handler_service_server::HandlerService;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, SecretView};
+use crate::domain::handlers::{HandlerQuery, HandlerRegistry};
+
+/// Serves handler management over a `HandlerRegistry`.
+pub struct HandlerApi {
+    registry: HandlerRegistry,
+}
+
+impl HandlerApi {
+    /// A service over `registry`.
+    pub fn new(registry: HandlerRegistry) -> HandlerApi {
+        HandlerApi { registry }
+    }
+}
+
+#[tonic::async_trait]
+impl HandlerService for HandlerApi {
+    async fn create(&self, request: Request<pb::CreateHandlerRequest>) -> Result<Response<pb::Handler>, Status> {
+        let spec = convert::handler_spec(request.into_inner())?;
+        let handler = self.registry.create(spec).await?;
+        Ok(Response::new(convert::handler(handler, SecretView::Full)))
+    }
+
+    async fn get(&self, request: Request<pb::GetHandlerRequest>) -> Result<Response<pb::Handler>, Status> {
+        let handler = self.registry.get(request.into_inner().id).await?;
+        Ok(Response::new(convert::handler(handler, SecretView::Masked)))
+    }
+
+    async fn list(&self, request: Request<pb::ListHandlersRequest>) -> Result<Response<pb::ListHandlersResponse>, Status> {
+        let pb::ListHandlersRequest {
+            event,
+            phase,
+            kind,
+            status,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let query = HandlerQuery {
+            event: (!event.is_empty()).then_some(event),
+            phase: convert::optional_phase(phase, "phase")?,
+            kind: convert::optional_kind(kind, "kind")?,
+            status: convert::optional_status(status, "status")?,
+            page_size,
+            page_token,
+        };
+        let (handlers, next_page_token) = self.registry.list(query).await?;
+        Ok(Response::new(pb::ListHandlersResponse {
+            handlers: handlers
+                .into_iter()
+                .map(|h| convert::handler(h, SecretView::Masked))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update(&self, request: Request<pb::UpdateHandlerRequest>) -> Result<Response<pb::Handler>, Status> {
+        let (id, patch) = convert::handler_patch(request.into_inner())?;
+        let handler = self.registry.update(id, patch).await?;
+        Ok(Response::new(convert::handler(handler, SecretView::Masked)))
+    }
+
+    async fn set_status(&self, request: Request<pb::SetHandlerStatusRequest>) -> Result<Response<pb::Handler>, Status> {
+        let pb::SetHandlerStatusRequest { id, status } = request.into_inner();
+        let status = convert::optional_status(status, "status")?
+            .ok_or_else(|| Status::invalid_argument("status: required"))?;
+        let handler = self.registry.set_status(id, status).await?;
+        Ok(Response::new(convert::handler(handler, SecretView::Masked)))
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteHandlerRequest>) -> Result<Response<()>, Status> {
+        self.registry.delete(request.into_inner().id).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn rotate_secret(&self, request: Request<pb::RotateSecretRequest>) -> Result<Response<pb::Handler>, Status> {
+        let handler = self.registry.rotate_secret(request.into_inner().id).await?;
+        Ok(Response::new(convert::handler(handler, SecretView::Full)))
+    }
+
+    async fn list_event_types(
+        &self,
+        _request: Request<pb::ListEventTypesRequest>,
+    ) -> Result<Response<pb::ListEventTypesResponse>, Status> {
+        let event_types = self.registry.list_event_types().await?;
+        Ok(Response::new(pb::ListEventTypesResponse {
+            event_types: event_types.into_iter().map(convert::event_type).collect(),
+        }))
+    }
+
+    async fn create_event_type(
+        &self,
+        request: Request<pb::CreateEventTypeRequest>,
+    ) -> Result<Response<pb::EventType>, Status> {
+        let pb::CreateEventTypeRequest { name, description } = request.into_inner();
+        let event_type = self.registry.create_event_type(name, description).await?;
+        Ok(Response::new(convert::event_type(event_type)))
+    }
+}

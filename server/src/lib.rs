@@ -1,0 +1,150 @@
+//! `provisiond`: the Provisioning API gRPC service.
+//!
+//! Internal services emit business events; admins register handlers (HTTP endpoints or
+//! local scripts) for them; every handler run lands in a searchable, streamable
+//! execution log. PostgreSQL is the only store and the coordination engine: several
+//! stateless replicas can share one database.
+//!
+//! # Layout
+//! - `config`: flags and environment, validated once.
+//! - `db`: pool, blocking helper, schema, row models, one query module per aggregate,
+//!   the embedded PostgreSQL cluster.
+//! - `domain`: rules per aggregate (handlers, events, logs) and transactions.
+//! - `dispatch`: the AFTER worker (claim → run → record), the BEFORE chain, the HTTP and
+//!   script executors, the pure retry policy, the batched log recorder.
+//! - `listener`: the LISTEN connection that wakes dispatchers and tails across replicas.
+//! - `grpc`: one file per proto service; conversions; the error → status mapping.
+//! - `shutdown`, `telemetry`.
+
+pub mod config;
+pub mod db;
+pub mod dispatch;
+pub mod domain;
+pub mod grpc;
+pub mod listener;
+pub mod maintenance;
+pub mod shutdown;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+use provisioning_api::v1::event_service_server::EventServiceServer;
+use provisioning_api::v1::execution_log_service_server::ExecutionLogServiceServer;
+use provisioning_api::v1::handler_service_server::HandlerServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::Config;
+use crate::db::embedded::{EmbeddedError, EmbeddedPostgres};
+use crate::db::{Db, DbError};
+use crate::shutdown::Shutdown;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The embedded database could not be provided.
+    #[error("embedded PostgreSQL: {0}")]
+    Embedded(#[from] EmbeddedError),
+    /// The database could not be reached or migrated.
+    #[error("database: {0}")]
+    Db(#[from] DbError),
+    /// A directory could not be prepared.
+    #[error("{0}")]
+    Io(String),
+    /// The gRPC transport failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves the API on `listener` until `shutdown` is requested, then stops accepting,
+/// lets background tasks finish and stops the embedded database if it started one.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), ServerError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+
+    let (db, embedded) = open_database(&config).await?;
+    db.migrate().await?;
+    maintenance::prepare(&db).await?;
+    let scripts_dir = config.scripts_dir();
+    std::fs::create_dir_all(&scripts_dir)
+        .map_err(|e| ServerError::Io(format!("creating scripts directory {}: {e}", scripts_dir.display())))?;
+
+    let config = Arc::new(config);
+    let signals = listener::spawn(db.clone(), &shutdown);
+    let recorder = dispatch::recorder::spawn(db.clone(), config.clone(), &shutdown);
+    let runner = dispatch::Runner::new(&config, scripts_dir.clone(), recorder.clone());
+    let ingest = domain::events::Ingest::new(db.clone(), config.clone(), signals.clone(), &shutdown);
+    dispatch::worker::spawn(db.clone(), config.clone(), runner.clone(), signals.clone(), &shutdown);
+    maintenance::spawn(db.clone(), config.clone(), &shutdown);
+
+    let registry = domain::handlers::HandlerRegistry::new(db.clone(), scripts_dir);
+    let logs = domain::logs::LogStore::new(db.clone(), signals.clone());
+    let before = dispatch::before::BeforeChain::new(db.clone(), runner);
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(provisioning_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(provisioning_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    for service in [
+        "provisioning.v1.HandlerService",
+        "provisioning.v1.EventService",
+        "provisioning.v1.ExecutionLogService",
+        "",
+    ] {
+        health_reporter
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let local_addr = listener.local_addr().ok();
+    tracing::info!(listen = ?local_addr, database = if embedded.is_some() { "embedded" } else { "external" }, "provisiond serving");
+
+    let token = shutdown.token.clone();
+    let served = tonic::transport::Server::builder()
+        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(HandlerServiceServer::new(grpc::handler_service::HandlerApi::new(registry)))
+        .add_service(
+            EventServiceServer::new(grpc::event_service::EventApi::new(ingest, before))
+                .max_decoding_message_size(64 * 1024 * 1024),
+        )
+        .add_service(ExecutionLogServiceServer::new(grpc::log_service::LogApi::new(logs)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), token.cancelled_owned())
+        .await;
+
+    // Stop background work even when the transport failed, then wait for it.
+    shutdown.token.cancel();
+    shutdown.tracker.close();
+    shutdown.tracker.wait().await;
+    if let Some(embedded) = embedded {
+        drop(db);
+        tokio::task::spawn_blocking(move || drop(embedded)).await.ok();
+    }
+    tracing::info!("provisiond stopped");
+    Ok(served?)
+}
+
+async fn open_database(config: &Config) -> Result<(Db, Option<EmbeddedPostgres>), ServerError> {
+    let pool_size = config.db_pool_size;
+    if let Some(url) = &config.database_url {
+        return Ok((Db::connect(url, pool_size)?, None));
+    }
+    let data_dir = config.data_dir();
+    tracing::info!(data_dir = %data_dir.display(), "starting the embedded PostgreSQL");
+    let embedded = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data_dir))
+        .await
+        .map_err(DbError::Join)??;
+    let db = Db::connect(&embedded.url(), pool_size)?;
+    Ok((db, Some(embedded)))
+}
