@@ -77,7 +77,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     let config = Arc::new(config);
     let signals = listener::spawn(db.clone(), &shutdown);
     let recorder = dispatch::recorder::spawn(db.clone(), config.clone(), &shutdown);
-    let runner = dispatch::Runner::new(&config, scripts_dir.clone(), recorder.clone());
+    // The runner holds the only recorder handle: the recorder drains and stops once the
+    // worker and the gRPC services (the runner's owners) are gone.
+    let runner = dispatch::Runner::new(&config, scripts_dir.clone(), recorder);
     let ingest = domain::events::Ingest::new(db.clone(), config.clone(), signals.clone(), &shutdown);
     dispatch::worker::spawn(db.clone(), config.clone(), runner.clone(), signals.clone(), &shutdown);
     maintenance::spawn(db.clone(), config.clone(), &shutdown);

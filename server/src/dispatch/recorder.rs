@@ -4,8 +4,8 @@
 //! dropped) and written in batches, one transaction per batch: log rows, delivery
 //! updates, handler health, then a NOTIFY so tails on every replica see the rows. A
 //! failed batch is retried; if the database rejects the batch itself, rows are written
-//! one by one so a single bad row cannot hold the others back. On shutdown the channel
-//! is drained before the task ends.
+//! one by one so a single bad row cannot hold the others back. The task ends when every
+//! sender is gone, after writing what was queued, so runs in flight at shutdown are kept.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,34 +100,18 @@ impl Recorder {
     }
 }
 
-/// Starts the recorder task.
+/// Starts the recorder task. It ends once every `Recorder` handle is gone and the
+/// queue is drained, so runs still in flight at shutdown are recorded.
 pub fn spawn(db: Db, config: Arc<Config>, shutdown: &Shutdown) -> Recorder {
     let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
-    let token = shutdown.token.clone();
-    shutdown.spawn(write_loop(db, config, receiver, token));
+    shutdown.spawn(write_loop(db, config, receiver));
     Recorder { sender }
 }
 
-async fn write_loop(
-    db: Db,
-    config: Arc<Config>,
-    mut receiver: mpsc::Receiver<Record>,
-    token: tokio_util::sync::CancellationToken,
-) {
+async fn write_loop(db: Db, config: Arc<Config>, mut receiver: mpsc::Receiver<Record>) {
     let disable_after_ms = config.disable_after.as_millis() as i64;
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let received = tokio::select! {
-            n = receiver.recv_many(&mut batch, MAX_BATCH) => n,
-            // Senders live in long-lived tasks; after shutdown, drain what is queued.
-            _ = token.cancelled() => {
-                receiver.close();
-                receiver.recv_many(&mut batch, MAX_BATCH).await
-            }
-        };
-        if received == 0 {
-            break;
-        }
+    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let records = std::mem::take(&mut batch);
         write_with_retry(&db, records, disable_after_ms).await;
     }
