@@ -139,14 +139,16 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
 
 async fn open_database(config: &Config) -> Result<(Db, Option<EmbeddedPostgres>), ServerError> {
     let pool_size = config.db_pool_size;
-    if let Some(url) = &config.database_url {
-        return Ok((Db::connect(url, pool_size)?, None));
-    }
+    let url = config.database_url.clone();
     let data_dir = config.data_dir();
-    tracing::info!(data_dir = %data_dir.display(), "starting the embedded PostgreSQL");
-    let embedded = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data_dir))
-        .await
-        .map_err(DbError::Join)??;
-    let db = Db::connect(&embedded.url(), pool_size)?;
-    Ok((db, Some(embedded)))
+    // Starting a cluster and opening the pool's first connections both block.
+    let opened = tokio::task::spawn_blocking(move || match url {
+        Some(url) => Ok((Db::connect(&url, pool_size)?, None)),
+        None => {
+            tracing::info!(data_dir = %data_dir.display(), "starting the embedded PostgreSQL");
+            let embedded = EmbeddedPostgres::start(&data_dir)?;
+            Ok((Db::connect(&embedded.url(), pool_size)?, Some(embedded)))
+        }
+    });
+    opened.await.map_err(DbError::Join)?
 }

@@ -1,0 +1,302 @@
+//! Typed async client of the Provisioning API (`provisioning.v1`).
+//!
+//! [`Client`] wraps the three generated tonic clients (handlers, events, execution logs)
+//! over one shared HTTP/2 [`Channel`], so it is cheap to clone and every clone
+//! multiplexes on the same connection. Its methods are deliberately thin: they take the
+//! generated request message, make exactly one call and return the generated reply or
+//! stream, with errors folded into [`ClientError`]. Validation, retries and formatting
+//! belong to the caller (the `provctl` binary of this crate is one such caller).
+//!
+//! Event data travels as JSON text (`data_json`); pass the text exactly as it should
+//! reach the handlers: the service keeps it byte for byte.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), provisioning_client::ClientError> {
+//! use provisioning_client::{proto, Client};
+//!
+//! let client = Client::connect("127.0.0.1:50051").await?;
+//! let reply = client
+//!     .emit(proto::EmitRequest {
+//!         event: "accounts.create".into(),
+//!         phase: proto::Phase::After.into(),
+//!         data_json: r#"{"id": 178, "id_clients": 15}"#.into(),
+//!         idempotency_key: String::new(),
+//!     })
+//!     .await?;
+//! println!("event {}", reply.event_id);
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+
+use std::time::Duration;
+
+use futures_util::Stream;
+use tonic::codec::Streaming;
+use tonic::transport::{Channel, Endpoint};
+
+pub use error::ClientError;
+/// The generated messages, enums and stubs of `provisioning.v1`.
+pub use provisioning_api::v1 as proto;
+
+use proto::event_service_client::EventServiceClient;
+use proto::execution_log_service_client::ExecutionLogServiceClient;
+use proto::handler_service_client::HandlerServiceClient;
+
+/// How long [`Client::connect`] waits for the TCP connection before giving up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest reply accepted, above tonic's 4 MiB default: an execution log carries up to
+/// two data objects (1 MiB each by default) and a handler page up to 1000 handlers.
+const MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+/// A connection to the Provisioning API: one method per RPC.
+///
+/// Cloning is cheap and clones share the connection; methods take `&self`, so one client
+/// can serve concurrent tasks.
+#[derive(Debug, Clone)]
+pub struct Client {
+    handlers: HandlerServiceClient<Channel>,
+    events: EventServiceClient<Channel>,
+    logs: ExecutionLogServiceClient<Channel>,
+}
+
+impl Client {
+    /// Connects to a server at `url`: `http://host:port`, or `host:port` (plain HTTP/2 is
+    /// assumed). Fails with [`ClientError::InvalidUrl`] for an unusable address and
+    /// [`ClientError::Connect`] when the server cannot be reached.
+    pub async fn connect(url: impl Into<String>) -> Result<Self, ClientError> {
+        let url = normalize_url(url.into());
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|_| ClientError::InvalidUrl(url))?
+            .connect_timeout(CONNECT_TIMEOUT);
+        let channel = endpoint.connect().await.map_err(ClientError::Connect)?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// Builds a client over an existing channel (for example a lazily connected one, or
+    /// one with TLS or interceptors configured by the caller).
+    pub fn from_channel(channel: Channel) -> Self {
+        Self {
+            handlers: HandlerServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            events: EventServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            logs: ExecutionLogServiceClient::new(channel)
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+        }
+    }
+
+    // HandlerService
+
+    /// `HandlerService.Create`: registers a handler; the reply carries the full secret.
+    pub async fn create_handler(
+        &self,
+        request: proto::CreateHandlerRequest,
+    ) -> Result<proto::Handler, ClientError> {
+        Ok(self.handlers.clone().create(request).await?.into_inner())
+    }
+
+    /// `HandlerService.Get`: one handler, secret masked.
+    pub async fn get_handler(
+        &self,
+        request: proto::GetHandlerRequest,
+    ) -> Result<proto::Handler, ClientError> {
+        Ok(self.handlers.clone().get(request).await?.into_inner())
+    }
+
+    /// `HandlerService.List`: one page of handlers; follow `next_page_token` for more.
+    pub async fn list_handlers(
+        &self,
+        request: proto::ListHandlersRequest,
+    ) -> Result<proto::ListHandlersResponse, ClientError> {
+        Ok(self.handlers.clone().list(request).await?.into_inner())
+    }
+
+    /// `HandlerService.Update`: changes the fields named in `update_mask`.
+    pub async fn update_handler(
+        &self,
+        request: proto::UpdateHandlerRequest,
+    ) -> Result<proto::Handler, ClientError> {
+        Ok(self.handlers.clone().update(request).await?.into_inner())
+    }
+
+    /// `HandlerService.SetStatus`: enables, disables or archives a handler.
+    pub async fn set_handler_status(
+        &self,
+        request: proto::SetHandlerStatusRequest,
+    ) -> Result<proto::Handler, ClientError> {
+        Ok(self
+            .handlers
+            .clone()
+            .set_status(request)
+            .await?
+            .into_inner())
+    }
+
+    /// `HandlerService.Delete`: deletes a handler (its log rows stay).
+    pub async fn delete_handler(
+        &self,
+        request: proto::DeleteHandlerRequest,
+    ) -> Result<(), ClientError> {
+        self.handlers.clone().delete(request).await?;
+        Ok(())
+    }
+
+    /// `HandlerService.RotateSecret`: new signing secret, returned in full.
+    pub async fn rotate_secret(
+        &self,
+        request: proto::RotateSecretRequest,
+    ) -> Result<proto::Handler, ClientError> {
+        Ok(self
+            .handlers
+            .clone()
+            .rotate_secret(request)
+            .await?
+            .into_inner())
+    }
+
+    /// `HandlerService.ListEventTypes`: the event catalogue.
+    pub async fn list_event_types(
+        &self,
+        request: proto::ListEventTypesRequest,
+    ) -> Result<proto::ListEventTypesResponse, ClientError> {
+        Ok(self
+            .handlers
+            .clone()
+            .list_event_types(request)
+            .await?
+            .into_inner())
+    }
+
+    /// `HandlerService.CreateEventType`: adds an event to the catalogue.
+    pub async fn create_event_type(
+        &self,
+        request: proto::CreateEventTypeRequest,
+    ) -> Result<proto::EventType, ClientError> {
+        Ok(self
+            .handlers
+            .clone()
+            .create_event_type(request)
+            .await?
+            .into_inner())
+    }
+
+    // EventService
+
+    /// `EventService.Emit`: one event; for BEFORE, the decision and the final data.
+    pub async fn emit(
+        &self,
+        request: proto::EmitRequest,
+    ) -> Result<proto::EmitResponse, ClientError> {
+        Ok(self.events.clone().emit(request).await?.into_inner())
+    }
+
+    /// `EventService.EmitBatch`: many AFTER events in one transaction.
+    pub async fn emit_batch(
+        &self,
+        request: proto::EmitBatchRequest,
+    ) -> Result<proto::EmitBatchResponse, ClientError> {
+        Ok(self.events.clone().emit_batch(request).await?.into_inner())
+    }
+
+    /// `EventService.EmitStream`: sends `events` as they are produced and returns the
+    /// stream of acknowledgements (in order; a rejected event gets an ack with its error).
+    pub async fn emit_stream<S>(&self, events: S) -> Result<Streaming<proto::EmitAck>, ClientError>
+    where
+        S: Stream<Item = proto::EmitStreamRequest> + Send + 'static,
+    {
+        Ok(self.events.clone().emit_stream(events).await?.into_inner())
+    }
+
+    // ExecutionLogService
+
+    /// `ExecutionLogService.Get`: one run with its data.
+    pub async fn get_log(
+        &self,
+        request: proto::GetLogRequest,
+    ) -> Result<proto::ExecutionLog, ClientError> {
+        Ok(self.logs.clone().get(request).await?.into_inner())
+    }
+
+    /// `ExecutionLogService.Search`: matching runs, newest first, as a stream.
+    pub async fn search_logs(
+        &self,
+        request: proto::SearchLogsRequest,
+    ) -> Result<Streaming<proto::LogEntry>, ClientError> {
+        Ok(self.logs.clone().search(request).await?.into_inner())
+    }
+
+    /// `ExecutionLogService.Tail`: live runs as they are logged; never ends by itself.
+    pub async fn tail_logs(
+        &self,
+        request: proto::TailLogsRequest,
+    ) -> Result<Streaming<proto::LogEntry>, ClientError> {
+        Ok(self.logs.clone().tail(request).await?.into_inner())
+    }
+
+    /// `ExecutionLogService.Stats`: counts and duration percentiles per handler.
+    pub async fn log_stats(
+        &self,
+        request: proto::LogStatsRequest,
+    ) -> Result<proto::LogStatsResponse, ClientError> {
+        Ok(self.logs.clone().stats(request).await?.into_inner())
+    }
+
+    /// `ExecutionLogService.Retry`: runs a failed AFTER delivery again now.
+    pub async fn retry(
+        &self,
+        request: proto::RetryRequest,
+    ) -> Result<proto::RetryResponse, ClientError> {
+        Ok(self.logs.clone().retry(request).await?.into_inner())
+    }
+
+    /// `ExecutionLogService.Purge`: deletes runs older than a date.
+    pub async fn purge(
+        &self,
+        request: proto::PurgeRequest,
+    ) -> Result<proto::PurgeResponse, ClientError> {
+        Ok(self.logs.clone().purge(request).await?.into_inner())
+    }
+}
+
+/// Adds `http://` to a bare `host:port`, the form people type.
+fn normalize_url(url: String) -> String {
+    if url.contains("://") {
+        url
+    } else {
+        format!("http://{url}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_host_port_gets_http_scheme() {
+        assert_eq!(
+            normalize_url("localhost:50051".into()),
+            "http://localhost:50051"
+        );
+        assert_eq!(
+            normalize_url("http://10.0.0.1:1".into()),
+            "http://10.0.0.1:1"
+        );
+        assert_eq!(normalize_url("https://api:443".into()), "https://api:443");
+    }
+
+    #[tokio::test]
+    async fn malformed_url_is_invalid_url_not_connect() {
+        let err = Client::connect("http://exa mple:1").await.unwrap_err();
+        assert!(matches!(err, ClientError::InvalidUrl(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_connect_error() {
+        // Port 1 on loopback is closed on any sane test machine.
+        let err = Client::connect("127.0.0.1:1").await.unwrap_err();
+        assert!(matches!(err, ClientError::Connect(_)), "{err:?}");
+    }
+}
