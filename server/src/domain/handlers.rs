@@ -15,7 +15,7 @@ use rand::RngCore;
 
 use super::{parse_stored, DomainError, FailurePolicy, HandlerKind, HandlerStatus, Phase};
 use crate::db::models::{EventTypeRow, HandlerChangeset, HandlerRow, NewHandlerRow};
-use crate::db::queries::{event_types, handlers};
+use crate::db::queries::{deliveries, event_types, handlers};
 use crate::db::Db;
 
 /// Longest handler name, in characters.
@@ -340,11 +340,21 @@ impl HandlerRegistry {
             .and_then(handler_from_row)
     }
 
-    /// Deletes a handler (its pending deliveries go with it; its log rows stay).
+    /// Deletes a handler (its pending deliveries go with it; its log rows stay). Events
+    /// whose next delivery in priority order was this handler's move on to the next one.
     pub async fn delete(&self, id: i64) -> Result<(), DomainError> {
         let deleted = self
             .db
-            .run(move |conn| handlers::delete(conn, id).map_err(DomainError::from))
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    let events = deliveries::event_ids_of_handler(conn, id)?;
+                    let deleted = handlers::delete(conn, id)?;
+                    if !events.is_empty() {
+                        deliveries::promote_orphaned_waiting(conn, &events)?;
+                    }
+                    Ok::<_, DomainError>(deleted)
+                })
+            })
             .await?;
         if deleted == 0 {
             return Err(not_found(id));

@@ -130,11 +130,23 @@ WHERE d.id = f.id
     .execute(conn)
 }
 
-/// Makes waiting deliveries of these events pending (their head is gone).
-pub fn release_waiting(conn: &mut PgConnection, event_ids: &[i64]) -> QueryResult<usize> {
-    diesel::sql_query("UPDATE deliveries SET state = 1, next_attempt_at = now() WHERE state = 0 AND event_id = ANY($1)")
-        .bind::<Array<BigInt>, _>(event_ids)
-        .execute(conn)
+/// For each of these events left with waiting deliveries but no pending one (its head
+/// was deleted with its handler), makes the first waiting delivery the new head; the
+/// others are claimed with it, as before.
+pub fn promote_orphaned_waiting(conn: &mut PgConnection, event_ids: &[i64]) -> QueryResult<usize> {
+    diesel::sql_query(
+        r#"
+UPDATE deliveries SET state = 1, next_attempt_at = now()
+WHERE id IN (
+    SELECT DISTINCT ON (w.event_id) w.id FROM deliveries w
+    WHERE w.state = 0 AND w.event_id = ANY($1)
+      AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.event_id = w.event_id AND p.state = 1)
+    ORDER BY w.event_id, w.priority, w.handler_id
+)
+"#,
+    )
+    .bind::<Array<BigInt>, _>(event_ids)
+    .execute(conn)
 }
 
 /// Event ids with deliveries for this handler.
