@@ -1,0 +1,7 @@
+//! The integration tests: one binary, one module per area, helpers in `support/`
+//! (the `provisioning_tests` library).
+
+mod before;
+mod cli;
+mod dispatch;
+mod handlers;

@@ -1,0 +1,26 @@
+//! Test harness of the Provisioning API: real PostgreSQL, real servers, real sockets.
+//!
+//! - [`TestDatabase`]: a fresh migrated database per test, cloned from a template.
+//! - [`spawn_server`] / [`TestServer`]: the server in process, with a connected client.
+//! - [`spawn_server_process`] / [`ServerProcess`]: the real `provisiond` binary.
+//! - [`provctl`]: the real CLI as a `Command`; [`run_command`] runs it asynchronously.
+//! - [`eventually`]: polling with a deadline instead of sleeps.
+//! - [`TempDir`]: temporary directories (mode 0755) removed on drop.
+//!
+//! The tests themselves live in `tests/main.rs` and its modules (one binary).
+
+pub mod database;
+pub mod process;
+pub mod receiver;
+pub mod requests;
+pub mod server;
+pub mod temp;
+pub mod wait;
+
+pub use database::TestDatabase;
+pub use process::{
+    bin_path, free_addr, provctl, provisiond, run_command, spawn_server_process, ServerProcess,
+};
+pub use server::{prepare_scripts_dir, spawn_server, spawn_server_with, test_config, TestServer};
+pub use temp::TempDir;
+pub use wait::{eventually, health_status, is_serving};

@@ -243,13 +243,10 @@ impl HandlerRegistry {
             }
             n => n,
         };
-        let after_id = if query.page_token.is_empty() {
-            0
+        let after = if query.page_token.is_empty() {
+            None
         } else {
-            query
-                .page_token
-                .parse::<i64>()
-                .map_err(|_| DomainError::invalid("page_token", "malformed page token"))?
+            Some(decode_page_token(&query.page_token).ok_or_else(|| DomainError::invalid("page_token", "malformed page token"))?)
         };
         let rows = self
             .db
@@ -264,13 +261,13 @@ impl HandlerRegistry {
                     kind: query.kind.map(HandlerKind::as_str),
                     statuses: &statuses,
                 };
-                handlers::list_page(conn, &filter, after_id, i64::from(page_size) + 1).map_err(DomainError::from)
+                handlers::list_page(conn, &filter, after.as_ref(), i64::from(page_size) + 1).map_err(DomainError::from)
             })
             .await?;
         let mut handlers = rows.into_iter().map(handler_from_row).collect::<Result<Vec<_>, _>>()?;
         let next = if handlers.len() > page_size as usize {
             handlers.truncate(page_size as usize);
-            handlers.last().map(|h| h.id.to_string()).unwrap_or_default()
+            handlers.last().map(encode_page_token).unwrap_or_default()
         } else {
             String::new()
         };
@@ -278,8 +275,10 @@ impl HandlerRegistry {
     }
 
     /// Applies a patch: the current definition is read under a row lock, patched,
-    /// validated whole and written back in one transaction.
-    pub async fn update(&self, id: i64, patch: HandlerPatch) -> Result<Handler, DomainError> {
+    /// validated whole and written back in one transaction. The flag is true when the
+    /// update gave the handler its first secret (script turned HTTP), which the caller
+    /// must then show in full once.
+    pub async fn update(&self, id: i64, patch: HandlerPatch) -> Result<(Handler, bool), DomainError> {
         let scripts_dir = self.scripts_dir.clone();
         self.db
             .run(move |conn| {
@@ -292,6 +291,7 @@ impl HandlerRegistry {
                     validate_spec(&mut spec, &scripts_dir)?;
                     ensure_event_exists(conn, &spec.event)?;
                     let (kind, url, headers, script_path) = target_columns(&spec.target);
+                    let secret_created = url.is_some() && old_secret.is_none();
                     let secret = url.as_ref().map(|_| old_secret.unwrap_or_else(new_secret));
                     let changes = HandlerChangeset {
                         name: spec.name,
@@ -310,11 +310,11 @@ impl HandlerRegistry {
                         disabled_reason: if reenabled { None } else { current.disabled_reason },
                         updated_at: Utc::now(),
                     };
-                    Ok(handlers::update(conn, id, &changes)?)
+                    Ok((handlers::update(conn, id, &changes)?, secret_created))
                 })
             })
             .await
-            .and_then(handler_from_row)
+            .and_then(|(row, secret_created)| Ok((handler_from_row(row)?, secret_created)))
     }
 
     /// Sets the status; enabling clears an automatic-disable reason.
@@ -411,6 +411,26 @@ impl HandlerRegistry {
             .await
             .map(event_type_from_row)
     }
+}
+
+/// Page tokens are the List position of the last handler returned, base64 so that
+/// clients treat them as opaque.
+fn encode_page_token(last: &Handler) -> String {
+    let text = format!("{}\n{}\n{}\n{}", last.event, last.phase, last.priority, last.id);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+fn decode_page_token(token: &str) -> Option<handlers::ListPosition> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let mut parts = text.split('\n');
+    let position = handlers::ListPosition {
+        event: parts.next()?.to_owned(),
+        phase: parts.next()?.to_owned(),
+        priority: parts.next()?.parse().ok()?,
+        id: parts.next()?.parse().ok()?,
+    };
+    parts.next().is_none().then_some(position)
 }
 
 fn not_found(id: i64) -> DomainError {
@@ -715,5 +735,19 @@ mod tests {
         assert!(resolve_script(&dir, "escape").unwrap_err().contains("outside"));
         assert!(resolve_script(&dir, "missing.sh").unwrap_err().contains("not found"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_garbage() {
+        let position = handlers::ListPosition {
+            event: "clients.create".into(),
+            phase: "after".into(),
+            priority: 7,
+            id: 42,
+        };
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("clients.create\nafter\n7\n42");
+        assert_eq!(decode_page_token(&token), Some(position));
+        assert_eq!(decode_page_token("42"), None);
+        assert_eq!(decode_page_token("!!"), None);
     }
 }

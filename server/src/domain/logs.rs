@@ -1,29 +1,587 @@
 //! Execution logs: search, live tail, details, statistics, retry and retention.
-//! (Being implemented: see issue 4.)
+//!
+//! Reading never holds a result in memory: Search pages through the log with a keyset
+//! on `(created_at, id)` (newest first, 500 rows per query) and hands rows to the
+//! caller through a small bounded channel, so a slow reader slows only its own queries.
+//! Tail (in `tail`) reads the database too, woken by the cross-replica `Signals.logs`;
+//! it never sits on the write path, so no reader can slow the dispatcher or the
+//! recorder. Retention (in `purge`) drops whole daily partitions and deletes the rest in
+//! small batches, so it never holds long locks.
+//!
+//! Cursors are opaque to clients: base64url of the row's start time (microseconds,
+//! PostgreSQL's precision) and id, which together order every row uniquely.
 
+mod purge;
+mod tail;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use diesel::{Connection, OptionalExtension};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 
-use super::DomainError;
-use crate::db::Db;
+pub use tail::TailItem;
+
+use super::{parse_stored, DomainError, HandlerKind, HandlerStatus, Phase, RunStatus};
+use crate::db::models::LogRow;
+use crate::db::queries::logs::{self, Position};
+use crate::db::queries::deliveries;
+use crate::db::{Db, DbError};
 use crate::listener::Signals;
+
+/// Search limit when the request gives none.
+pub const DEFAULT_SEARCH_LIMIT: u32 = 100;
+/// Largest Search limit.
+pub const MAX_SEARCH_LIMIT: u32 = 100_000;
+/// Largest Tail backlog.
+pub const MAX_BACKLOG: u32 = 10_000;
+/// Rows per database query while streaming.
+const PAGE: i64 = 500;
+/// Rows buffered between a Search query task and its reader.
+const SEARCH_BUFFER: usize = 64;
+
+/// What a search or tail matches; every field is optional and they combine with AND.
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    /// Only this outcome.
+    pub status: Option<RunStatus>,
+    /// Only this phase.
+    pub phase: Option<Phase>,
+    /// Only these events (any of them); unknown names simply match nothing.
+    pub events: Vec<String>,
+    /// Only this handler.
+    pub handler_id: Option<i64>,
+    /// Case-insensitive substring of the data sent, as JSON text.
+    pub data_contains: Option<String>,
+    /// JSON object text the data sent must contain; checked by [`LogFilter::validate`].
+    pub data_json_contains: Option<String>,
+    /// Case-insensitive substring of the error.
+    pub error_contains: Option<String>,
+    /// Runs at or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Runs before this time.
+    pub to: Option<DateTime<Utc>>,
+    /// Only this attempt number.
+    pub attempt: Option<u32>,
+    /// Only runs of this event.
+    pub event_id: Option<i64>,
+}
+
+impl LogFilter {
+    /// Checks the filter and turns it into its query form. Messages name the field as
+    /// the API spells it (`filter.from`, …).
+    pub fn validate(self) -> Result<logs::LogFilter, DomainError> {
+        let LogFilter {
+            status,
+            phase,
+            events,
+            handler_id,
+            data_contains,
+            data_json_contains,
+            error_contains,
+            from,
+            to,
+            attempt,
+            event_id,
+        } = self;
+        if let (Some(from), Some(to)) = (from, to) {
+            if from > to {
+                return Err(DomainError::invalid(
+                    "filter.from",
+                    format!("{} is after filter.to ({})", from.to_rfc3339(), to.to_rfc3339()),
+                ));
+            }
+        }
+        let data_json_contains = match data_json_contains.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => {
+                let value: serde_json::Value = serde_json::from_str(text)
+                    .map_err(|e| DomainError::invalid("filter.data_json_contains", format!("not valid JSON: {e}")))?;
+                if !value.is_object() {
+                    return Err(DomainError::invalid(
+                        "filter.data_json_contains",
+                        "must be a JSON object such as {\"accname\": \"1\"}",
+                    ));
+                }
+                Some(value)
+            }
+        };
+        let attempt = attempt
+            .map(|a| i32::try_from(a).map_err(|_| DomainError::invalid("filter.attempt", "out of range")))
+            .transpose()?;
+        Ok(logs::LogFilter {
+            status: status.map(RunStatus::as_str),
+            phase: phase.map(Phase::as_str),
+            events: events.into_iter().filter(|e| !e.is_empty()).collect(),
+            handler_id,
+            data_contains: data_contains.filter(|t| !t.is_empty()),
+            data_json_contains,
+            error_contains: error_contains.filter(|t| !t.is_empty()),
+            from,
+            to,
+            attempt,
+            event_id,
+        })
+    }
+}
+
+/// One handler run, as logged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionLog {
+    /// Log id.
+    pub id: i64,
+    /// Run start.
+    pub created_at: DateTime<Utc>,
+    /// Phase of the event.
+    pub phase: Phase,
+    /// Event name.
+    pub event: String,
+    /// Outcome.
+    pub status: RunStatus,
+    /// Handler id (the handler may since have been deleted).
+    pub handler_id: i64,
+    /// Handler name at the time of the run.
+    pub handler_name: String,
+    /// Handler kind.
+    pub kind: HandlerKind,
+    /// Error text; empty on success.
+    pub error: String,
+    /// Run time.
+    pub duration_ms: u32,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Data sent, JSON object text.
+    pub data_sent: String,
+    /// Data returned (BEFORE), JSON text.
+    pub data_returned: Option<String>,
+    /// Response body or script output, truncated.
+    pub response: String,
+    /// HTTP status.
+    pub http_status: Option<i32>,
+    /// Script exit code.
+    pub exit_code: Option<i32>,
+    /// Event id.
+    pub event_id: i64,
+    /// Delivery id (AFTER).
+    pub delivery_id: Option<i64>,
+}
+
+impl ExecutionLog {
+    /// This row's resume position, encoded.
+    pub fn cursor(&self) -> String {
+        encode_cursor(Position {
+            created_at: self.created_at,
+            id: self.id,
+        })
+    }
+}
+
+impl TryFrom<LogRow> for ExecutionLog {
+    type Error = DomainError;
+
+    fn try_from(row: LogRow) -> Result<ExecutionLog, DomainError> {
+        let LogRow {
+            id,
+            created_at,
+            phase,
+            event,
+            status,
+            handler_id,
+            handler_name,
+            kind,
+            error,
+            duration_ms,
+            attempt,
+            data_sent,
+            data_returned,
+            response,
+            http_status,
+            exit_code,
+            event_id,
+            delivery_id,
+        } = row;
+        Ok(ExecutionLog {
+            id,
+            created_at,
+            phase: parse_stored(Phase::parse, &phase, "execution_logs.phase")?,
+            event,
+            status: parse_stored(RunStatus::parse, &status, "execution_logs.status")?,
+            handler_id,
+            handler_name,
+            kind: parse_stored(HandlerKind::parse, &kind, "execution_logs.kind")?,
+            error,
+            duration_ms: u32::try_from(duration_ms).unwrap_or(0),
+            attempt: u32::try_from(attempt).unwrap_or(0),
+            data_sent: data_sent.to_string(),
+            data_returned: data_returned.map(|d| d.to_string()),
+            response,
+            http_status,
+            exit_code,
+            event_id,
+            delivery_id,
+        })
+    }
+}
+
+/// A streamed row with its resume position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    /// The run.
+    pub log: ExecutionLog,
+    /// Opaque cursor of this row.
+    pub cursor: String,
+}
+
+impl LogEntry {
+    fn from_row(row: LogRow) -> Result<LogEntry, DomainError> {
+        let log = ExecutionLog::try_from(row)?;
+        Ok(LogEntry {
+            cursor: log.cursor(),
+            log,
+        })
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            created_at: self.log.created_at,
+            id: self.log.id,
+        }
+    }
+}
+
+/// Statistics of one handler over a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandlerStats {
+    /// Handler id.
+    pub handler_id: i64,
+    /// Name of its latest run in the window.
+    pub handler_name: String,
+    /// Runs.
+    pub total: u64,
+    /// Successful runs.
+    pub success: u64,
+    /// Failed runs.
+    pub fail: u64,
+    /// `success / total`.
+    pub success_rate: f64,
+    /// Median duration, ms.
+    pub p50_ms: f64,
+    /// 95th percentile, ms.
+    pub p95_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+}
+
+/// Where a tail starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TailStart {
+    /// With the runs logged from now on.
+    Now,
+    /// With the last `n` matching runs (oldest first), then live runs.
+    Backlog(u32),
+    /// With every matching run logged after this cursor's row, then live runs.
+    After(String),
+}
 
 /// Reads and maintains the execution log.
 #[derive(Clone)]
 pub struct LogStore {
-    #[allow(dead_code)]
     db: Db,
-    #[allow(dead_code)]
     signals: Signals,
+    /// Cancelled when the server stops: ends live tails, which never end by themselves
+    /// and would otherwise hold the graceful shutdown open.
+    shutdown: CancellationToken,
 }
 
 impl LogStore {
     /// A store over `db`; `signals` feeds live tails.
     pub fn new(db: Db, signals: Signals) -> LogStore {
-        LogStore { db, signals }
+        LogStore {
+            db,
+            signals,
+            shutdown: CancellationToken::new(),
+        }
     }
 
-    /// Deletes runs that started before `cutoff`; returns how many.
-    pub async fn purge_older_than(&self, _cutoff: DateTime<Utc>) -> Result<u64, DomainError> {
-        Ok(0)
+    /// Ends live tails (with a resumable "shutting down" notice) when `token` is cancelled.
+    pub fn with_shutdown(mut self, token: CancellationToken) -> LogStore {
+        self.shutdown = token;
+        self
+    }
+
+    /// One run. `NotFound` for an unknown id.
+    pub async fn get(&self, id: i64) -> Result<ExecutionLog, DomainError> {
+        let row = self
+            .db
+            .run(move |conn| logs::find(conn, id).optional().map_err(DomainError::from))
+            .await?;
+        let row = row.ok_or_else(|| DomainError::NotFound(format!("execution log {id} not found")))?;
+        ExecutionLog::try_from(row)
+    }
+
+    /// Matching runs, newest first, at most `limit` (0 = [`DEFAULT_SEARCH_LIMIT`]),
+    /// after `cursor` when given. Bad input fails here, before anything streams; rows
+    /// then arrive as the database yields them, and a query failure ends the stream with
+    /// the error.
+    pub fn search(
+        &self,
+        filter: LogFilter,
+        limit: u32,
+        cursor: &str,
+    ) -> Result<ReceiverStream<Result<LogEntry, DomainError>>, DomainError> {
+        let filter = filter.validate()?;
+        let limit = match limit {
+            0 => DEFAULT_SEARCH_LIMIT,
+            1..=MAX_SEARCH_LIMIT => limit,
+            _ => {
+                return Err(DomainError::invalid(
+                    "limit",
+                    format!("{limit} is out of range: 1 to {MAX_SEARCH_LIMIT} (0 = {DEFAULT_SEARCH_LIMIT})"),
+                ))
+            }
+        };
+        let mut before = optional_cursor(cursor, "cursor")?;
+        let (sender, receiver) = mpsc::channel(SEARCH_BUFFER);
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            let filter = std::sync::Arc::new(filter);
+            let mut remaining = i64::from(limit);
+            while remaining > 0 {
+                let page = remaining.min(PAGE);
+                let query_filter = filter.clone();
+                let rows = db
+                    .run(move |conn| logs::search_page(conn, &query_filter, before, page).map_err(DbError::from))
+                    .await;
+                let rows = match rows {
+                    Ok(rows) => rows,
+                    Err(error) => {
+                        send_final(&sender, Err(error.into())).await;
+                        return;
+                    }
+                };
+                let fetched = rows.len() as i64;
+                for row in rows {
+                    let entry = LogEntry::from_row(row);
+                    if let Ok(entry) = &entry {
+                        before = Some(entry.position());
+                    }
+                    let failed = entry.is_err();
+                    if sender.send(entry).await.is_err() || failed {
+                        return; // the reader went away, or a corrupt row ended the stream
+                    }
+                }
+                remaining -= fetched;
+                if fetched < page {
+                    break;
+                }
+            }
+        });
+        Ok(ReceiverStream::new(receiver))
+    }
+
+    /// Live runs matching `filter` from every replica, starting as `start` says. The
+    /// start position is fixed when this returns: every matching row logged afterwards,
+    /// on any replica, is sent.
+    pub async fn tail(&self, filter: LogFilter, start: TailStart) -> Result<ReceiverStream<TailItem>, DomainError> {
+        let filter = filter.validate()?;
+        let start = match start {
+            TailStart::Backlog(n) if n > MAX_BACKLOG => {
+                return Err(DomainError::invalid("backlog", format!("{n} is over the maximum of {MAX_BACKLOG}")))
+            }
+            TailStart::Now | TailStart::Backlog(0) => tail::Start::Now,
+            TailStart::Backlog(n) => tail::Start::Backlog(i64::from(n)),
+            TailStart::After(cursor) => tail::Start::After(decode_cursor(&cursor, "cursor")?),
+        };
+        tail::open(self.db.clone(), &self.signals, self.shutdown.clone(), filter, start).await
+    }
+
+    /// Counts, success rate and duration percentiles per handler (or one handler) over
+    /// `[from, to)`; `to` defaults to now and `from` to 24 hours before `to`.
+    pub async fn stats(
+        &self,
+        handler_id: Option<i64>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<Vec<HandlerStats>, DomainError> {
+        let to = to.unwrap_or_else(Utc::now);
+        let from = from.unwrap_or(to - chrono::Duration::hours(24));
+        if from > to {
+            return Err(DomainError::invalid(
+                "from",
+                format!("{} is after to ({})", from.to_rfc3339(), to.to_rfc3339()),
+            ));
+        }
+        let rows = self
+            .db
+            .run(move |conn| logs::stats(conn, handler_id, from, to).map_err(DomainError::from))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let total = u64::try_from(row.total).unwrap_or(0);
+                let success = u64::try_from(row.success).unwrap_or(0);
+                HandlerStats {
+                    handler_id: row.handler_id,
+                    handler_name: row.handler_name,
+                    total,
+                    success,
+                    fail: u64::try_from(row.fail).unwrap_or(0),
+                    success_rate: if total == 0 { 0.0 } else { success as f64 / total as f64 },
+                    p50_ms: row.p50,
+                    p95_ms: row.p95,
+                    p99_ms: row.p99,
+                }
+            })
+            .collect())
+    }
+
+    /// Runs the delivery of a failed AFTER run again now and returns the delivery id.
+    /// The old row stays as it is; the new attempt gets its own row.
+    pub async fn retry(&self, log_id: i64) -> Result<i64, DomainError> {
+        let delivery_id = self
+            .db
+            .run(move |conn| {
+                let row = logs::find(conn, log_id)
+                    .optional()?
+                    .ok_or_else(|| DomainError::NotFound(format!("execution log {log_id} not found")))?;
+                if parse_stored(Phase::parse, &row.phase, "execution_logs.phase")? == Phase::Before {
+                    return Err(DomainError::FailedPrecondition(format!(
+                        "execution log {log_id} is a BEFORE run: BEFORE handlers run inside Emit and cannot be retried"
+                    )));
+                }
+                if parse_stored(RunStatus::parse, &row.status, "execution_logs.status")? == RunStatus::Success {
+                    return Err(DomainError::FailedPrecondition(format!(
+                        "execution log {log_id} succeeded: only failed runs can be retried"
+                    )));
+                }
+                conn.transaction::<_, DomainError, _>(|conn| {
+                    if !logs::event_exists(conn, row.event_id)? {
+                        return Err(DomainError::NotFound(format!(
+                            "event {} of execution log {log_id} no longer exists (removed by retention)",
+                            row.event_id
+                        )));
+                    }
+                    let (priority, status) = logs::handler_priority_and_status(conn, row.handler_id)?.ok_or_else(|| {
+                        DomainError::NotFound(format!("handler {} of execution log {log_id} no longer exists", row.handler_id))
+                    })?;
+                    let status = parse_stored(HandlerStatus::parse, &status, "handlers.status")?;
+                    if status != HandlerStatus::Enabled {
+                        return Err(DomainError::FailedPrecondition(format!(
+                            "handler {} is {status}: enable it before retrying",
+                            row.handler_id
+                        )));
+                    }
+                    let delivery_id = deliveries::schedule_now(conn, row.event_id, row.handler_id, priority)?;
+                    logs::notify_work(conn)?;
+                    Ok(delivery_id)
+                })
+            })
+            .await?;
+        self.signals.work.notify_one();
+        Ok(delivery_id)
+    }
+
+    /// Deletes runs that started before `cutoff`; returns how many. Whole daily
+    /// partitions older than the cutoff are dropped, the rest is deleted in batches; old
+    /// events without deliveries go too. Also what automatic retention calls.
+    pub async fn purge_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64, DomainError> {
+        let deleted = self.db.run(move |conn| purge::older_than(conn, cutoff)).await?;
+        Ok(deleted)
+    }
+}
+
+/// Sends the last item of a stream; the reader may already have gone.
+async fn send_final<T>(sender: &mpsc::Sender<T>, item: T) {
+    if sender.send(item).await.is_err() {
+        tracing::debug!("log stream reader went away before the final item");
+    }
+}
+
+/// Encodes a position as an opaque cursor.
+fn encode_cursor(position: Position) -> String {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&position.created_at.timestamp_micros().to_be_bytes());
+    bytes[8..].copy_from_slice(&position.id.to_be_bytes());
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Decodes a cursor made by [`encode_cursor`]; `field` names it in the error.
+fn decode_cursor(text: &str, field: &str) -> Result<Position, DomainError> {
+    let invalid = || DomainError::invalid(field, "not a cursor returned by this service");
+    let bytes = URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| invalid())?;
+    let bytes: [u8; 16] = bytes.try_into().map_err(|_| invalid())?;
+    let micros = i64::from_be_bytes(bytes[..8].try_into().map_err(|_| invalid())?);
+    let id = i64::from_be_bytes(bytes[8..].try_into().map_err(|_| invalid())?);
+    let created_at = DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?;
+    Ok(Position { created_at, id })
+}
+
+/// An empty cursor is no cursor.
+fn optional_cursor(text: &str, field: &str) -> Result<Option<Position>, DomainError> {
+    if text.trim().is_empty() {
+        Ok(None)
+    } else {
+        decode_cursor(text, field).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_rejected() {
+        let position = Position {
+            created_at: DateTime::from_timestamp_micros(1_764_115_200_123_456).unwrap(),
+            id: 42,
+        };
+        let cursor = encode_cursor(position);
+        assert_eq!(decode_cursor(&cursor, "cursor").unwrap(), position);
+        for bad in ["x", "!!!!", "AAAA", &cursor[1..]] {
+            let error = decode_cursor(bad, "cursor").unwrap_err();
+            assert!(matches!(error, DomainError::InvalidArgument(ref m) if m.starts_with("cursor:")), "{bad}: {error:?}");
+        }
+        assert_eq!(optional_cursor("", "cursor").unwrap(), None);
+    }
+
+    #[test]
+    fn filters_are_validated_with_the_field_name() {
+        let now = Utc::now();
+        let later = LogFilter {
+            from: Some(now),
+            to: Some(now - chrono::Duration::seconds(1)),
+            ..Default::default()
+        };
+        assert!(matches!(later.validate(), Err(DomainError::InvalidArgument(m)) if m.starts_with("filter.from:")));
+        for bad in ["{", "[1]", "\"x\"", "12"] {
+            let filter = LogFilter {
+                data_json_contains: Some(bad.into()),
+                ..Default::default()
+            };
+            assert!(
+                matches!(filter.validate(), Err(DomainError::InvalidArgument(m)) if m.starts_with("filter.data_json_contains:")),
+                "{bad}"
+            );
+        }
+        let good = LogFilter {
+            data_json_contains: Some(r#"{"accname": "1"}"#.into()),
+            events: vec![String::new(), "clients.create".into()],
+            data_contains: Some(String::new()),
+            from: Some(now),
+            to: Some(now),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(good.events, ["clients.create"]);
+        assert_eq!(good.data_contains, None);
+        assert_eq!(good.data_json_contains, Some(serde_json::json!({"accname": "1"})));
+    }
+
+    #[test]
+    fn like_patterns_take_wildcards_literally() {
+        assert_eq!(logs::contains_pattern(r"50%_a\b"), r"%50\%\_a\\b%");
     }
 }

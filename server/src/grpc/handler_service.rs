@@ -61,8 +61,9 @@ impl HandlerService for HandlerApi {
 
     async fn update(&self, request: Request<pb::UpdateHandlerRequest>) -> Result<Response<pb::Handler>, Status> {
         let (id, patch) = convert::handler_patch(request.into_inner())?;
-        let handler = self.registry.update(id, patch).await?;
-        Ok(Response::new(convert::handler(handler, SecretView::Masked)))
+        let (handler, secret_created) = self.registry.update(id, patch).await?;
+        let view = if secret_created { SecretView::Full } else { SecretView::Masked };
+        Ok(Response::new(convert::handler(handler, view)))
     }
 
     async fn set_status(&self, request: Request<pb::SetHandlerStatusRequest>) -> Result<Response<pb::Handler>, Status> {

@@ -44,18 +44,43 @@ pub struct ListFilter<'a> {
     pub statuses: &'a [&'a str],
 }
 
-/// A page of handlers ordered by id, after `after_id`.
+/// Position in the List order (event, phase, priority, id) after which a page starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPosition {
+    /// Event of the last row seen.
+    pub event: String,
+    /// Phase of the last row seen.
+    pub phase: String,
+    /// Priority of the last row seen.
+    pub priority: i32,
+    /// Id of the last row seen.
+    pub id: i64,
+}
+
+/// A page of handlers in (event, phase, priority, id) order, after `after`.
 pub fn list_page(
     conn: &mut PgConnection,
     filter: &ListFilter<'_>,
-    after_id: i64,
+    after: Option<&ListPosition>,
     limit: i64,
 ) -> QueryResult<Vec<HandlerRow>> {
     let mut query = handlers::table
         .select(HandlerRow::as_select())
-        .filter(handlers::id.gt(after_id))
         .filter(handlers::status.eq_any(filter.statuses))
         .into_boxed();
+    if let Some(after) = after {
+        query = query.filter(
+            diesel::dsl::sql::<diesel::sql_types::Bool>("(event, phase, priority, id) > (")
+                .bind::<diesel::sql_types::Text, _>(after.event.clone())
+                .sql(", ")
+                .bind::<diesel::sql_types::Text, _>(after.phase.clone())
+                .sql(", ")
+                .bind::<diesel::sql_types::Integer, _>(after.priority)
+                .sql(", ")
+                .bind::<diesel::sql_types::BigInt, _>(after.id)
+                .sql(")"),
+        );
+    }
     if let Some(event) = filter.event {
         query = query.filter(handlers::event.eq(event));
     }
@@ -65,7 +90,10 @@ pub fn list_page(
     if let Some(kind) = filter.kind {
         query = query.filter(handlers::kind.eq(kind));
     }
-    query.order(handlers::id).limit(limit).load(conn)
+    query
+        .order((handlers::event, handlers::phase, handlers::priority, handlers::id))
+        .limit(limit)
+        .load(conn)
 }
 
 /// The enabled handlers of (event, phase) in run order.
