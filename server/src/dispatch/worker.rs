@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rand::Rng;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use super::recorder::{DeliveryOutcome, LogRecord, Record};
@@ -35,15 +35,20 @@ pub fn spawn(db: Db, config: Arc<Config>, runner: Runner, signals: Signals, shut
 
 async fn claim_loop(db: Db, config: Arc<Config>, runner: Runner, signals: Signals, shutdown: Shutdown) {
     let owner = format!("{}-{:08x}", std::process::id(), rand::rng().random::<u32>());
-    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let concurrency = config.concurrency.max(1);
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let chain_done = Arc::new(Notify::new());
+    // Under load, wait until a worthwhile batch can start rather than claiming a few
+    // rows each time one chain ends: fewer, larger claims.
+    let worthwhile = (concurrency / 4).clamp(1, MAX_CLAIM);
     let chains = TaskTracker::new();
     let lease_ms = config.lease.as_millis() as i64;
     while !shutdown.is_requested() {
         // Claim no more than can start now: claimed work waiting here would hold a lease.
         let free = permits.available_permits();
-        if free == 0 {
+        if free < worthwhile && !chains.is_empty() {
             tokio::select! {
-                permit = permits.clone().acquire_owned() => drop(permit),
+                _ = chain_done.notified() => {}
                 _ = shutdown.requested() => break,
             }
             continue;
@@ -60,11 +65,13 @@ async fn claim_loop(db: Db, config: Arc<Config>, runner: Runner, signals: Signal
                     let Ok(permit) = permits.clone().acquire_owned().await else { break };
                     let runner = runner.clone();
                     let config = config.clone();
+                    let chain_done = chain_done.clone();
                     chains.spawn(async move {
                         for delivery in chain {
                             run_delivery(&runner, &config, delivery).await;
                         }
                         drop(permit);
+                        chain_done.notify_one();
                     });
                 }
                 if full {
