@@ -18,8 +18,8 @@ use provisioning_client::{proto, Client, ClientError};
 use provisioning_tests::receiver::{verify_signature, Receiver, Recorded, Reply};
 pub(crate) use provisioning_tests::requests::{http_handler, script_handler};
 use provisioning_tests::{
-    eventually, prepare_scripts_dir, provctl, run_command, spawn_server, spawn_server_process, spawn_server_with, TempDir,
-    TestDatabase,
+    eventually, prepare_scripts_dir, provctl, run_command, spawn_server, spawn_server_process,
+    spawn_server_with, TempDir, TestDatabase,
 };
 
 /// How long a test waits for something that normally takes milliseconds.
@@ -32,7 +32,10 @@ const LONG_WAIT: Duration = Duration::from_secs(180);
 // ---------------------------------------------------------------------------------
 
 /// Creates a handler, panicking with the status on failure.
-pub(crate) async fn create(client: &Client, request: proto::CreateHandlerRequest) -> proto::Handler {
+pub(crate) async fn create(
+    client: &Client,
+    request: proto::CreateHandlerRequest,
+) -> proto::Handler {
     let name = request.name.clone();
     client
         .create_handler(request)
@@ -77,9 +80,10 @@ pub(crate) async fn emit_before(client: &Client, event: &str, data: &str) -> pro
 /// The message of an INVALID_ARGUMENT error; panics on success or any other error.
 pub(crate) fn invalid_argument<T: std::fmt::Debug>(result: Result<T, ClientError>) -> String {
     match result {
-        Err(error) if error.code() == Some(tonic::Code::InvalidArgument) => {
-            error.status().map(|s| s.message().to_owned()).unwrap_or_default()
-        }
+        Err(error) if error.code() == Some(tonic::Code::InvalidArgument) => error
+            .status()
+            .map(|s| s.message().to_owned())
+            .unwrap_or_default(),
         other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
     }
 }
@@ -154,14 +158,21 @@ pub(crate) fn log_rows(db: &TestDatabase) -> Vec<LogRow> {
 
 /// Polls the execution log until `done` holds and returns the rows; panics with the
 /// rows after [`WAIT`].
-pub(crate) async fn wait_for_logs(db: &TestDatabase, what: &str, done: impl Fn(&[LogRow]) -> bool) -> Vec<LogRow> {
+pub(crate) async fn wait_for_logs(
+    db: &TestDatabase,
+    what: &str,
+    done: impl Fn(&[LogRow]) -> bool,
+) -> Vec<LogRow> {
     let deadline = Instant::now() + WAIT;
     loop {
         let rows = log_rows(db);
         if done(&rows) {
             return rows;
         }
-        assert!(Instant::now() < deadline, "timed out after {WAIT:?} waiting for {what}; log rows: {rows:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}; log rows: {rows:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -182,9 +193,11 @@ pub(crate) struct DeliveryRow {
 /// Every delivery row, by id.
 pub(crate) fn delivery_rows(db: &TestDatabase) -> Vec<DeliveryRow> {
     with_conn(db, |conn| {
-        diesel::sql_query("SELECT event_id, state, attempts, last_error FROM deliveries ORDER BY id")
-            .load(conn)
-            .expect("reading deliveries")
+        diesel::sql_query(
+            "SELECT event_id, state, attempts, last_error FROM deliveries ORDER BY id",
+        )
+        .load(conn)
+        .expect("reading deliveries")
     })
 }
 
@@ -240,9 +253,15 @@ async fn after_http_delivery_sends_the_exact_bytes_signed_with_the_handler_secre
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
     let receiver = Receiver::start().await;
-    let mut request = http_handler("crm sync", "clients.create", proto::Phase::After, &receiver.url("/hook"));
+    let mut request = http_handler(
+        "crm sync",
+        "clients.create",
+        proto::Phase::After,
+        &receiver.url("/hook"),
+    );
     if let Some(proto::create_handler_request::Target::Http(http)) = &mut request.target {
-        http.headers.insert("authorization".into(), "Bearer t0ken".into());
+        http.headers
+            .insert("authorization".into(), "Bearer t0ken".into());
     }
     let handler = create(&server.client, request).await;
     let secret = secret_of(&handler);
@@ -257,14 +276,27 @@ async fn after_http_delivery_sends_the_exact_bytes_signed_with_the_handler_secre
     let requests = receiver.wait_for("/hook", 1, WAIT).await;
     let got = &requests[0];
     assert_eq!(got.method, hyper::Method::POST);
-    assert_eq!(&got.body[..], data.as_bytes(), "body must be the data exactly as emitted");
-    assert!(verify_signature(&secret, got), "signature does not verify: {:?}", got.headers);
-    assert!(!verify_signature("whsec_c2VjcmV0", got), "a wrong secret must not verify");
+    assert_eq!(
+        &got.body[..],
+        data.as_bytes(),
+        "body must be the data exactly as emitted"
+    );
+    assert!(
+        verify_signature(&secret, got),
+        "signature does not verify: {:?}",
+        got.headers
+    );
+    assert!(
+        !verify_signature("whsec_c2VjcmV0", got),
+        "a wrong secret must not verify"
+    );
     assert_eq!(got.header("x-provisioning-event"), Some("clients.create"));
     assert_eq!(got.header("x-provisioning-phase"), Some("after"));
     assert_eq!(got.header("x-provisioning-attempt"), Some("1"));
     assert!(got.header("webhook-id").is_some_and(|id| !id.is_empty()));
-    assert!(got.header("content-type").is_some_and(|t| t.starts_with("application/json")));
+    assert!(got
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("application/json")));
     assert_eq!(got.header("authorization"), Some("Bearer t0ken"));
 
     let rows = wait_for_logs(&db, "the SUCCESS row", |rows| !rows.is_empty()).await;
@@ -276,10 +308,16 @@ async fn after_http_delivery_sends_the_exact_bytes_signed_with_the_handler_secre
     assert_eq!(row.event_id, reply.event_id);
     assert_eq!(row.handler_id, handler.id);
     assert_eq!(row.handler_name, "crm sync");
-    assert_eq!((row.phase.as_str(), row.event.as_str(), row.kind.as_str()), ("after", "clients.create", "http"));
+    assert_eq!(
+        (row.phase.as_str(), row.event.as_str(), row.kind.as_str()),
+        ("after", "clients.create", "http")
+    );
     assert_eq!(row.error, "");
     assert!(same_json(&row.data_sent, data), "{}", row.data_sent);
-    assert!(delivery_rows(&db).is_empty(), "a delivered delivery row is deleted");
+    assert!(
+        delivery_rows(&db).is_empty(),
+        "a delivered delivery row is deleted"
+    );
 }
 
 /// A handler slower than its timeout must not hang the dispatcher: the attempt fails
@@ -294,7 +332,12 @@ async fn after_handler_slower_than_its_timeout_is_logged_as_a_timeout_failure() 
         &server.client,
         proto::CreateHandlerRequest {
             timeout_ms: 300,
-            ..http_handler("slow", "clients.update", proto::Phase::After, &receiver.url("/slow"))
+            ..http_handler(
+                "slow",
+                "clients.update",
+                proto::Phase::After,
+                &receiver.url("/slow"),
+            )
         },
     )
     .await;
@@ -306,7 +349,11 @@ async fn after_handler_slower_than_its_timeout_is_logged_as_a_timeout_failure() 
     assert_eq!(row.status, "fail");
     assert!(row.error.contains("timed out"), "{}", row.error);
     assert_eq!(row.http_status, None);
-    assert!((300..4_000).contains(&row.duration_ms), "duration {} ms", row.duration_ms);
+    assert!(
+        (300..4_000).contains(&row.duration_ms),
+        "duration {} ms",
+        row.duration_ms
+    );
 }
 
 /// Retries must follow the schedule and every attempt must be logged, with the delivery
@@ -316,27 +363,58 @@ async fn after_handler_failing_twice_then_succeeding_is_logged_three_times() {
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
     let receiver = Receiver::start().await;
-    receiver.route("/flaky", vec![Reply::text(500, "db down"), Reply::status(500), Reply::ok()]);
-    let handler = create(&server.client, http_handler("flaky", "accounts.create", proto::Phase::After, &receiver.url("/flaky"))).await;
+    receiver.route(
+        "/flaky",
+        vec![Reply::text(500, "db down"), Reply::status(500), Reply::ok()],
+    );
+    let handler = create(
+        &server.client,
+        http_handler(
+            "flaky",
+            "accounts.create",
+            proto::Phase::After,
+            &receiver.url("/flaky"),
+        ),
+    )
+    .await;
     let secret = secret_of(&handler);
     let reply = emit_after(&server.client, "accounts.create", r#"{"id": 178}"#).await;
 
-    let rows = wait_for_logs(&db, "the SUCCESS row", |rows| rows.iter().any(|r| r.status == "success")).await;
-    let summary: Vec<(i32, &str, Option<i32>)> =
-        rows.iter().map(|r| (r.attempt, r.status.as_str(), r.http_status)).collect();
+    let rows = wait_for_logs(&db, "the SUCCESS row", |rows| {
+        rows.iter().any(|r| r.status == "success")
+    })
+    .await;
+    let summary: Vec<(i32, &str, Option<i32>)> = rows
+        .iter()
+        .map(|r| (r.attempt, r.status.as_str(), r.http_status))
+        .collect();
     assert_eq!(
         summary,
-        [(1, "fail", Some(500)), (2, "fail", Some(500)), (3, "success", Some(200))]
+        [
+            (1, "fail", Some(500)),
+            (2, "fail", Some(500)),
+            (3, "success", Some(200))
+        ]
     );
-    assert!(rows.iter().all(|r| r.event_id == reply.event_id && r.handler_id == handler.id));
-    assert!(rows[0].delivery_id.is_some() && rows.iter().all(|r| r.delivery_id == rows[0].delivery_id));
+    assert!(rows
+        .iter()
+        .all(|r| r.event_id == reply.event_id && r.handler_id == handler.id));
+    assert!(
+        rows[0].delivery_id.is_some() && rows.iter().all(|r| r.delivery_id == rows[0].delivery_id)
+    );
     assert_eq!(rows[0].error, "HTTP 500");
     assert_eq!(rows[0].response, "db down");
-    assert!(delivery_rows(&db).is_empty(), "the delivery is gone once delivered");
+    assert!(
+        delivery_rows(&db).is_empty(),
+        "the delivery is gone once delivered"
+    );
 
     let requests = receiver.requests("/flaky");
     assert_eq!(requests.len(), 3);
-    let attempts: Vec<_> = requests.iter().map(|r| r.header("x-provisioning-attempt")).collect();
+    let attempts: Vec<_> = requests
+        .iter()
+        .map(|r| r.header("x-provisioning-attempt"))
+        .collect();
     assert_eq!(attempts, [Some("1"), Some("2"), Some("3")]);
     let ids: HashSet<_> = requests.iter().map(|r| r.header("webhook-id")).collect();
     assert_eq!(ids.len(), 1, "webhook-id is stable across retries");
@@ -353,21 +431,48 @@ async fn after_delivery_out_of_attempts_is_dead() {
     let server = spawn_server(&db).await;
     let receiver = Receiver::start().await;
     receiver.route("/down", vec![Reply::text(503, "maintenance")]);
-    create(&server.client, http_handler("down", "accounts.delete", proto::Phase::After, &receiver.url("/down"))).await;
+    create(
+        &server.client,
+        http_handler(
+            "down",
+            "accounts.delete",
+            proto::Phase::After,
+            &receiver.url("/down"),
+        ),
+    )
+    .await;
     let reply = emit_after(&server.client, "accounts.delete", r#"{"id": 5}"#).await;
 
     let rows = wait_for_logs(&db, "three FAIL rows", |rows| rows.len() >= 3).await;
-    assert!(rows.iter().all(|r| r.status == "fail" && r.http_status == Some(503)), "{rows:#?}");
-    assert_eq!(rows.iter().map(|r| r.attempt).collect::<Vec<_>>(), [1, 2, 3]);
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "fail" && r.http_status == Some(503)),
+        "{rows:#?}"
+    );
+    assert_eq!(
+        rows.iter().map(|r| r.attempt).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
     let deliveries = delivery_rows(&db);
     assert_eq!(deliveries.len(), 1, "{deliveries:#?}");
     assert_eq!(deliveries[0].event_id, reply.event_id);
-    assert_eq!((deliveries[0].state, deliveries[0].attempts), (3, 3), "{deliveries:#?}");
-    assert!(deliveries[0].last_error.as_deref().is_some_and(|e| e.contains("503")));
+    assert_eq!(
+        (deliveries[0].state, deliveries[0].attempts),
+        (3, 3),
+        "{deliveries:#?}"
+    );
+    assert!(deliveries[0]
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("503")));
 
     // Absence can only be observed over time: twice the longest retry delay.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    assert_eq!(receiver.count("/down"), 3, "a dead delivery is not tried again");
+    assert_eq!(
+        receiver.count("/down"),
+        3,
+        "a dead delivery is not tried again"
+    );
     assert_eq!(log_rows(&db).len(), 3);
 }
 
@@ -385,7 +490,12 @@ async fn after_handlers_run_one_after_another_in_priority_order() {
             &server.client,
             proto::CreateHandlerRequest {
                 priority,
-                ..http_handler(name, "subscriptions.activate", proto::Phase::After, &receiver.url(&path))
+                ..http_handler(
+                    name,
+                    "subscriptions.activate",
+                    proto::Phase::After,
+                    &receiver.url(&path),
+                )
             },
         )
         .await;
@@ -398,8 +508,14 @@ async fn after_handlers_run_one_after_another_in_priority_order() {
     assert_eq!(names, ["p10", "p20", "p30"]);
     assert!(rows.iter().all(|r| r.status == "success"));
     for pair in rows.windows(2) {
-        let ended = pair[0].created_at + chrono::Duration::milliseconds(i64::from(pair[0].duration_ms));
-        assert!(pair[1].created_at >= ended, "{} started before {} ended: {rows:#?}", pair[1].handler_name, pair[0].handler_name);
+        let ended =
+            pair[0].created_at + chrono::Duration::milliseconds(i64::from(pair[0].duration_ms));
+        assert!(
+            pair[1].created_at >= ended,
+            "{} started before {} ended: {rows:#?}",
+            pair[1].handler_name,
+            pair[0].handler_name
+        );
     }
 
     let requests = receiver.all_requests();
@@ -407,7 +523,12 @@ async fn after_handlers_run_one_after_another_in_priority_order() {
     assert_eq!(paths, ["/p10", "/p20", "/p30"]);
     for pair in requests.windows(2) {
         let replied = pair[0].replied.expect("the previous request was answered");
-        assert!(pair[1].arrived >= replied, "{} arrived before {} was answered", pair[1].path, pair[0].path);
+        assert!(
+            pair[1].arrived >= replied,
+            "{} arrived before {} was answered",
+            pair[1].path,
+            pair[0].path
+        );
     }
 }
 
@@ -424,7 +545,12 @@ async fn failing_after_handler_does_not_block_the_others() {
             &server.client,
             proto::CreateHandlerRequest {
                 priority,
-                ..http_handler(name, "clients.archive", proto::Phase::After, &receiver.url(&format!("/{name}")))
+                ..http_handler(
+                    name,
+                    "clients.archive",
+                    proto::Phase::After,
+                    &receiver.url(&format!("/{name}")),
+                )
             },
         )
         .await;
@@ -441,13 +567,22 @@ async fn failing_after_handler_does_not_block_the_others() {
         .map(|r| r.arrived)
         .min()
         .expect("a second attempt of the broken handler");
-    assert!(a.iter().chain(&b).all(|r| r.arrived < first_retry), "the others waited for the broken handler's retry");
+    assert!(
+        a.iter().chain(&b).all(|r| r.arrived < first_retry),
+        "the others waited for the broken handler's retry"
+    );
     let mut delivered = numbers(&a);
     delivered.sort_unstable();
     assert_eq!(delivered, [1, 2]);
 
-    let rows = wait_for_logs(&db, "four SUCCESS rows", |rows| rows.iter().filter(|r| r.status == "success").count() >= 4).await;
-    assert!(rows.iter().filter(|r| r.handler_name == "broken").all(|r| r.status == "fail"));
+    let rows = wait_for_logs(&db, "four SUCCESS rows", |rows| {
+        rows.iter().filter(|r| r.status == "success").count() >= 4
+    })
+    .await;
+    assert!(rows
+        .iter()
+        .filter(|r| r.handler_name == "broken")
+        .all(|r| r.status == "fail"));
 }
 
 /// 410 Gone means the endpoint is gone for good: the handler is disabled with a reason
@@ -458,20 +593,44 @@ async fn gone_410_disables_the_handler_with_a_visible_reason() {
     let server = spawn_server(&db).await;
     let receiver = Receiver::start().await;
     receiver.route("/gone", vec![Reply::status(410)]);
-    let handler = create(&server.client, http_handler("old endpoint", "clients.delete", proto::Phase::After, &receiver.url("/gone"))).await;
+    let handler = create(
+        &server.client,
+        http_handler(
+            "old endpoint",
+            "clients.delete",
+            proto::Phase::After,
+            &receiver.url("/gone"),
+        ),
+    )
+    .await;
     emit_after(&server.client, "clients.delete", r#"{"id": 3}"#).await;
 
     let rows = wait_for_logs(&db, "the 410 row", |rows| !rows.is_empty()).await;
-    assert_eq!((rows[0].status.as_str(), rows[0].http_status), ("fail", Some(410)));
+    assert_eq!(
+        (rows[0].status.as_str(), rows[0].http_status),
+        ("fail", Some(410))
+    );
     let got = server
         .client
         .get_handler(proto::GetHandlerRequest { id: handler.id })
         .await
         .expect("get handler");
-    assert_eq!(got.status, i32::from(proto::HandlerStatus::Disabled), "{got:?}");
-    assert!(got.disabled_reason.contains("410"), "{:?}", got.disabled_reason);
+    assert_eq!(
+        got.status,
+        i32::from(proto::HandlerStatus::Disabled),
+        "{got:?}"
+    );
+    assert!(
+        got.disabled_reason.contains("410"),
+        "{:?}",
+        got.disabled_reason
+    );
     let deliveries = delivery_rows(&db);
-    assert_eq!(deliveries.iter().map(|d| d.state).collect::<Vec<_>>(), [3], "not retried: {deliveries:#?}");
+    assert_eq!(
+        deliveries.iter().map(|d| d.state).collect::<Vec<_>>(),
+        [3],
+        "not retried: {deliveries:#?}"
+    );
 
     let again = emit_after(&server.client, "clients.delete", r#"{"id": 4}"#).await;
     assert_eq!(again.deliveries, 0, "a disabled handler gets no deliveries");
@@ -484,17 +643,38 @@ async fn too_many_requests_with_retry_after_is_retried_after_the_given_delay() {
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
     let receiver = Receiver::start().await;
-    receiver.route("/limited", vec![Reply::status(429).retry_after(1), Reply::ok()]);
-    create(&server.client, http_handler("rate limited", "clients.update", proto::Phase::After, &receiver.url("/limited"))).await;
+    receiver.route(
+        "/limited",
+        vec![Reply::status(429).retry_after(1), Reply::ok()],
+    );
+    create(
+        &server.client,
+        http_handler(
+            "rate limited",
+            "clients.update",
+            proto::Phase::After,
+            &receiver.url("/limited"),
+        ),
+    )
+    .await;
     emit_after(&server.client, "clients.update", r#"{"id": 9}"#).await;
 
     let requests = receiver.wait_for("/limited", 2, WAIT).await;
     let gap = requests[1].arrived - requests[0].arrived;
     // The schedule alone would retry after 100-120 ms.
-    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}, before the 1 s Retry-After");
+    assert!(
+        gap >= Duration::from_millis(950),
+        "retried after {gap:?}, before the 1 s Retry-After"
+    );
     assert!(gap < Duration::from_secs(5), "retried only after {gap:?}");
-    let rows = wait_for_logs(&db, "the SUCCESS row", |rows| rows.iter().any(|r| r.status == "success")).await;
-    assert_eq!(rows.iter().map(|r| r.http_status).collect::<Vec<_>>(), [Some(429), Some(200)]);
+    let rows = wait_for_logs(&db, "the SUCCESS row", |rows| {
+        rows.iter().any(|r| r.status == "success")
+    })
+    .await;
+    assert_eq!(
+        rows.iter().map(|r| r.http_status).collect::<Vec<_>>(),
+        [Some(429), Some(200)]
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -512,16 +692,29 @@ async fn payload_filter_limits_deliveries_to_matching_events() {
         &server.client,
         proto::CreateHandlerRequest {
             filter_json: r#"{"id_clients": 15}"#.into(),
-            ..http_handler("client 15", "accounts.update", proto::Phase::After, &receiver.url("/c15"))
+            ..http_handler(
+                "client 15",
+                "accounts.update",
+                proto::Phase::After,
+                &receiver.url("/c15"),
+            )
         },
     )
     .await;
-    assert_eq!(client15.filter_json.replace(' ', ""), r#"{"id_clients":15}"#);
+    assert_eq!(
+        client15.filter_json.replace(' ', ""),
+        r#"{"id_clients":15}"#
+    );
     create(
         &server.client,
         proto::CreateHandlerRequest {
             filter_json: r#"{"address": {"country": "NL"}}"#.into(),
-            ..http_handler("dutch", "accounts.update", proto::Phase::After, &receiver.url("/nl"))
+            ..http_handler(
+                "dutch",
+                "accounts.update",
+                proto::Phase::After,
+                &receiver.url("/nl"),
+            )
         },
     )
     .await;
@@ -530,7 +723,10 @@ async fn payload_filter_limits_deliveries_to_matching_events() {
         (r#"{"n": 1, "id_clients": 15}"#, 1),
         (r#"{"n": 2, "id_clients": 16}"#, 0),
         (r#"{"n": 3, "id_clients": "15"}"#, 0),
-        (r#"{"n": 4, "id_clients": 15, "address": {"country": "NL", "city": "Delft"}}"#, 2),
+        (
+            r#"{"n": 4, "id_clients": 15, "address": {"country": "NL", "city": "Delft"}}"#,
+            2,
+        ),
         (r#"{"n": 5, "address": {"country": "BE"}}"#, 0),
     ];
     let mut matching = BTreeSet::new();
@@ -552,7 +748,10 @@ async fn payload_filter_limits_deliveries_to_matching_events() {
     c15.sort_unstable();
     assert_eq!(c15, [1, 4]);
     assert_eq!(numbers(&receiver.requests("/nl")), [4]);
-    let stored_for_others = delivery_rows(&db).iter().filter(|d| other.contains(&d.event_id)).count();
+    let stored_for_others = delivery_rows(&db)
+        .iter()
+        .filter(|d| other.contains(&d.event_id))
+        .count();
     assert_eq!(stored_for_others, 0);
 }
 
@@ -565,7 +764,12 @@ async fn bad_payload_filter_is_refused_at_create() {
     for filter in ["[1, 2]", "{", "15", r#""id_clients""#] {
         let request = proto::CreateHandlerRequest {
             filter_json: filter.into(),
-            ..http_handler("filtered", "accounts.update", proto::Phase::After, "http://127.0.0.1:9/x")
+            ..http_handler(
+                "filtered",
+                "accounts.update",
+                proto::Phase::After,
+                "http://127.0.0.1:9/x",
+            )
         };
         let message = invalid_argument(server.client.create_handler(request).await);
         assert!(message.contains("filter_json"), "{filter}: {message}");
@@ -584,15 +788,36 @@ async fn repeated_idempotency_key_returns_the_first_event_and_delivers_once() {
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
     let receiver = Receiver::start().await;
-    create(&server.client, http_handler("once", "clients.create", proto::Phase::After, &receiver.url("/once"))).await;
+    create(
+        &server.client,
+        http_handler(
+            "once",
+            "clients.create",
+            proto::Phase::After,
+            &receiver.url("/once"),
+        ),
+    )
+    .await;
     let keyed = |data: &str| proto::EmitRequest {
         idempotency_key: "order-42".into(),
         ..event_request("clients.create", proto::Phase::After, data)
     };
 
-    let first = server.client.emit(keyed(r#"{"n": 1}"#)).await.expect("first emit");
-    let second = server.client.emit(keyed(r#"{"n": 1}"#)).await.expect("second emit");
-    let changed = server.client.emit(keyed(r#"{"n": 2}"#)).await.expect("third emit");
+    let first = server
+        .client
+        .emit(keyed(r#"{"n": 1}"#))
+        .await
+        .expect("first emit");
+    let second = server
+        .client
+        .emit(keyed(r#"{"n": 1}"#))
+        .await
+        .expect("second emit");
+    let changed = server
+        .client
+        .emit(keyed(r#"{"n": 2}"#))
+        .await
+        .expect("third emit");
     assert!(!first.duplicate);
     assert_eq!(first.deliveries, 1);
     for repeat in [&second, &changed] {
@@ -617,16 +842,35 @@ async fn repeated_idempotency_key_returns_the_first_event_and_delivers_once() {
         async move {
             let request = proto::EmitRequest {
                 idempotency_key: "burst".into(),
-                ..event_request("clients.create", proto::Phase::After, &format!(r#"{{"n": {}}}"#, 100 + n))
+                ..event_request(
+                    "clients.create",
+                    proto::Phase::After,
+                    &format!(r#"{{"n": {}}}"#, 100 + n),
+                )
             };
             client.emit(request).await.expect("burst emit")
         }
     }))
     .await;
-    assert_eq!(burst.iter().filter(|r| !r.duplicate).count(), 1, "{burst:?}");
-    assert_eq!(burst.iter().map(|r| r.event_id).collect::<HashSet<_>>().len(), 1, "{burst:?}");
+    assert_eq!(
+        burst.iter().filter(|r| !r.duplicate).count(),
+        1,
+        "{burst:?}"
+    );
+    assert_eq!(
+        burst
+            .iter()
+            .map(|r| r.event_id)
+            .collect::<HashSet<_>>()
+            .len(),
+        1,
+        "{burst:?}"
+    );
 
-    wait_for_logs(&db, "three SUCCESS rows", |rows| rows.iter().filter(|r| r.status == "success").count() >= 3).await;
+    wait_for_logs(&db, "three SUCCESS rows", |rows| {
+        rows.iter().filter(|r| r.status == "success").count() >= 3
+    })
+    .await;
     let mut delivered = numbers(&receiver.requests("/once"));
     delivered.sort_unstable();
     assert_eq!(delivered.len(), 3, "{delivered:?}");
@@ -652,10 +896,17 @@ async fn invalid_events_are_rejected_with_invalid_argument() {
     ];
     for phase in [proto::Phase::After, proto::Phase::Before] {
         for (event, data, expected) in &cases {
-            let message = invalid_argument(server.client.emit(event_request(event, phase, data)).await);
-            assert!(message.contains(expected), "{phase:?} {event:?} {data:?}: {message}");
+            let message =
+                invalid_argument(server.client.emit(event_request(event, phase, data)).await);
+            assert!(
+                message.contains(expected),
+                "{phase:?} {event:?} {data:?}: {message}"
+            );
             if *expected != "unknown event" && !event.is_empty() {
-                assert!(message.contains("data_json"), "the message names the field: {message}");
+                assert!(
+                    message.contains("data_json"),
+                    "the message names the field: {message}"
+                );
             }
         }
     }
@@ -668,7 +919,11 @@ async fn invalid_events_are_rejected_with_invalid_argument() {
     assert!(invalid_argument(server.client.emit(long_key).await).contains("idempotency_key"));
     let nearly_full = format!(r#"{{"blob": "{}"}}"#, "x".repeat(200));
     emit_after(&server.client, "clients.create", &nearly_full).await;
-    assert_eq!(count(&db, "SELECT count(*) AS n FROM events"), 1, "only the valid event is stored");
+    assert_eq!(
+        count(&db, "SELECT count(*) AS n FROM events"),
+        1,
+        "only the valid event is stored"
+    );
 }
 
 /// A batch is all or nothing: one bad event rejects it whole, naming the event's index.
@@ -677,8 +932,23 @@ async fn emit_batch_with_one_bad_event_is_rejected_whole_naming_its_index() {
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
     let receiver = Receiver::start().await;
-    create(&server.client, http_handler("h", "clients.create", proto::Phase::After, &receiver.url("/h"))).await;
-    let good = |n: u32| event_request("clients.create", proto::Phase::After, &format!(r#"{{"n": {n}}}"#));
+    create(
+        &server.client,
+        http_handler(
+            "h",
+            "clients.create",
+            proto::Phase::After,
+            &receiver.url("/h"),
+        ),
+    )
+    .await;
+    let good = |n: u32| {
+        event_request(
+            "clients.create",
+            proto::Phase::After,
+            &format!(r#"{{"n": {n}}}"#),
+        )
+    };
 
     let unknown = event_request("clients.explode", proto::Phase::After, "{}");
     let message = invalid_argument(
@@ -713,9 +983,22 @@ async fn emit_batch_with_one_bad_event_is_rejected_whole_naming_its_index() {
     );
     assert!(message.contains("events[2]"), "{message}");
 
-    invalid_argument(server.client.emit_batch(proto::EmitBatchRequest { events: vec![] }).await);
-    assert_eq!(count(&db, "SELECT count(*) AS n FROM events"), 0, "nothing stored");
-    assert_eq!(count(&db, "SELECT count(*) AS n FROM deliveries"), 0, "nothing stored");
+    invalid_argument(
+        server
+            .client
+            .emit_batch(proto::EmitBatchRequest { events: vec![] })
+            .await,
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) AS n FROM events"),
+        0,
+        "nothing stored"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) AS n FROM deliveries"),
+        0,
+        "nothing stored"
+    );
     assert_eq!(receiver.all_requests().len(), 0);
 }
 
@@ -725,9 +1008,24 @@ async fn emit_batch_stores_every_event_with_its_deliveries() {
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
     let receiver = Receiver::start().await;
-    create(&server.client, http_handler("h", "import.process_success", proto::Phase::After, &receiver.url("/h"))).await;
+    create(
+        &server.client,
+        http_handler(
+            "h",
+            "import.process_success",
+            proto::Phase::After,
+            &receiver.url("/h"),
+        ),
+    )
+    .await;
     let events: Vec<_> = (0..100)
-        .map(|n| event_request("import.process_success", proto::Phase::After, &format!(r#"{{"n": {n}}}"#)))
+        .map(|n| {
+            event_request(
+                "import.process_success",
+                proto::Phase::After,
+                &format!(r#"{{"n": {n}}}"#),
+            )
+        })
         .collect();
     let reply = server
         .client
@@ -737,7 +1035,10 @@ async fn emit_batch_stores_every_event_with_its_deliveries() {
     assert_eq!(reply.acks.len(), 100);
     for (index, ack) in reply.acks.iter().enumerate() {
         assert_eq!(ack.sequence, index as u64);
-        assert!(ack.event_id > 0 && ack.error_code == 0 && !ack.duplicate, "{ack:?}");
+        assert!(
+            ack.event_id > 0 && ack.error_code == 0 && !ack.duplicate,
+            "{ack:?}"
+        );
         assert_eq!(ack.deliveries, 1);
     }
     let ids: HashSet<i64> = reply.acks.iter().map(|a| a.event_id).collect();
@@ -745,9 +1046,14 @@ async fn emit_batch_stores_every_event_with_its_deliveries() {
     assert_eq!(count(&db, "SELECT count(*) AS n FROM events"), 100);
 
     receiver
-        .wait_until(WAIT, "every event of the batch", |all| numbers(all).into_iter().collect::<HashSet<_>>().len() == 100)
+        .wait_until(WAIT, "every event of the batch", |all| {
+            numbers(all).into_iter().collect::<HashSet<_>>().len() == 100
+        })
         .await;
-    let rows = wait_for_logs(&db, "100 SUCCESS rows", |rows| rows.iter().filter(|r| r.status == "success").count() >= 100).await;
+    let rows = wait_for_logs(&db, "100 SUCCESS rows", |rows| {
+        rows.iter().filter(|r| r.status == "success").count() >= 100
+    })
+    .await;
     let logged: HashSet<i64> = rows.iter().map(|r| r.event_id).collect();
     assert_eq!(logged, ids);
 }
@@ -759,13 +1065,26 @@ async fn emit_stream_acks_in_order_and_survives_a_bad_event() {
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
     let receiver = Receiver::start().await;
-    create(&server.client, http_handler("h", "clients.update", proto::Phase::After, &receiver.url("/h"))).await;
+    create(
+        &server.client,
+        http_handler(
+            "h",
+            "clients.update",
+            proto::Phase::After,
+            &receiver.url("/h"),
+        ),
+    )
+    .await;
     let requests: Vec<proto::EmitStreamRequest> = (10..16)
         .map(|sequence| {
             let event = match sequence {
                 12 => event_request("clients.explode", proto::Phase::After, "{}"),
                 14 => event_request("clients.update", proto::Phase::After, "not json"),
-                n => event_request("clients.update", proto::Phase::After, &format!(r#"{{"n": {n}}}"#)),
+                n => event_request(
+                    "clients.update",
+                    proto::Phase::After,
+                    &format!(r#"{{"n": {n}}}"#),
+                ),
             };
             proto::EmitStreamRequest {
                 sequence,
@@ -799,9 +1118,21 @@ async fn emit_stream_acks_in_order_and_survives_a_bad_event() {
             assert_eq!(ack.deliveries, 1);
         }
     }
-    assert!(received[2].error_message.contains("event"), "{:?}", received[2]);
-    assert!(received[4].error_message.contains("data_json"), "{:?}", received[4]);
-    let ids: HashSet<i64> = received.iter().filter(|a| a.error_code == 0).map(|a| a.event_id).collect();
+    assert!(
+        received[2].error_message.contains("event"),
+        "{:?}",
+        received[2]
+    );
+    assert!(
+        received[4].error_message.contains("data_json"),
+        "{:?}",
+        received[4]
+    );
+    let ids: HashSet<i64> = received
+        .iter()
+        .filter(|a| a.error_code == 0)
+        .map(|a| a.event_id)
+        .collect();
     assert_eq!(ids.len(), 4, "each stored event has its own id");
     assert_eq!(count(&db, "SELECT count(*) AS n FROM events"), 4);
     let delivered = receiver.wait_for("/h", 4, WAIT).await;
@@ -820,14 +1151,25 @@ async fn emit_stream_acks_in_order_and_survives_a_bad_event() {
 async fn after_script_gets_data_on_stdin_and_the_event_in_a_clean_environment() {
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
-    create(&server.client, script_handler("env", "clients.create", proto::Phase::After, "env.sh")).await;
+    create(
+        &server.client,
+        script_handler("env", "clients.create", proto::Phase::After, "env.sh"),
+    )
+    .await;
     let data = r#"{"id": 9007199254740993, "name": "Zoë"}"#;
     let reply = emit_after(&server.client, "clients.create", data).await;
 
     let rows = wait_for_logs(&db, "the script's row", |rows| !rows.is_empty()).await;
     let row = &rows[0];
-    assert_eq!((row.status.as_str(), row.exit_code, row.kind.as_str()), ("success", Some(0), "script"), "{row:#?}");
-    let output = row.response.strip_prefix("[stderr] ").unwrap_or(&row.response);
+    assert_eq!(
+        (row.status.as_str(), row.exit_code, row.kind.as_str()),
+        ("success", Some(0), "script"),
+        "{row:#?}"
+    );
+    let output = row
+        .response
+        .strip_prefix("[stderr] ")
+        .unwrap_or(&row.response);
     let lines: Vec<&str> = output.lines().collect();
     for expected in [
         "PROVISIONING_EVENT=clients.create".to_owned(),
@@ -836,10 +1178,19 @@ async fn after_script_gets_data_on_stdin_and_the_event_in_a_clean_environment() 
         "PROVISIONING_ATTEMPT=1".to_owned(),
         format!("stdin={data}"),
     ] {
-        assert!(lines.contains(&expected.as_str()), "{expected:?} missing from:\n{output}");
+        assert!(
+            lines.contains(&expected.as_str()),
+            "{expected:?} missing from:\n{output}"
+        );
     }
-    assert!(!lines.iter().any(|l| l.starts_with("HOME=")), "HOME leaked:\n{output}");
-    assert!(!lines.iter().any(|l| l.starts_with("CARGO")), "the server's environment leaked:\n{output}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("HOME=")),
+        "HOME leaked:\n{output}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("CARGO")),
+        "the server's environment leaked:\n{output}"
+    );
 }
 
 /// Exit codes decide: 0 is success, any other code or a signal is a failure that is
@@ -848,26 +1199,59 @@ async fn after_script_gets_data_on_stdin_and_the_event_in_a_clean_environment() 
 async fn after_script_exit_codes_decide_success_and_failure() {
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
-    for (event, path) in [("clients.create", "ok.sh"), ("clients.update", "crash.sh"), ("clients.delete", "killed.sh")] {
-        create(&server.client, script_handler(path, event, proto::Phase::After, path)).await;
+    for (event, path) in [
+        ("clients.create", "ok.sh"),
+        ("clients.update", "crash.sh"),
+        ("clients.delete", "killed.sh"),
+    ] {
+        create(
+            &server.client,
+            script_handler(path, event, proto::Phase::After, path),
+        )
+        .await;
         emit_after(&server.client, event, r#"{"id": 1}"#).await;
     }
     let rows = wait_for_logs(&db, "every attempt", |rows| rows.len() >= 7).await;
-    let of = |name: &str| rows.iter().filter(|r| r.handler_name == name).collect::<Vec<_>>();
+    let of = |name: &str| {
+        rows.iter()
+            .filter(|r| r.handler_name == name)
+            .collect::<Vec<_>>()
+    };
 
     let ok = of("ok.sh");
     assert_eq!(ok.len(), 1);
-    assert_eq!((ok[0].status.as_str(), ok[0].exit_code), ("success", Some(0)));
+    assert_eq!(
+        (ok[0].status.as_str(), ok[0].exit_code),
+        ("success", Some(0))
+    );
 
     let crash = of("crash.sh");
-    assert_eq!(crash.iter().map(|r| r.attempt).collect::<Vec<_>>(), [1, 2, 3], "retried up to max attempts");
-    assert!(crash.iter().all(|r| r.status == "fail" && r.exit_code == Some(1)), "{crash:#?}");
+    assert_eq!(
+        crash.iter().map(|r| r.attempt).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "retried up to max attempts"
+    );
+    assert!(
+        crash
+            .iter()
+            .all(|r| r.status == "fail" && r.exit_code == Some(1)),
+        "{crash:#?}"
+    );
     assert!(crash[0].error.contains("code 1"), "{}", crash[0].error);
-    assert!(crash[0].response.contains("something broke"), "stderr is kept: {}", crash[0].response);
+    assert!(
+        crash[0].response.contains("something broke"),
+        "stderr is kept: {}",
+        crash[0].response
+    );
 
     let killed = of("killed.sh");
     assert_eq!(killed.len(), 3);
-    assert!(killed.iter().all(|r| r.status == "fail" && r.exit_code.is_none()), "{killed:#?}");
+    assert!(
+        killed
+            .iter()
+            .all(|r| r.status == "fail" && r.exit_code.is_none()),
+        "{killed:#?}"
+    );
     assert!(killed[0].error.contains("signal 9"), "{}", killed[0].error);
 }
 
@@ -894,14 +1278,22 @@ async fn hanging_after_script_is_killed_with_its_process_group() {
     let rows = wait_for_logs(&db, "the timeout row", |rows| !rows.is_empty()).await;
     assert_eq!(rows[0].status, "fail");
     assert!(rows[0].error.contains("timed out"), "{}", rows[0].error);
-    assert!(rows[0].duration_ms < 5_000, "killed at its timeout, not when sleep ended");
+    assert!(
+        rows[0].duration_ms < 5_000,
+        "killed at its timeout, not when sleep ended"
+    );
 
     let text = std::fs::read_to_string(&pidfile).expect("the script wrote its pids");
-    let pids: Vec<i32> = text.split_whitespace().map(|p| p.parse().expect("a pid")).collect();
+    let pids: Vec<i32> = text
+        .split_whitespace()
+        .map(|p| p.parse().expect("a pid"))
+        .collect();
     assert_eq!(pids.len(), 2, "{text}");
-    eventually(Duration::from_secs(5), "the script and its child to be gone", || {
-        std::future::ready(pids.iter().all(|pid| process_gone(*pid)).then_some(()))
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the script and its child to be gone",
+        || std::future::ready(pids.iter().all(|pid| process_gone(*pid)).then_some(())),
+    )
     .await;
 }
 
@@ -918,12 +1310,24 @@ async fn script_path_leaving_the_scripts_directory_is_refused_at_create() {
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .expect("chmod");
-    for path in ["../ok.sh", "/bin/true", "sub/../ok.sh", "outside.sh", "missing.sh", "plain.txt", ""] {
+    for path in [
+        "../ok.sh",
+        "/bin/true",
+        "sub/../ok.sh",
+        "outside.sh",
+        "missing.sh",
+        "plain.txt",
+        "",
+    ] {
         let request = script_handler("escape", "clients.create", proto::Phase::After, path);
         let message = invalid_argument(server.client.create_handler(request).await);
         assert!(message.contains("script.path"), "{path:?}: {message}");
     }
-    create(&server.client, script_handler("fine", "clients.create", proto::Phase::After, "ok.sh")).await;
+    create(
+        &server.client,
+        script_handler("fine", "clients.create", proto::Phase::After, "ok.sh"),
+    )
+    .await;
     assert_eq!(count(&db, "SELECT count(*) AS n FROM handlers"), 1);
 }
 
@@ -941,17 +1345,56 @@ async fn handler_changes_through_one_replica_apply_at_once_on_another() {
     let b = spawn_server_process(&db, scripts.path(), &[]).await;
     let receiver = Receiver::start().await;
 
-    let handler = create(&a.client, http_handler("h", "clients.create", proto::Phase::After, &receiver.url("/one"))).await;
-    assert_eq!(emit_after(&b.client, "clients.create", r#"{"n": 1}"#).await.deliveries, 1, "created");
+    let handler = create(
+        &a.client,
+        http_handler(
+            "h",
+            "clients.create",
+            proto::Phase::After,
+            &receiver.url("/one"),
+        ),
+    )
+    .await;
+    assert_eq!(
+        emit_after(&b.client, "clients.create", r#"{"n": 1}"#)
+            .await
+            .deliveries,
+        1,
+        "created"
+    );
 
     let set_status = |status: proto::HandlerStatus| proto::SetHandlerStatusRequest {
         id: handler.id,
         status: status.into(),
     };
-    a.client.set_handler_status(set_status(proto::HandlerStatus::Disabled)).await.expect("disable");
-    assert_eq!(emit_after(&b.client, "clients.create", r#"{"n": 2}"#).await.deliveries, 0, "disabled");
-    a.client.set_handler_status(set_status(proto::HandlerStatus::Enabled)).await.expect("enable");
-    assert_eq!(emit_after(&b.client, "clients.create", r#"{"n": 3}"#).await.deliveries, 1, "enabled again");
+    a.client
+        .set_handler_status(set_status(proto::HandlerStatus::Disabled))
+        .await
+        .expect("disable");
+    assert_eq!(
+        emit_after(&b.client, "clients.create", r#"{"n": 2}"#)
+            .await
+            .deliveries,
+        0,
+        "disabled"
+    );
+    a.client
+        .set_handler_status(set_status(proto::HandlerStatus::Enabled))
+        .await
+        .expect("enable");
+    assert_eq!(
+        emit_after(&b.client, "clients.create", r#"{"n": 3}"#)
+            .await
+            .deliveries,
+        1,
+        "enabled again"
+    );
+
+    // Deliveries use the handler as it is when they run: let event 3 arrive at the old
+    // URL before changing it.
+    let mut first = numbers(&receiver.wait_for("/one", 2, WAIT).await);
+    first.sort_unstable();
+    assert_eq!(first, [1, 3]);
 
     a.client
         .update_handler(proto::UpdateHandlerRequest {
@@ -969,16 +1412,36 @@ async fn handler_changes_through_one_replica_apply_at_once_on_another() {
         })
         .await
         .expect("update the URL");
-    assert_eq!(emit_after(&b.client, "clients.create", r#"{"n": 4}"#).await.deliveries, 1);
-    assert_eq!(numbers(&receiver.wait_for("/two", 1, WAIT).await), [4], "the new URL is used at once");
-    let mut first = numbers(&receiver.wait_for("/one", 2, WAIT).await);
-    first.sort_unstable();
-    assert_eq!(first, [1, 3]);
+    assert_eq!(
+        emit_after(&b.client, "clients.create", r#"{"n": 4}"#)
+            .await
+            .deliveries,
+        1
+    );
+    assert_eq!(
+        numbers(&receiver.wait_for("/two", 1, WAIT).await),
+        [4],
+        "the new URL is used at once"
+    );
+    assert_eq!(receiver.requests("/one").len(), 2, "nothing more went to the old URL");
 
     receiver.route("/guard", vec![Reply::text(403, "blocked")]);
-    let guard = create(&a.client, http_handler("guard", "clients.create", proto::Phase::Before, &receiver.url("/guard"))).await;
+    let guard = create(
+        &a.client,
+        http_handler(
+            "guard",
+            "clients.create",
+            proto::Phase::Before,
+            &receiver.url("/guard"),
+        ),
+    )
+    .await;
     let verdict = emit_before(&b.client, "clients.create", r#"{"n": 5}"#).await;
-    assert_eq!(verdict.decision, i32::from(proto::Decision::Forbidden), "{verdict:?}");
+    assert_eq!(
+        verdict.decision,
+        i32::from(proto::Decision::Forbidden),
+        "{verdict:?}"
+    );
     a.client
         .set_handler_status(proto::SetHandlerStatusRequest {
             id: guard.id,
@@ -987,7 +1450,11 @@ async fn handler_changes_through_one_replica_apply_at_once_on_another() {
         .await
         .expect("disable the guard");
     let verdict = emit_before(&b.client, "clients.create", r#"{"n": 6}"#).await;
-    assert_eq!(verdict.decision, i32::from(proto::Decision::Allowed), "{verdict:?}");
+    assert_eq!(
+        verdict.decision,
+        i32::from(proto::Decision::Allowed),
+        "{verdict:?}"
+    );
     assert!(verdict.results.is_empty());
 }
 
@@ -1001,7 +1468,16 @@ async fn events_in_flight_when_the_server_is_killed_are_delivered_after_restart(
     let receiver = Receiver::start().await;
     receiver.route("/slow", vec![Reply::ok().delay(Duration::from_secs(1))]);
     let mut first = spawn_server_process(&db, scripts.path(), &[]).await;
-    create(&first.client, http_handler("slow", "clients.create", proto::Phase::After, &receiver.url("/slow"))).await;
+    create(
+        &first.client,
+        http_handler(
+            "slow",
+            "clients.create",
+            proto::Phase::After,
+            &receiver.url("/slow"),
+        ),
+    )
+    .await;
 
     let mut accepted = HashSet::new();
     for n in 0..EVENTS {
@@ -1011,8 +1487,15 @@ async fn events_in_flight_when_the_server_is_killed_are_delivered_after_restart(
     }
     receiver.wait_for("/slow", 1, WAIT).await;
     first.kill().await;
-    let answered_before_kill = receiver.all_requests().iter().filter(|r| r.replied.is_some()).count();
-    assert!((answered_before_kill as u64) < EVENTS, "the kill came too late to interrupt anything");
+    let answered_before_kill = receiver
+        .all_requests()
+        .iter()
+        .filter(|r| r.replied.is_some())
+        .count();
+    assert!(
+        (answered_before_kill as u64) < EVENTS,
+        "the kill came too late to interrupt anything"
+    );
 
     let second = spawn_server_process(&db, scripts.path(), &[]).await;
     receiver
@@ -1029,7 +1512,10 @@ async fn events_in_flight_when_the_server_is_killed_are_delivered_after_restart(
         .filter(|r| r.status == "success")
         .map(|r| r.event_id)
         .collect();
-    assert_eq!(delivered, accepted, "every accepted event has a SUCCESS row");
+    assert_eq!(
+        delivered, accepted,
+        "every accepted event has a SUCCESS row"
+    );
     drop(second);
 }
 
@@ -1045,15 +1531,34 @@ async fn two_replicas_share_2000_events_delivering_each_once() {
     let a = spawn_server_process(&db, &scripts, &[]).await;
     let b = spawn_server_process(&db, &scripts, &[]).await;
     // A script records each run with its parent, the server process that ran it.
-    create(&a.client, script_handler("record", "subscriptions.renew", proto::Phase::After, "record.sh")).await;
-    let event = |n: usize| event_request("subscriptions.renew", proto::Phase::After, &format!(r#"{{"n": {n}}}"#));
+    create(
+        &a.client,
+        script_handler(
+            "record",
+            "subscriptions.renew",
+            proto::Phase::After,
+            "record.sh",
+        ),
+    )
+    .await;
+    let event = |n: usize| {
+        event_request(
+            "subscriptions.renew",
+            proto::Phase::After,
+            &format!(r#"{{"n": {n}}}"#),
+        )
+    };
 
     // Half through EmitBatch on one replica, half through EmitStream on the other, at once.
     let batches = async {
         let mut ids = Vec::new();
         for chunk in (0..EVENTS / 2).collect::<Vec<_>>().chunks(250) {
             let events = chunk.iter().map(|n| event(*n)).collect();
-            let reply = a.client.emit_batch(proto::EmitBatchRequest { events }).await.expect("emit batch");
+            let reply = a
+                .client
+                .emit_batch(proto::EmitBatchRequest { events })
+                .await
+                .expect("emit batch");
             ids.extend(reply.acks.iter().map(|ack| ack.event_id));
         }
         ids
@@ -1065,7 +1570,11 @@ async fn two_replicas_share_2000_events_delivering_each_once() {
                 event: Some(event(n)),
             })
             .collect();
-        let mut acks = b.client.emit_stream(tokio_stream::iter(requests)).await.expect("open the stream");
+        let mut acks = b
+            .client
+            .emit_stream(tokio_stream::iter(requests))
+            .await
+            .expect("open the stream");
         let mut ids = Vec::new();
         while let Some(ack) = acks.message().await.expect("ack stream") {
             assert_eq!(ack.error_code, 0, "{ack:?}");
@@ -1078,20 +1587,39 @@ async fn two_replicas_share_2000_events_delivering_each_once() {
     assert_eq!(ids.len(), EVENTS);
 
     eventually(LONG_WAIT, "2,000 SUCCESS rows", || {
-        let done = count(&db, "SELECT count(*) AS n FROM execution_logs WHERE status = 'success'") >= EVENTS as i64;
+        let done = count(
+            &db,
+            "SELECT count(*) AS n FROM execution_logs WHERE status = 'success'",
+        ) >= EVENTS as i64;
         std::future::ready(done.then_some(()))
     })
     .await;
-    assert_eq!(count(&db, "SELECT count(*) AS n FROM execution_logs"), EVENTS as i64, "one row per event, no failure");
-    assert_eq!(count(&db, "SELECT count(DISTINCT event_id) AS n FROM execution_logs"), EVENTS as i64);
+    assert_eq!(
+        count(&db, "SELECT count(*) AS n FROM execution_logs"),
+        EVENTS as i64,
+        "one row per event, no failure"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(DISTINCT event_id) AS n FROM execution_logs"
+        ),
+        EVENTS as i64
+    );
     assert_eq!(count(&db, "SELECT count(*) AS n FROM deliveries"), 0);
 
-    let runs = std::fs::read_to_string(scripts.join("deliveries.txt")).expect("the script's record");
+    let runs =
+        std::fs::read_to_string(scripts.join("deliveries.txt")).expect("the script's record");
     let runs: Vec<(i64, u32)> = runs
         .lines()
         .map(|line| {
-            let (event_id, parent) = line.split_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
-            (event_id.parse().expect("event id"), parent.parse().expect("parent pid"))
+            let (event_id, parent) = line
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("bad line {line:?}"));
+            (
+                event_id.parse().expect("event id"),
+                parent.parse().expect("parent pid"),
+            )
         })
         .collect();
     assert_eq!(runs.len(), EVENTS, "the handler ran once per event");
@@ -1110,7 +1638,16 @@ async fn provctl_emit_prints_the_event_id() {
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
     let receiver = Receiver::start().await;
-    create(&server.client, http_handler("h", "clients.create", proto::Phase::After, &receiver.url("/h"))).await;
+    create(
+        &server.client,
+        http_handler(
+            "h",
+            "clients.create",
+            proto::Phase::After,
+            &receiver.url("/h"),
+        ),
+    )
+    .await;
     let data = r#"{"id": 9007199254740993, "amount": 12.345678901234567890}"#;
     let mut command = provctl(&server.url);
     command.args(["events", "emit", "clients.create", "--data", data]);
@@ -1126,7 +1663,13 @@ async fn provctl_emit_prints_the_event_id() {
     assert!(stdout.contains("deliveries: 1"), "{stdout}");
     let requests = receiver.wait_for("/h", 1, WAIT).await;
     assert_eq!(requests[0].body_text(), data);
-    assert_eq!(count(&db, &format!("SELECT count(*) AS n FROM events WHERE id = {id}")), 1);
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT count(*) AS n FROM events WHERE id = {id}")
+        ),
+        1
+    );
 }
 
 /// `--phase before` runs the chain and prints its decision and reason.
@@ -1136,9 +1679,26 @@ async fn provctl_emit_before_prints_the_decision() {
     let server = spawn_server(&db).await;
     let receiver = Receiver::start().await;
     receiver.route("/guard", vec![Reply::text(403, "credit limit reached")]);
-    create(&server.client, http_handler("guard", "clients.create", proto::Phase::Before, &receiver.url("/guard"))).await;
+    create(
+        &server.client,
+        http_handler(
+            "guard",
+            "clients.create",
+            proto::Phase::Before,
+            &receiver.url("/guard"),
+        ),
+    )
+    .await;
     let mut command = provctl(&server.url);
-    command.args(["events", "emit", "clients.create", "--phase", "before", "--data", r#"{"id": 1}"#]);
+    command.args([
+        "events",
+        "emit",
+        "clients.create",
+        "--phase",
+        "before",
+        "--data",
+        r#"{"id": 1}"#,
+    ]);
     let output = run_command(command).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
@@ -1146,9 +1706,20 @@ async fn provctl_emit_before_prints_the_decision() {
     assert!(stdout.contains("reason: credit limit reached"), "{stdout}");
 
     let mut command = provctl(&server.url);
-    command.args(["events", "emit", "clients.update", "--phase", "before", "--data", r#"{"id": 1}"#]);
+    command.args([
+        "events",
+        "emit",
+        "clients.update",
+        "--phase",
+        "before",
+        "--data",
+        r#"{"id": 1}"#,
+    ]);
     let output = run_command(command).await;
-    assert!(String::from_utf8_lossy(&output.stdout).contains("decision: allowed"), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("decision: allowed"),
+        "{output:?}"
+    );
 }
 
 /// `events emit --file` streams a JSON-lines file: a bad line is reported and makes
@@ -1174,7 +1745,10 @@ async fn provctl_emit_file_reports_the_bad_line_and_stores_the_others() {
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stdout.contains("accepted 3"), "{stdout}");
     assert!(stdout.contains("rejected 1"), "{stdout}");
-    assert!(stdout.contains("line 3:"), "the bad line is named: {stdout}");
+    assert!(
+        stdout.contains("line 3:"),
+        "the bad line is named: {stdout}"
+    );
     assert!(stdout.contains("clients.explode"), "{stdout}");
 
     #[derive(QueryableByName)]
@@ -1185,11 +1759,15 @@ async fn provctl_emit_file_reports_the_bad_line_and_stores_the_others() {
         data: String,
     }
     let stored: Vec<Stored> = with_conn(&db, |conn| {
-        diesel::sql_query("SELECT event, data FROM events ORDER BY id")
+        // Concurrent group commits may number a stream's events out of order.
+        diesel::sql_query("SELECT event, data FROM events ORDER BY (data::jsonb ->> 'n')::int")
             .load(conn)
             .expect("events")
     });
-    let stored: Vec<(&str, &str)> = stored.iter().map(|s| (s.event.as_str(), s.data.as_str())).collect();
+    let stored: Vec<(&str, &str)> = stored
+        .iter()
+        .map(|s| (s.event.as_str(), s.data.as_str()))
+        .collect();
     assert_eq!(
         stored,
         [

@@ -5,3 +5,4 @@ mod before;
 mod cli;
 mod dispatch;
 mod handlers;
+mod logs;

@@ -167,7 +167,9 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panicking test thread must not hide the requests from the others.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -181,11 +183,17 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver on a free loopback port.
     pub async fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the receiver");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the receiver");
         let addr = listener.local_addr().expect("receiver address");
         let shared = Arc::new(Shared::default());
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
-        Receiver { addr, shared, accept }
+        Receiver {
+            addr,
+            shared,
+            accept,
+        }
     }
 
     /// The receiver's socket address.
@@ -225,15 +233,22 @@ impl Receiver {
 
     /// How many requests arrived on `path`.
     pub fn count(&self, path: &str) -> usize {
-        self.shared.lock().requests.iter().filter(|r| r.path == path).count()
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.path == path)
+            .count()
     }
 
     /// Waits until at least `n` requests arrived on `path` and returns them; panics after
     /// `timeout` with what did arrive.
     pub async fn wait_for(&self, path: &str, n: usize, timeout: Duration) -> Vec<Recorded> {
         let what = format!("{n} request(s) on {path}");
-        self.wait_until(timeout, &what, |all| all.iter().filter(|r| r.path == path).count() >= n)
-            .await;
+        self.wait_until(timeout, &what, |all| {
+            all.iter().filter(|r| r.path == path).count() >= n
+        })
+        .await;
         self.requests(path)
     }
 
@@ -301,7 +316,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn respond(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let arrived = Instant::now();
     let (head, body) = request.into_parts();
     let body = match body.collect().await {
@@ -342,15 +360,19 @@ async fn respond(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Resp
         },
     };
     let mut response = Response::new(Full::new(reply_body));
-    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if matches!(reply.body, ReplyBody::Echo | ReplyBody::EchoJson) {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
     }
     if let Some(seconds) = &reply.retry_after {
         if let Ok(value) = hyper::header::HeaderValue::from_str(seconds) {
-            response.headers_mut().insert(hyper::header::RETRY_AFTER, value);
+            response
+                .headers_mut()
+                .insert(hyper::header::RETRY_AFTER, value);
         }
     }
     shared.lock().requests[index].replied = Some(Instant::now());
@@ -382,7 +404,10 @@ pub fn verify_signature(secret: &str, request: &Recorded) -> bool {
     if now.abs_diff(seconds) > TIMESTAMP_TOLERANCE.as_secs() {
         return false;
     }
-    let Some(key) = secret.strip_prefix("whsec_").and_then(|b64| engine.decode(b64).ok()) else {
+    let Some(key) = secret
+        .strip_prefix("whsec_")
+        .and_then(|b64| engine.decode(b64).ok())
+    else {
         return false;
     };
     signatures.split(' ').any(|candidate| {
@@ -410,7 +435,10 @@ mod tests {
 
     fn signed(secret_key_b64: &str, signature: &str, timestamp: u64) -> (String, Recorded) {
         let mut headers = HeaderMap::new();
-        headers.insert("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek".parse().unwrap());
+        headers.insert(
+            "webhook-id",
+            "msg_p5jXN8AQM9LWM0D4loKWxJek".parse().unwrap(),
+        );
         headers.insert("webhook-timestamp", timestamp.to_string().parse().unwrap());
         headers.insert("webhook-signature", signature.parse().unwrap());
         let request = Recorded {
@@ -434,14 +462,23 @@ mod tests {
             1614265330,
         );
         assert!(!verify_signature(&secret, &old));
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let key = base64::engine::general_purpose::STANDARD
             .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
             .unwrap();
         let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-        mac.update(format!("msg_p5jXN8AQM9LWM0D4loKWxJek.{now}.{{\"test\": 2432232314}}").as_bytes());
+        mac.update(
+            format!("msg_p5jXN8AQM9LWM0D4loKWxJek.{now}.{{\"test\": 2432232314}}").as_bytes(),
+        );
         let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-        let (secret, fresh) = signed("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &format!("v1a,x v1,{sig}"), now);
+        let (secret, fresh) = signed(
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            &format!("v1a,x v1,{sig}"),
+            now,
+        );
         assert!(verify_signature(&secret, &fresh));
         assert!(!verify_signature("whsec_AAAA", &fresh));
     }

@@ -12,10 +12,12 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert;
 use crate::dispatch::before::{BeforeChain, ChainResult, Decision, Outcome};
 use crate::domain::events::{Accepted, Ingest, MAX_BATCH_EVENTS};
-use crate::domain::Phase;
+use crate::domain::{DomainError, Phase};
 
 /// Longest BEFORE chain when the caller sets no deadline.
 const DEFAULT_BEFORE_DEADLINE: Duration = Duration::from_secs(60);
+/// Taken off the caller's deadline for the BEFORE chain.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 /// Events of one EmitStream awaiting their commit at once.
 const STREAM_WINDOW: usize = 4096;
 
@@ -37,7 +39,10 @@ type AckStream = Pin<Box<dyn futures_util::Stream<Item = Result<pb::EmitAck, Sta
 #[tonic::async_trait]
 impl EventService for EventApi {
     async fn emit(&self, request: Request<pb::EmitRequest>) -> Result<Response<pb::EmitResponse>, Status> {
-        let deadline = Instant::now() + grpc_timeout(request.metadata()).unwrap_or(DEFAULT_BEFORE_DEADLINE);
+        // Finish a little before the caller's deadline so it gets a decision, not
+        // DEADLINE_EXCEEDED.
+        let budget = grpc_timeout(request.metadata()).map_or(DEFAULT_BEFORE_DEADLINE, |t| t.saturating_sub(DEADLINE_MARGIN));
+        let deadline = Instant::now() + budget;
         let pb::EmitRequest {
             event,
             phase,
@@ -56,7 +61,14 @@ impl EventService for EventApi {
                     ..Default::default()
                 }
             }
-            Phase::Before => before_reply(self.before.run(event.event, event.data, deadline).await?),
+            Phase::Before => {
+                // A task of its own: if the caller goes away (or tonic's own timeout
+                // fires), the runs already started still finish and are logged.
+                let chain = self.before.clone();
+                let run = tokio::spawn(async move { chain.run(event.event, event.data, deadline).await });
+                let chain_result = run.await.map_err(|e| DomainError::Internal(Box::new(e)))?;
+                before_reply(chain_result?)
+            }
         };
         Ok(Response::new(reply))
     }

@@ -3,8 +3,9 @@
 //! Every replica's recorder commits log rows and NOTIFYs `provisioning_logs`; the
 //! listener turns that into `Signals.logs`. A tail never receives rows from the write
 //! path: it subscribes to the signal and, when woken, queries the database for matching
-//! rows with an id above the highest it has seen. So a tail costs the writers nothing,
-//! a slow tail slows only itself, and a lagged broadcast receiver loses nothing (it just
+//! rows with an id above the highest it has seen (or heard announced, so a rare filter
+//! does not rescan the rows it skipped). So a tail costs the writers nothing, a slow
+//! tail slows only itself, and a lagged broadcast receiver loses nothing (it just
 //! queries again).
 //!
 //! Ids come from one sequence but transactions may commit out of id order (two replicas'
@@ -15,7 +16,8 @@
 //! Each tail has a bounded channel to its reader. Catching up (backlog, or resuming
 //! from a cursor) waits for the reader, like Search; once live, a reader that lets the
 //! channel fill up gets a final "lagged" item carrying the cursor of the last row it was
-//! sent, and the tail ends: resuming from that cursor loses nothing.
+//! sent, and the tail ends: resuming from that cursor (rows with higher ids) loses
+//! nothing, short of a row that committed out of order in the very moment of the lag.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::convert::Infallible;
@@ -25,7 +27,7 @@ use std::time::Duration;
 use diesel::{PgConnection, QueryResult};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
@@ -227,32 +229,36 @@ impl Tail {
 
     /// Follows new rows above `start` until the reader goes, lags or the server stops.
     async fn live(&mut self, start: i64) -> Result<Infallible, Stop> {
-        // Highest id seen; every matching row up to `floor` has been seen; `recent` are
-        // the ids seen above `floor`; `history` says when `high` had which value.
+        // `high`: every row up to it was visible to a query (or is in flight and covered
+        // by the look-back); `floor`: every matching row up to it has been seen;
+        // `recent`: the ids seen above `floor`; `history`: when `high` had which value.
         let mut high = start;
         let mut floor = start;
         let mut recent = BTreeSet::new();
         let mut history: VecDeque<(Instant, i64)> = VecDeque::new();
-        let mut recheck = tokio::time::interval(RECHECK);
-        recheck.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut next_recheck = Instant::now() + RECHECK;
         let mut last_query: Option<Instant> = None;
         loop {
-            let is_recheck = tokio::select! {
+            // The highest id a recorder announced: its rows were committed before the
+            // notification, so the query below sees them.
+            let mut announced = high;
+            tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(Stop::ShuttingDown),
                 _ = self.sender.closed() => return Err(Stop::Gone),
                 signal = self.wake.recv() => match signal {
-                    Ok(_) | Err(RecvError::Lagged(_)) => false,
+                    Ok(id) => announced = announced.max(id),
+                    Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => return Err(Stop::ShuttingDown),
                 },
-                _ = recheck.tick() => true,
-            };
+                _ = tokio::time::sleep_until(next_recheck) => {}
+            }
             if let Some(wait) = last_query.and_then(|at| MIN_GAP.checked_sub(at.elapsed())) {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = self.shutdown.cancelled() => return Err(Stop::ShuttingDown),
                 }
             }
-            self.drain_wakeups();
+            announced = announced.max(self.drain_wakeups());
             last_query = Some(Instant::now());
 
             loop {
@@ -271,22 +277,15 @@ impl Tail {
                     break;
                 }
             }
+            // Move past non-matching rows too, so a rare filter does not rescan them on
+            // every wake-up; rows of that range still in flight are the look-back's.
+            high = high.max(announced);
             history.push_back((Instant::now(), high));
 
-            if is_recheck && floor < high {
-                let (low, top) = (floor, high);
-                let ids = self
-                    .query(move |conn, filter| logs::ids_between(conn, filter, low, top))
-                    .await?;
-                let missing: Vec<i64> = ids.into_iter().filter(|id| !recent.contains(id)).collect();
-                if !missing.is_empty() {
-                    tracing::debug!(rows = missing.len(), "tail found rows committed out of id order");
-                    let rows = self.query(move |conn, _| logs::rows_by_ids(conn, &missing)).await?;
-                    for row in rows {
-                        if recent.insert(row.id) {
-                            self.offer(LogEntry::from_row(row).map_err(Stop::Failed)?)?;
-                        }
-                    }
+            if Instant::now() >= next_recheck {
+                next_recheck = Instant::now() + RECHECK;
+                if floor < high {
+                    self.recheck(floor, high, &mut recent).await?;
                 }
                 // What was the highest id LOOKBACK ago is now settled.
                 let now = Instant::now();
@@ -300,6 +299,26 @@ impl Tail {
                 recent = recent.split_off(&floor.saturating_add(1));
             }
         }
+    }
+
+    /// Sends the matching rows in `(low, high]` not sent yet: rows that became visible
+    /// after rows with higher ids.
+    async fn recheck(&mut self, low: i64, high: i64, recent: &mut BTreeSet<i64>) -> Result<(), Stop> {
+        let ids = self
+            .query(move |conn, filter| logs::ids_between(conn, filter, low, high))
+            .await?;
+        let missing: Vec<i64> = ids.into_iter().filter(|id| !recent.contains(id)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(rows = missing.len(), "tail found rows committed out of id order");
+        let rows = self.query(move |conn, _| logs::rows_by_ids(conn, &missing)).await?;
+        for row in rows {
+            if recent.insert(row.id) {
+                self.offer(LogEntry::from_row(row).map_err(Stop::Failed)?)?;
+            }
+        }
+        Ok(())
     }
 
     /// Sends a row, waiting for the reader (catch-up phases).
@@ -331,9 +350,17 @@ impl Tail {
         }
     }
 
-    /// Consumes pending wake-ups: the query about to run covers them all.
-    fn drain_wakeups(&mut self) {
-        while let Ok(_) | Err(TryRecvError::Lagged(_)) = self.wake.try_recv() {}
+    /// Consumes pending wake-ups (the query about to run covers them all) and returns
+    /// the highest id they announced.
+    fn drain_wakeups(&mut self) -> i64 {
+        let mut announced = 0;
+        loop {
+            match self.wake.try_recv() {
+                Ok(id) => announced = announced.max(id),
+                Err(TryRecvError::Lagged(_)) => {}
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return announced,
+            }
+        }
     }
 
     /// Runs a query on the pool with this tail's filter; shutdown interrupts the wait.
