@@ -10,4 +10,5 @@ pub mod v1 {
 
 /// Encoded `FileDescriptorSet` of every `.proto` file (including the well-known types
 /// they import), for the reflection service.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/provisioning_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/provisioning_descriptor.bin"));

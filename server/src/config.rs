@@ -38,7 +38,12 @@ pub struct Config {
     pub scripts_dir: Option<PathBuf>,
 
     /// Log format.
-    #[arg(long, env = "PROVISIOND_LOG_FORMAT", value_enum, default_value = "human")]
+    #[arg(
+        long,
+        env = "PROVISIOND_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
     pub log_format: LogFormat,
 
     /// Largest accepted event data, in bytes.
@@ -115,7 +120,9 @@ impl Config {
 /// Parses `500ms`, `5s`, `2m`, `1h`, `5d` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let n: u64 = number
         .parse()
@@ -156,7 +163,12 @@ mod tests {
     #[test]
     fn the_default_schedule_is_the_documented_one() {
         let config = Config::defaults();
-        let secs: Vec<u64> = config.retry_schedule.0.iter().map(Duration::as_secs).collect();
+        let secs: Vec<u64> = config
+            .retry_schedule
+            .0
+            .iter()
+            .map(Duration::as_secs)
+            .collect();
         assert_eq!(secs, [5, 30, 120, 600, 1800, 3600, 10800]);
         assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
     }

@@ -48,7 +48,8 @@ pub fn spawn(db: Db, shutdown: &Shutdown) -> Signals {
     let thread_signals = signals.clone();
     let token = shutdown.token.clone();
     shutdown.spawn(async move {
-        let blocking = tokio::task::spawn_blocking(move || listen_until_cancelled(db, thread_signals, token));
+        let blocking =
+            tokio::task::spawn_blocking(move || listen_until_cancelled(db, thread_signals, token));
         if let Err(error) = blocking.await {
             tracing::error!(%error, "LISTEN thread failed");
         }
@@ -63,7 +64,9 @@ fn listen_until_cancelled(db: Db, signals: Signals, token: tokio_util::sync::Can
             Ok(mut conn) => {
                 let listened = diesel::sql_query(format!("LISTEN {WORK_CHANNEL}"))
                     .execute(&mut conn)
-                    .and_then(|_| diesel::sql_query(format!("LISTEN {LOGS_CHANNEL}")).execute(&mut conn));
+                    .and_then(|_| {
+                        diesel::sql_query(format!("LISTEN {LOGS_CHANNEL}")).execute(&mut conn)
+                    });
                 if let Err(error) = listened {
                     tracing::warn!(%error, "LISTEN failed; retrying");
                 } else {

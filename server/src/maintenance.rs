@@ -18,7 +18,8 @@ const PERIOD: Duration = Duration::from_secs(3600);
 /// Creates the log partitions from yesterday to three days ahead.
 pub async fn prepare(db: &Db) -> Result<(), DbError> {
     db.run(|conn| {
-        diesel::sql_query("SELECT ensure_log_partitions(current_date - 1, current_date + 3)").execute(conn)?;
+        diesel::sql_query("SELECT ensure_log_partitions(current_date - 1, current_date + 3)")
+            .execute(conn)?;
         Ok::<_, DbError>(())
     })
     .await
@@ -37,9 +38,12 @@ pub fn spawn(db: Db, config: Arc<Config>, shutdown: &Shutdown) {
             if let Err(error) = prepare(&db).await {
                 tracing::warn!(%error, "creating log partitions failed");
             }
-            let retention = chrono::Duration::from_std(config.log_retention).unwrap_or(chrono::Duration::days(30));
+            let retention = chrono::Duration::from_std(config.log_retention)
+                .unwrap_or(chrono::Duration::days(30));
             match logs.purge_older_than(Utc::now() - retention).await {
-                Ok(deleted) if deleted > 0 => tracing::info!(deleted, "retention removed old execution-log rows"),
+                Ok(deleted) if deleted > 0 => {
+                    tracing::info!(deleted, "retention removed old execution-log rows")
+                }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "log retention failed"),
             }

@@ -77,8 +77,10 @@ impl EmbeddedPostgres {
         } else {
             None
         };
-        std::fs::create_dir_all(data_dir)
-            .map_err(io_err(format!("creating data directory {}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir).map_err(io_err(format!(
+            "creating data directory {}",
+            data_dir.display()
+        )))?;
         let data_dir = data_dir
             .canonicalize()
             .map_err(io_err(format!("resolving {}", data_dir.display())))?;
@@ -160,9 +162,14 @@ impl EmbeddedPostgres {
             chown(&self.cluster_dir, uid, gid)?;
         }
         let mut cmd = self.command("initdb");
-        cmd.arg("-D")
-            .arg(&self.cluster_dir)
-            .args(["-U", DB_NAME, "--auth=trust", "-E", "UTF8", "--no-sync"]);
+        cmd.arg("-D").arg(&self.cluster_dir).args([
+            "-U",
+            DB_NAME,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
         self.run(cmd, "initdb")
     }
 
@@ -292,7 +299,8 @@ fn check_traversable(dir: &Path, uid: u32) -> Result<(), EmbeddedError> {
     for ancestor in dir.ancestors() {
         let meta = std::fs::metadata(ancestor)
             .map_err(io_err(format!("inspecting {}", ancestor.display())))?;
-        let traversable = meta.mode() & 0o001 != 0 || (meta.uid() == uid && meta.mode() & 0o100 != 0);
+        let traversable =
+            meta.mode() & 0o001 != 0 || (meta.uid() == uid && meta.mode() & 0o100 != 0);
         if !traversable {
             return Err(EmbeddedError::Directory(format!(
                 "the postgres account cannot reach {}: {} is not traversable (chmod o+x it, \
@@ -304,4 +312,3 @@ fn check_traversable(dir: &Path, uid: u32) -> Result<(), EmbeddedError> {
     }
     Ok(())
 }
-

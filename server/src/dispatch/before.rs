@@ -90,7 +90,12 @@ impl BeforeChain {
     }
 
     /// Runs the chain for a validated event; `deadline` bounds the whole chain.
-    pub async fn run(&self, event: String, data: String, deadline: Instant) -> Result<ChainResult, DomainError> {
+    pub async fn run(
+        &self,
+        event: String,
+        data: String,
+        deadline: Instant,
+    ) -> Result<ChainResult, DomainError> {
         let (event_id, chain) = self.load(event.clone(), data.clone()).await?;
         let mut data = data;
         let mut results = Vec::with_capacity(chain.len());
@@ -103,7 +108,10 @@ impl BeforeChain {
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                results.push(skipped(&handler, "deadline exceeded before this handler ran"));
+                results.push(skipped(
+                    &handler,
+                    "deadline exceeded before this handler ran",
+                ));
                 decision = Decision::Forbidden;
                 reason = "deadline exceeded before every BEFORE handler ran".into();
                 continue;
@@ -138,8 +146,17 @@ impl BeforeChain {
                 Verdict::Forbid(why) => (Outcome::Forbade, why, None),
                 Verdict::Fail(why) => (Outcome::Failed, why, None),
             };
-            self.log(&handler, &event, event_id, &data, new_data.as_deref(), &execution, outcome, &error)
-                .await;
+            self.log(
+                &handler,
+                &event,
+                event_id,
+                &data,
+                new_data.as_deref(),
+                &execution,
+                outcome,
+                &error,
+            )
+            .await;
             match outcome {
                 Outcome::Forbade => {
                     decision = Decision::Forbidden;
@@ -199,7 +216,12 @@ impl BeforeChain {
             })
             .await?;
         let (id, rows) = rows;
-        Ok((id, rows.into_iter().map(handler_from_row).collect::<Result<_, _>>()?))
+        Ok((
+            id,
+            rows.into_iter()
+                .map(handler_from_row)
+                .collect::<Result<_, _>>()?,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -220,7 +242,11 @@ impl BeforeChain {
                 created_at: execution.started_at,
                 phase: Phase::Before,
                 event: event.to_owned(),
-                status: if outcome == Outcome::Failed { RunStatus::Fail } else { RunStatus::Success },
+                status: if outcome == Outcome::Failed {
+                    RunStatus::Fail
+                } else {
+                    RunStatus::Success
+                },
                 handler_id: handler.id,
                 handler_name: handler.name.clone(),
                 kind: handler.target.kind(),
@@ -261,23 +287,38 @@ enum Verdict {
 /// Interprets a BEFORE handler's reply against the data it was sent.
 fn judge_before(result: &Result<Reply, AttemptError>, sent: &str) -> Verdict {
     match result {
-        Ok(Reply::Http { status, body, .. }) if (200..300).contains(status) => data_verdict(body, sent),
+        Ok(Reply::Http { status, body, .. }) if (200..300).contains(status) => {
+            data_verdict(body, sent)
+        }
         Ok(Reply::Http { status, body, .. }) if (400..500).contains(status) => {
             Verdict::Forbid(forbid_reason(body, &format!("HTTP {status}")))
         }
         Ok(Reply::Http { status, .. }) => Verdict::Fail(format!("HTTP {status}")),
-        Ok(Reply::Script { exit_code: Some(0), stdout, .. }) => data_verdict(stdout, sent),
+        Ok(Reply::Script {
+            exit_code: Some(0),
+            stdout,
+            ..
+        }) => data_verdict(stdout, sent),
         Ok(Reply::Script {
             exit_code: Some(FORBID_EXIT_CODE),
             stdout,
             stderr,
             ..
         }) => {
-            let text = if stdout.iter().all(u8::is_ascii_whitespace) { stderr } else { stdout };
+            let text = if stdout.iter().all(u8::is_ascii_whitespace) {
+                stderr
+            } else {
+                stdout
+            };
             Verdict::Forbid(forbid_reason(text, "forbidden by script"))
         }
-        Ok(Reply::Script { exit_code: Some(code), .. }) => Verdict::Fail(format!("script exited with code {code}")),
-        Ok(Reply::Script { signal, .. }) => Verdict::Fail(format!("script killed by signal {}", signal.unwrap_or(0))),
+        Ok(Reply::Script {
+            exit_code: Some(code),
+            ..
+        }) => Verdict::Fail(format!("script exited with code {code}")),
+        Ok(Reply::Script { signal, .. }) => {
+            Verdict::Fail(format!("script killed by signal {}", signal.unwrap_or(0)))
+        }
         Err(error) => Verdict::Fail(error.to_string()),
     }
 }
@@ -291,7 +332,8 @@ fn data_verdict(body: &[u8], sent: &str) -> Verdict {
     }
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(returned) if returned.is_object() => {
-            let unchanged = serde_json::from_str::<serde_json::Value>(sent).is_ok_and(|s| s == returned);
+            let unchanged =
+                serde_json::from_str::<serde_json::Value>(sent).is_ok_and(|s| s == returned);
             if unchanged {
                 Verdict::Pass
             } else {
@@ -328,16 +370,35 @@ mod tests {
     #[test]
     fn an_echo_passes_and_a_different_object_modifies() {
         let sent = r#"{"id": 9007199254740993, "amount": 12.50}"#;
-        assert!(matches!(judge_before(&http(200, sent), sent), Verdict::Pass));
-        assert!(matches!(judge_before(&http(200, "{\"amount\":12.50,\"id\":9007199254740993}"), sent), Verdict::Pass));
+        assert!(matches!(
+            judge_before(&http(200, sent), sent),
+            Verdict::Pass
+        ));
+        assert!(matches!(
+            judge_before(
+                &http(200, "{\"amount\":12.50,\"id\":9007199254740993}"),
+                sent
+            ),
+            Verdict::Pass
+        ));
         assert!(matches!(judge_before(&http(204, ""), sent), Verdict::Pass));
-        assert!(matches!(judge_before(&http(200, r#"{"id": 1}"#), sent), Verdict::Modify(d) if d == r#"{"id": 1}"#));
+        assert!(
+            matches!(judge_before(&http(200, r#"{"id": 1}"#), sent), Verdict::Modify(d) if d == r#"{"id": 1}"#)
+        );
     }
 
     #[test]
     fn client_errors_forbid_and_server_errors_fail() {
-        assert!(matches!(judge_before(&http(403, "no credit"), "{}"), Verdict::Forbid(r) if r == "no credit"));
-        assert!(matches!(judge_before(&http(500, "boom"), "{}"), Verdict::Fail(_)));
-        assert!(matches!(judge_before(&http(200, "[1]"), "{}"), Verdict::Fail(_)));
+        assert!(
+            matches!(judge_before(&http(403, "no credit"), "{}"), Verdict::Forbid(r) if r == "no credit")
+        );
+        assert!(matches!(
+            judge_before(&http(500, "boom"), "{}"),
+            Verdict::Fail(_)
+        ));
+        assert!(matches!(
+            judge_before(&http(200, "[1]"), "{}"),
+            Verdict::Fail(_)
+        ));
     }
 }

@@ -53,7 +53,10 @@ impl HttpExecutor {
         secret: &str,
     ) -> Result<Reply, AttemptError> {
         let body = Bytes::copy_from_slice(invocation.data.as_bytes());
-        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let signature = sign(secret, &invocation.message_id, timestamp, &body);
         let mut request = hyper::Request::post(url)
             .header(hyper::header::CONTENT_TYPE, "application/json")

@@ -122,7 +122,10 @@ async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) 
     let mut delay = Duration::from_millis(50);
     for _ in 0..5 {
         let batch = records.clone();
-        match db.run(move |conn| write_batch(conn, &batch, disable_after_ms)).await {
+        match db
+            .run(move |conn| write_batch(conn, &batch, disable_after_ms))
+            .await
+        {
             Ok(()) => return,
             Err(DbError::Query(error)) => {
                 tracing::warn!(%error, rows = records.len(), "log batch rejected; writing rows one by one");
@@ -140,7 +143,10 @@ async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) 
         let mut delay = Duration::from_millis(100);
         loop {
             let row = one.clone();
-            match db.run(move |conn| write_batch(conn, &row, disable_after_ms)).await {
+            match db
+                .run(move |conn| write_batch(conn, &row, disable_after_ms))
+                .await
+            {
                 Ok(()) => break,
                 Err(DbError::Query(error)) => {
                     tracing::error!(%error, event.id = one[0].log.event_id, handler.id = one[0].log.handler_id,
@@ -157,7 +163,11 @@ async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) 
     }
 }
 
-fn write_batch(conn: &mut diesel::PgConnection, records: &[Record], disable_after_ms: i64) -> Result<(), DbError> {
+fn write_batch(
+    conn: &mut diesel::PgConnection,
+    records: &[Record],
+    disable_after_ms: i64,
+) -> Result<(), DbError> {
     let mut columns = logs::NewLogColumns::default();
     let mut delivered = Vec::new();
     let (mut failed_ids, mut failed_at, mut failed_errors) = (Vec::new(), Vec::new(), Vec::new());
@@ -211,13 +221,25 @@ fn write_batch(conn: &mut diesel::PgConnection, records: &[Record], disable_afte
         if !failed_ids.is_empty() {
             deliveries::record_failures(conn, &failed_ids, &failed_at, &failed_errors)?;
         }
-        let disabled = deliveries::update_handler_health(conn, &succeeded_handlers, &failed_handlers, disable_after_ms)?;
+        let disabled = deliveries::update_handler_health(
+            conn,
+            &succeeded_handlers,
+            &failed_handlers,
+            disable_after_ms,
+        )?;
         for id in disabled {
             tracing::warn!(handler.id = id, "handler disabled: failing for too long");
         }
         for id in gone {
-            deliveries::disable_handler(conn, id, "disabled automatically: the endpoint answered 410 Gone")?;
-            tracing::warn!(handler.id = id, "handler disabled: its endpoint answered 410 Gone");
+            deliveries::disable_handler(
+                conn,
+                id,
+                "disabled automatically: the endpoint answered 410 Gone",
+            )?;
+            tracing::warn!(
+                handler.id = id,
+                "handler disabled: its endpoint answered 410 Gone"
+            );
         }
         if let Some(max_id) = max_id {
             logs::notify_logs(conn, max_id)?;

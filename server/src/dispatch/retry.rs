@@ -42,22 +42,40 @@ mod tests {
     use super::*;
 
     fn schedule() -> Vec<Duration> {
-        [5, 30, 120].iter().map(|s| Duration::from_secs(*s)).collect()
+        [5, 30, 120]
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect()
     }
 
     #[test]
     fn delays_follow_the_schedule_and_the_last_repeats() {
         let s = schedule();
-        assert_eq!(next_step(&s, 10, 1, None, 0.0), NextStep::RetryIn(Duration::from_secs(5)));
-        assert_eq!(next_step(&s, 10, 2, None, 0.0), NextStep::RetryIn(Duration::from_secs(30)));
-        assert_eq!(next_step(&s, 10, 7, None, 0.0), NextStep::RetryIn(Duration::from_secs(120)));
+        assert_eq!(
+            next_step(&s, 10, 1, None, 0.0),
+            NextStep::RetryIn(Duration::from_secs(5))
+        );
+        assert_eq!(
+            next_step(&s, 10, 2, None, 0.0),
+            NextStep::RetryIn(Duration::from_secs(30))
+        );
+        assert_eq!(
+            next_step(&s, 10, 7, None, 0.0),
+            NextStep::RetryIn(Duration::from_secs(120))
+        );
     }
 
     #[test]
     fn jitter_adds_at_most_a_fifth() {
         let s = schedule();
-        assert_eq!(next_step(&s, 10, 1, None, 0.999_999), NextStep::RetryIn(Duration::from_secs(5).mul_f64(1.0 + 0.2 * 0.999_999)));
-        assert_eq!(next_step(&s, 10, 1, None, 7.0), NextStep::RetryIn(Duration::from_secs(6)));
+        assert_eq!(
+            next_step(&s, 10, 1, None, 0.999_999),
+            NextStep::RetryIn(Duration::from_secs(5).mul_f64(1.0 + 0.2 * 0.999_999))
+        );
+        assert_eq!(
+            next_step(&s, 10, 1, None, 7.0),
+            NextStep::RetryIn(Duration::from_secs(6))
+        );
     }
 
     #[test]
@@ -69,7 +87,13 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_but_bounded() {
         let s = schedule();
-        assert_eq!(next_step(&s, 10, 1, Some(Duration::from_secs(42)), 0.5), NextStep::RetryIn(Duration::from_secs(42)));
-        assert_eq!(next_step(&s, 10, 1, Some(Duration::from_secs(999_999)), 0.5), NextStep::RetryIn(MAX_RETRY_AFTER));
+        assert_eq!(
+            next_step(&s, 10, 1, Some(Duration::from_secs(42)), 0.5),
+            NextStep::RetryIn(Duration::from_secs(42))
+        );
+        assert_eq!(
+            next_step(&s, 10, 1, Some(Duration::from_secs(999_999)), 0.5),
+            NextStep::RetryIn(MAX_RETRY_AFTER)
+        );
     }
 }

@@ -36,9 +36,15 @@ impl ScriptExecutor {
     }
 
     /// Runs `path` and waits at most `timeout`, then kills its process group.
-    pub async fn run(&self, invocation: &Invocation<'_>, path: &str, timeout: Duration) -> Result<Reply, AttemptError> {
+    pub async fn run(
+        &self,
+        invocation: &Invocation<'_>,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Reply, AttemptError> {
         // Checked again at every run: the file or a symlink may have changed since Create.
-        let program = resolve_script(&self.scripts_dir, path).map_err(AttemptError::ScriptRefused)?;
+        let program =
+            resolve_script(&self.scripts_dir, path).map_err(AttemptError::ScriptRefused)?;
         let mut command = Command::new(&program);
         command
             .env_clear()
@@ -56,9 +62,9 @@ impl ScriptExecutor {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .map_err(|e| AttemptError::ScriptSpawn(format!("cannot start {}: {e}", program.display())))?;
+        let mut child = command.spawn().map_err(|e| {
+            AttemptError::ScriptSpawn(format!("cannot start {}: {e}", program.display()))
+        })?;
         let pgid = child.id().map(|id| id as i32);
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
@@ -72,12 +78,19 @@ impl ScriptExecutor {
                     let _script_may_ignore_stdin = stdin.write_all(&data).await;
                 }
             };
-            let (_, out, err, status) = tokio::join!(feed, read_capped(stdout, max), read_capped(stderr, max), child.wait());
+            let (_, out, err, status) = tokio::join!(
+                feed,
+                read_capped(stdout, max),
+                read_capped(stderr, max),
+                child.wait()
+            );
             (out, err, status)
         };
         match tokio::time::timeout(timeout, work).await {
             Ok((stdout, stderr, status)) => {
-                let status = status.map_err(|e| AttemptError::ScriptSpawn(format!("waiting for the script: {e}")))?;
+                let status = status.map_err(|e| {
+                    AttemptError::ScriptSpawn(format!("waiting for the script: {e}"))
+                })?;
                 kill_group(pgid); // leftovers the script started in the background
                 Ok(Reply::Script {
                     exit_code: status.code(),

@@ -33,7 +33,13 @@ pub fn spawn(db: Db, config: Arc<Config>, runner: Runner, signals: Signals, shut
     shutdown.spawn(async move { claim_loop(db, config, runner, signals, shutdown_for_task).await });
 }
 
-async fn claim_loop(db: Db, config: Arc<Config>, runner: Runner, signals: Signals, shutdown: Shutdown) {
+async fn claim_loop(
+    db: Db,
+    config: Arc<Config>,
+    runner: Runner,
+    signals: Signals,
+    shutdown: Shutdown,
+) {
     let owner = format!("{}-{:08x}", std::process::id(), rand::rng().random::<u32>());
     let concurrency = config.concurrency.max(1);
     let permits = Arc::new(Semaphore::new(concurrency));
@@ -56,13 +62,18 @@ async fn claim_loop(db: Db, config: Arc<Config>, runner: Runner, signals: Signal
         let limit = free.min(MAX_CLAIM) as i64;
         let owner_for_claim = owner.clone();
         let claimed = db
-            .run(move |conn| deliveries::claim_due(conn, limit, lease_ms, &owner_for_claim).map_err(DbError::from))
+            .run(move |conn| {
+                deliveries::claim_due(conn, limit, lease_ms, &owner_for_claim)
+                    .map_err(DbError::from)
+            })
             .await;
         match claimed {
             Ok(rows) if !rows.is_empty() => {
                 let full = rows.len() as i64 >= limit;
                 for chain in split_by_event(rows) {
-                    let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break;
+                    };
                     let runner = runner.clone();
                     let config = config.clone();
                     let chain_done = chain_done.clone();
@@ -130,7 +141,13 @@ async fn run_delivery(runner: &Runner, config: &Config, delivery: ClaimedDeliver
             duration: Duration::ZERO,
             result: Err(AttemptError::HandlerNotEnabled(delivery.status.clone())),
         };
-        let record = after_record(&delivery, kind, attempt, &execution, DeliveryOutcome::Failed { retry_at: None });
+        let record = after_record(
+            &delivery,
+            kind,
+            attempt,
+            &execution,
+            DeliveryOutcome::Failed { retry_at: None },
+        );
         runner.recorder.record(record).await;
         return;
     }
@@ -149,15 +166,29 @@ async fn run_delivery(runner: &Runner, config: &Config, delivery: ClaimedDeliver
     let outcome = match judge_after(&execution.result) {
         Judgement::Success => DeliveryOutcome::Delivered,
         Judgement::Failure { gone: true, .. } => DeliveryOutcome::Gone,
-        Judgement::Failure { retryable, retry_after, .. } => {
+        Judgement::Failure {
+            retryable,
+            retry_after,
+            ..
+        } => {
             let step = if retryable {
-                next_step(&config.retry_schedule.0, config.max_attempts, attempt as u32, retry_after, rand::rng().random())
+                next_step(
+                    &config.retry_schedule.0,
+                    config.max_attempts,
+                    attempt as u32,
+                    retry_after,
+                    rand::rng().random(),
+                )
             } else {
                 NextStep::Dead
             };
             match step {
                 NextStep::RetryIn(delay) => DeliveryOutcome::Failed {
-                    retry_at: Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1))),
+                    retry_at: Some(
+                        Utc::now()
+                            + chrono::Duration::from_std(delay)
+                                .unwrap_or(chrono::Duration::hours(1)),
+                    ),
                 },
                 NextStep::Dead => DeliveryOutcome::Failed { retry_at: None },
             }
@@ -182,7 +213,11 @@ fn after_record(
         Judgement::Success => String::new(),
         Judgement::Failure { error, .. } => error,
     };
-    let status = if error.is_empty() { RunStatus::Success } else { RunStatus::Fail };
+    let status = if error.is_empty() {
+        RunStatus::Success
+    } else {
+        RunStatus::Fail
+    };
     let (response, http_status, exit_code) = reply_fields(&execution.result);
     Record {
         log: LogRecord {
@@ -236,15 +271,30 @@ fn judge_after(result: &Result<Reply, AttemptError>) -> Judgement {
             retry_after: None,
             gone: true,
         },
-        Ok(Reply::Http { status, retry_after, .. }) => Judgement::Failure {
+        Ok(Reply::Http {
+            status,
+            retry_after,
+            ..
+        }) => Judgement::Failure {
             error: format!("HTTP {status}"),
             retryable: true,
-            retry_after: if matches!(status, 429 | 503) { *retry_after } else { None },
+            retry_after: if matches!(status, 429 | 503) {
+                *retry_after
+            } else {
+                None
+            },
             gone: false,
         },
-        Ok(Reply::Script { exit_code: Some(0), .. }) => Judgement::Success,
-        Ok(Reply::Script { exit_code: Some(code), .. }) => failure(format!("script exited with code {code}")),
-        Ok(Reply::Script { signal, .. }) => failure(format!("script killed by signal {}", signal.unwrap_or(0))),
+        Ok(Reply::Script {
+            exit_code: Some(0), ..
+        }) => Judgement::Success,
+        Ok(Reply::Script {
+            exit_code: Some(code),
+            ..
+        }) => failure(format!("script exited with code {code}")),
+        Ok(Reply::Script { signal, .. }) => {
+            failure(format!("script killed by signal {}", signal.unwrap_or(0)))
+        }
         Err(error) => Judgement::Failure {
             error: error.to_string(),
             retryable: error.is_retryable(),
@@ -255,9 +305,13 @@ fn judge_after(result: &Result<Reply, AttemptError>) -> Judgement {
 }
 
 /// Response text, HTTP status and exit code of a reply, for the log.
-pub(crate) fn reply_fields(result: &Result<Reply, AttemptError>) -> (String, Option<i32>, Option<i32>) {
+pub(crate) fn reply_fields(
+    result: &Result<Reply, AttemptError>,
+) -> (String, Option<i32>, Option<i32>) {
     match result {
-        Ok(Reply::Http { status, body, .. }) => (truncated_text(body), Some(i32::from(*status)), None),
+        Ok(Reply::Http { status, body, .. }) => {
+            (truncated_text(body), Some(i32::from(*status)), None)
+        }
         Ok(Reply::Script {
             exit_code,
             stdout,

@@ -79,11 +79,18 @@ impl Ingest {
     }
 
     /// Checks an event; `field` prefixes messages (e.g. `events[3].`).
-    pub async fn validate(&self, field: &str, event: String, data: String, key: String) -> Result<NewEvent, DomainError> {
+    pub async fn validate(
+        &self,
+        field: &str,
+        event: String,
+        data: String,
+        key: String,
+    ) -> Result<NewEvent, DomainError> {
         if event.is_empty() {
             return Err(DomainError::invalid(&format!("{field}event"), "required"));
         }
-        validate_data(&data, self.max_payload).map_err(|e| DomainError::invalid(&format!("{field}data_json"), e))?;
+        validate_data(&data, self.max_payload)
+            .map_err(|e| DomainError::invalid(&format!("{field}data_json"), e))?;
         if key.chars().count() > MAX_IDEMPOTENCY_KEY {
             return Err(DomainError::invalid(
                 &format!("{field}idempotency_key"),
@@ -146,7 +153,10 @@ impl Ingest {
 /// refused because PostgreSQL's jsonb (the execution log) cannot hold them.
 pub fn validate_data(data: &str, max_payload: usize) -> Result<(), String> {
     if data.len() > max_payload {
-        return Err(format!("{} bytes exceed the limit of {max_payload} bytes", data.len()));
+        return Err(format!(
+            "{} bytes exceed the limit of {max_payload} bytes",
+            data.len()
+        ));
     }
     let raw: &RawValue = serde_json::from_str(data).map_err(|e| format!("not valid JSON: {e}"))?;
     if !raw.get().starts_with('{') {
@@ -159,7 +169,10 @@ pub fn validate_data(data: &str, max_payload: usize) -> Result<(), String> {
 }
 
 /// Stores events and their deliveries; runs inside the caller's transaction or opens one.
-fn store(conn: &mut diesel::PgConnection, batch: &[NewEvent]) -> Result<Vec<Accepted>, DomainError> {
+fn store(
+    conn: &mut diesel::PgConnection,
+    batch: &[NewEvent],
+) -> Result<Vec<Accepted>, DomainError> {
     conn.transaction::<_, DomainError, _>(|conn| {
         let names: Vec<&str> = batch.iter().map(|e| e.event.as_str()).collect();
         let data: Vec<&str> = batch.iter().map(|e| e.data.as_str()).collect();
@@ -173,7 +186,9 @@ fn store(conn: &mut diesel::PgConnection, batch: &[NewEvent]) -> Result<Vec<Acce
         let earlier: HashMap<String, i64> = if duplicate_keys.is_empty() {
             HashMap::new()
         } else {
-            events::ids_by_keys(conn, &duplicate_keys)?.into_iter().collect()
+            events::ids_by_keys(conn, &duplicate_keys)?
+                .into_iter()
+                .collect()
         };
         if stored.iter().any(|s| s.deliveries > 0) {
             events::notify_work(conn)?;
@@ -188,9 +203,15 @@ fn store(conn: &mut diesel::PgConnection, batch: &[NewEvent]) -> Result<Vec<Acce
                         deliveries: s.deliveries as u32,
                     });
                 }
-                let key = keys.get(s.ord as usize - 1).copied().flatten().unwrap_or_default();
+                let key = keys
+                    .get(s.ord as usize - 1)
+                    .copied()
+                    .flatten()
+                    .unwrap_or_default();
                 let id = earlier.get(key).copied().ok_or_else(|| {
-                    DomainError::Internal(format!("event with idempotency key {key:?} vanished").into())
+                    DomainError::Internal(
+                        format!("event with idempotency key {key:?} vanished").into(),
+                    )
                 })?;
                 Ok(Accepted {
                     event_id: id,
@@ -207,7 +228,9 @@ async fn commit_loop(db: Db, mut receiver: mpsc::Receiver<Pending>, signals: Sig
     let mut group = Vec::with_capacity(MAX_GROUP_COMMIT);
     // Ends when every Ingest handle is gone (the gRPC server stopped).
     while receiver.recv_many(&mut group, MAX_GROUP_COMMIT).await > 0 {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         // More requests may have queued while we waited for a slot.
         while group.len() < MAX_GROUP_COMMIT {
             match receiver.try_recv() {
@@ -219,7 +242,8 @@ async fn commit_loop(db: Db, mut receiver: mpsc::Receiver<Pending>, signals: Sig
         let db = db.clone();
         let signals = signals.clone();
         tokio::spawn(async move {
-            let (events, replies): (Vec<NewEvent>, Vec<_>) = pending.into_iter().map(|p| (p.event, p.reply)).unzip();
+            let (events, replies): (Vec<NewEvent>, Vec<_>) =
+                pending.into_iter().map(|p| (p.event, p.reply)).unzip();
             let result = db.run(move |conn| store(conn, &events)).await;
             drop(permit);
             match result {
@@ -257,9 +281,15 @@ mod tests {
     #[test]
     fn data_must_be_a_json_object_within_the_limit() {
         assert!(validate_data(r#"{"id": 9007199254740993}"#, 100).is_ok());
-        assert!(validate_data("[1,2]", 100).unwrap_err().contains("JSON object"));
-        assert!(validate_data("{", 100).unwrap_err().contains("not valid JSON"));
-        assert!(validate_data(r#"{"a": "xxxxxxxxxx"}"#, 5).unwrap_err().contains("exceed"));
+        assert!(validate_data("[1,2]", 100)
+            .unwrap_err()
+            .contains("JSON object"));
+        assert!(validate_data("{", 100)
+            .unwrap_err()
+            .contains("not valid JSON"));
+        assert!(validate_data(r#"{"a": "xxxxxxxxxx"}"#, 5)
+            .unwrap_err()
+            .contains("exceed"));
         assert!(validate_data(r#"{"a": "\u0000"}"#, 100).is_err());
     }
 }

@@ -228,7 +228,11 @@ impl HandlerRegistry {
     /// One handler.
     pub async fn get(&self, id: i64) -> Result<Handler, DomainError> {
         self.db
-            .run(move |conn| handlers::find(conn, id).optional().map_err(DomainError::from))
+            .run(move |conn| {
+                handlers::find(conn, id)
+                    .optional()
+                    .map_err(DomainError::from)
+            })
             .await?
             .ok_or_else(|| not_found(id))
             .and_then(handler_from_row)
@@ -239,21 +243,30 @@ impl HandlerRegistry {
         let page_size = match query.page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n > MAX_PAGE_SIZE => {
-                return Err(DomainError::invalid("page_size", format!("must be at most {MAX_PAGE_SIZE}")))
+                return Err(DomainError::invalid(
+                    "page_size",
+                    format!("must be at most {MAX_PAGE_SIZE}"),
+                ))
             }
             n => n,
         };
         let after = if query.page_token.is_empty() {
             None
         } else {
-            Some(decode_page_token(&query.page_token).ok_or_else(|| DomainError::invalid("page_token", "malformed page token"))?)
+            Some(
+                decode_page_token(&query.page_token)
+                    .ok_or_else(|| DomainError::invalid("page_token", "malformed page token"))?,
+            )
         };
         let rows = self
             .db
             .run(move |conn| {
                 let statuses: Vec<&str> = match query.status {
                     Some(s) => vec![s.as_str()],
-                    None => vec![HandlerStatus::Enabled.as_str(), HandlerStatus::Disabled.as_str()],
+                    None => vec![
+                        HandlerStatus::Enabled.as_str(),
+                        HandlerStatus::Disabled.as_str(),
+                    ],
                 };
                 let filter = handlers::ListFilter {
                     event: query.event.as_deref(),
@@ -261,10 +274,14 @@ impl HandlerRegistry {
                     kind: query.kind.map(HandlerKind::as_str),
                     statuses: &statuses,
                 };
-                handlers::list_page(conn, &filter, after.as_ref(), i64::from(page_size) + 1).map_err(DomainError::from)
+                handlers::list_page(conn, &filter, after.as_ref(), i64::from(page_size) + 1)
+                    .map_err(DomainError::from)
             })
             .await?;
-        let mut handlers = rows.into_iter().map(handler_from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut handlers = rows
+            .into_iter()
+            .map(handler_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let next = if handlers.len() > page_size as usize {
             handlers.truncate(page_size as usize);
             handlers.last().map(encode_page_token).unwrap_or_default()
@@ -278,12 +295,18 @@ impl HandlerRegistry {
     /// validated whole and written back in one transaction. The flag is true when the
     /// update gave the handler its first secret (script turned HTTP), which the caller
     /// must then show in full once.
-    pub async fn update(&self, id: i64, patch: HandlerPatch) -> Result<(Handler, bool), DomainError> {
+    pub async fn update(
+        &self,
+        id: i64,
+        patch: HandlerPatch,
+    ) -> Result<(Handler, bool), DomainError> {
         let scripts_dir = self.scripts_dir.clone();
         self.db
             .run(move |conn| {
                 conn.transaction(|conn| {
-                    let row = handlers::find_for_update(conn, id).optional()?.ok_or_else(|| not_found(id))?;
+                    let row = handlers::find_for_update(conn, id)
+                        .optional()?
+                        .ok_or_else(|| not_found(id))?;
                     let current = handler_from_row(row)?;
                     let (mut spec, old_secret) = spec_of(&current);
                     let reenabled = patch.status == Some(HandlerStatus::Enabled);
@@ -307,7 +330,11 @@ impl HandlerRegistry {
                         script_path,
                         failure_policy: spec.failure_policy.as_str().into(),
                         filter: spec.filter,
-                        disabled_reason: if reenabled { None } else { current.disabled_reason },
+                        disabled_reason: if reenabled {
+                            None
+                        } else {
+                            current.disabled_reason
+                        },
                         updated_at: Utc::now(),
                     };
                     Ok((handlers::update(conn, id, &changes)?, secret_created))
@@ -367,7 +394,9 @@ impl HandlerRegistry {
         self.db
             .run(move |conn| {
                 conn.transaction(|conn| {
-                    let row = handlers::find_for_update(conn, id).optional()?.ok_or_else(|| not_found(id))?;
+                    let row = handlers::find_for_update(conn, id)
+                        .optional()?
+                        .ok_or_else(|| not_found(id))?;
                     if row.kind != HandlerKind::Http.as_str() {
                         return Err(DomainError::FailedPrecondition(format!(
                             "handler {id} is a script handler: only HTTP handlers have a secret"
@@ -390,10 +419,17 @@ impl HandlerRegistry {
     }
 
     /// Adds an event type.
-    pub async fn create_event_type(&self, name: String, description: String) -> Result<EventType, DomainError> {
+    pub async fn create_event_type(
+        &self,
+        name: String,
+        description: String,
+    ) -> Result<EventType, DomainError> {
         validate_event_type_name(&name)?;
         if description.chars().count() > 1000 {
-            return Err(DomainError::invalid("description", "must be at most 1000 characters"));
+            return Err(DomainError::invalid(
+                "description",
+                "must be at most 1000 characters",
+            ));
         }
         let row = EventTypeRow {
             name,
@@ -403,9 +439,13 @@ impl HandlerRegistry {
         self.db
             .run(move |conn| match event_types::insert(conn, &row) {
                 Ok(row) => Ok(row),
-                Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => Err(
-                    DomainError::AlreadyExists(format!("event type {:?} already exists", row.name)),
-                ),
+                Err(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                )) => Err(DomainError::AlreadyExists(format!(
+                    "event type {:?} already exists",
+                    row.name
+                ))),
                 Err(e) => Err(e.into()),
             })
             .await
@@ -416,12 +456,17 @@ impl HandlerRegistry {
 /// Page tokens are the List position of the last handler returned, base64 so that
 /// clients treat them as opaque.
 fn encode_page_token(last: &Handler) -> String {
-    let text = format!("{}\n{}\n{}\n{}", last.event, last.phase, last.priority, last.id);
+    let text = format!(
+        "{}\n{}\n{}\n{}",
+        last.event, last.phase, last.priority, last.id
+    );
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
 fn decode_page_token(token: &str) -> Option<handlers::ListPosition> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
     let text = String::from_utf8(bytes).ok()?;
     let mut parts = text.split('\n');
     let position = handlers::ListPosition {
@@ -458,8 +503,13 @@ fn event_type_from_row(row: EventTypeRow) -> EventType {
 
 /// `group.action`: lowercase letters, digits, `_`; one dot; at most 100 characters.
 pub fn validate_event_type_name(name: &str) -> Result<(), DomainError> {
-    let valid_part = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    let ok = name.len() <= 100 && matches!(name.split_once('.'), Some((g, a)) if valid_part(g) && valid_part(a));
+    let valid_part = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    let ok = name.len() <= 100
+        && matches!(name.split_once('.'), Some((g, a)) if valid_part(g) && valid_part(a));
     if ok {
         Ok(())
     } else {
@@ -470,7 +520,14 @@ pub fn validate_event_type_name(name: &str) -> Result<(), DomainError> {
     }
 }
 
-fn target_columns(target: &TargetSpec) -> (HandlerKind, Option<String>, serde_json::Value, Option<String>) {
+fn target_columns(
+    target: &TargetSpec,
+) -> (
+    HandlerKind,
+    Option<String>,
+    serde_json::Value,
+    Option<String>,
+) {
     match target {
         TargetSpec::Http { url, headers } => (
             HandlerKind::Http,
@@ -478,13 +535,22 @@ fn target_columns(target: &TargetSpec) -> (HandlerKind, Option<String>, serde_js
             serde_json::to_value(headers).unwrap_or_default(),
             None,
         ),
-        TargetSpec::Script { path } => (HandlerKind::Script, None, serde_json::json!({}), Some(path.clone())),
+        TargetSpec::Script { path } => (
+            HandlerKind::Script,
+            None,
+            serde_json::json!({}),
+            Some(path.clone()),
+        ),
     }
 }
 
 fn spec_of(handler: &Handler) -> (HandlerSpec, Option<String>) {
     let (target, secret) = match &handler.target {
-        Target::Http { url, headers, secret } => (
+        Target::Http {
+            url,
+            headers,
+            secret,
+        } => (
             TargetSpec::Http {
                 url: url.clone(),
                 headers: headers.clone(),
@@ -556,19 +622,34 @@ fn validate_spec(spec: &mut HandlerSpec, scripts_dir: &Path) -> Result<(), Domai
         return Err(DomainError::invalid("name", "must not be empty"));
     }
     if spec.name.chars().count() > MAX_NAME_CHARS {
-        return Err(DomainError::invalid("name", format!("must be at most {MAX_NAME_CHARS} characters")));
+        return Err(DomainError::invalid(
+            "name",
+            format!("must be at most {MAX_NAME_CHARS} characters"),
+        ));
     }
     if spec.event.is_empty() {
         return Err(DomainError::invalid("event", "must not be empty"));
     }
     if !(0..=MAX_PRIORITY).contains(&spec.priority) {
-        return Err(DomainError::invalid("priority", format!("must be between 0 and {MAX_PRIORITY}, got {}", spec.priority)));
+        return Err(DomainError::invalid(
+            "priority",
+            format!(
+                "must be between 0 and {MAX_PRIORITY}, got {}",
+                spec.priority
+            ),
+        ));
     }
     if spec.timeout_ms == 0 {
         spec.timeout_ms = DEFAULT_TIMEOUT_MS;
     }
     if spec.timeout_ms > MAX_TIMEOUT_MS {
-        return Err(DomainError::invalid("timeout_ms", format!("must be between 1 and {MAX_TIMEOUT_MS}, got {}", spec.timeout_ms)));
+        return Err(DomainError::invalid(
+            "timeout_ms",
+            format!(
+                "must be between 1 and {MAX_TIMEOUT_MS}, got {}",
+                spec.timeout_ms
+            ),
+        ));
     }
     match &spec.target {
         TargetSpec::Http { url, headers } => {
@@ -576,7 +657,8 @@ fn validate_spec(spec: &mut HandlerSpec, scripts_dir: &Path) -> Result<(), Domai
             validate_headers(headers)?;
         }
         TargetSpec::Script { path } => {
-            resolve_script(scripts_dir, path).map_err(|e| DomainError::invalid("script.path", e))?;
+            resolve_script(scripts_dir, path)
+                .map_err(|e| DomainError::invalid("script.path", e))?;
         }
     }
     if let Some(filter) = &spec.filter {
@@ -589,18 +671,29 @@ fn validate_spec(spec: &mut HandlerSpec, scripts_dir: &Path) -> Result<(), Domai
 
 /// Accepts absolute http and https URLs with a host.
 pub fn validate_url(url: &str) -> Result<(), DomainError> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| DomainError::invalid("http.url", format!("{url:?} is not a valid URL: {e}")))?;
+    let uri: http::Uri = url.parse().map_err(|e| {
+        DomainError::invalid("http.url", format!("{url:?} is not a valid URL: {e}"))
+    })?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
         Some(other) => {
-            return Err(DomainError::invalid("http.url", format!("scheme {other:?} is not allowed: use http or https")))
+            return Err(DomainError::invalid(
+                "http.url",
+                format!("scheme {other:?} is not allowed: use http or https"),
+            ))
         }
-        None => return Err(DomainError::invalid("http.url", format!("{url:?} is not an absolute http(s) URL"))),
+        None => {
+            return Err(DomainError::invalid(
+                "http.url",
+                format!("{url:?} is not an absolute http(s) URL"),
+            ))
+        }
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(DomainError::invalid("http.url", format!("{url:?} has no host")));
+        return Err(DomainError::invalid(
+            "http.url",
+            format!("{url:?} has no host"),
+        ));
     }
     Ok(())
 }
@@ -609,13 +702,27 @@ fn validate_headers(headers: &BTreeMap<String, String>) -> Result<(), DomainErro
     for (name, value) in headers {
         let lower = name.to_ascii_lowercase();
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return Err(DomainError::invalid("http.headers", format!("{name:?} is not a valid header name")));
+            return Err(DomainError::invalid(
+                "http.headers",
+                format!("{name:?} is not a valid header name"),
+            ));
         }
-        if lower.starts_with("webhook-") || lower.starts_with("x-provisioning-") || lower == "content-type" || lower == "host" || lower == "content-length" {
-            return Err(DomainError::invalid("http.headers", format!("{name:?} is set by the service and cannot be overridden")));
+        if lower.starts_with("webhook-")
+            || lower.starts_with("x-provisioning-")
+            || lower == "content-type"
+            || lower == "host"
+            || lower == "content-length"
+        {
+            return Err(DomainError::invalid(
+                "http.headers",
+                format!("{name:?} is set by the service and cannot be overridden"),
+            ));
         }
         if http::HeaderValue::from_str(value).is_err() {
-            return Err(DomainError::invalid("http.headers", format!("value of {name:?} is not a valid header value")));
+            return Err(DomainError::invalid(
+                "http.headers",
+                format!("value of {name:?} is not a valid header value"),
+            ));
         }
     }
     Ok(())
@@ -630,14 +737,22 @@ pub fn resolve_script(scripts_dir: &Path, path: &str) -> Result<PathBuf, String>
     }
     let relative = Path::new(path);
     if relative.is_absolute() {
-        return Err(format!("{path:?} is absolute: give a path relative to the scripts directory"));
+        return Err(format!(
+            "{path:?} is absolute: give a path relative to the scripts directory"
+        ));
     }
-    if relative.components().any(|c| !matches!(c, Component::Normal(_))) {
+    if relative
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
         return Err(format!("{path:?} must not contain '..' or '.' components"));
     }
-    let root = scripts_dir
-        .canonicalize()
-        .map_err(|e| format!("scripts directory {} is not usable: {e}", scripts_dir.display()))?;
+    let root = scripts_dir.canonicalize().map_err(|e| {
+        format!(
+            "scripts directory {} is not usable: {e}",
+            scripts_dir.display()
+        )
+    })?;
     let full = root
         .join(relative)
         .canonicalize()
@@ -659,7 +774,10 @@ pub fn resolve_script(scripts_dir: &Path, path: &str) -> Result<PathBuf, String>
 fn new_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
 }
 
 /// Converts a stored row; fails only on a corrupt row.
@@ -672,7 +790,9 @@ pub(crate) fn handler_from_row(row: HandlerRow) -> Result<Handler, DomainError> 
         },
         ("script", _, Some(path)) => Target::Script { path },
         (kind, _, _) => {
-            return Err(DomainError::Internal(format!("handler {} has an inconsistent target ({kind})", row.id).into()))
+            return Err(DomainError::Internal(
+                format!("handler {} has an inconsistent target ({kind})", row.id).into(),
+            ))
         }
     };
     Ok(Handler {
@@ -684,7 +804,11 @@ pub(crate) fn handler_from_row(row: HandlerRow) -> Result<Handler, DomainError> 
         priority: row.priority,
         timeout_ms: u32::try_from(row.timeout_ms).unwrap_or(DEFAULT_TIMEOUT_MS),
         target,
-        failure_policy: parse_stored(FailurePolicy::parse, &row.failure_policy, "handlers.failure_policy")?,
+        failure_policy: parse_stored(
+            FailurePolicy::parse,
+            &row.failure_policy,
+            "handlers.failure_policy",
+        )?,
         filter: row.filter,
         disabled_reason: row.disabled_reason,
         created_at: row.created_at,
@@ -700,7 +824,13 @@ mod tests {
     fn urls_need_http_or_https_and_a_host() {
         assert!(validate_url("http://127.0.0.1:5000/api").is_ok());
         assert!(validate_url("https://crm.example/hook").is_ok());
-        for bad in ["ftp://x/y", "crm.net/client-add", "http://", "not a url", "/relative"] {
+        for bad in [
+            "ftp://x/y",
+            "crm.net/client-add",
+            "http://",
+            "not a url",
+            "/relative",
+        ] {
             let err = validate_url(bad).unwrap_err().to_string();
             assert!(err.starts_with("http.url:"), "{bad}: {err}");
         }
@@ -729,11 +859,19 @@ mod tests {
         std::os::unix::fs::symlink("/bin/sh", &link).unwrap();
 
         assert!(resolve_script(&dir, "ok.sh").is_ok());
-        assert!(resolve_script(&dir, "/bin/sh").unwrap_err().contains("absolute"));
+        assert!(resolve_script(&dir, "/bin/sh")
+            .unwrap_err()
+            .contains("absolute"));
         assert!(resolve_script(&dir, "../x").unwrap_err().contains(".."));
-        assert!(resolve_script(&dir, "plain.txt").unwrap_err().contains("not executable"));
-        assert!(resolve_script(&dir, "escape").unwrap_err().contains("outside"));
-        assert!(resolve_script(&dir, "missing.sh").unwrap_err().contains("not found"));
+        assert!(resolve_script(&dir, "plain.txt")
+            .unwrap_err()
+            .contains("not executable"));
+        assert!(resolve_script(&dir, "escape")
+            .unwrap_err()
+            .contains("outside"));
+        assert!(resolve_script(&dir, "missing.sh")
+            .unwrap_err()
+            .contains("not found"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -745,7 +883,8 @@ mod tests {
             priority: 7,
             id: 42,
         };
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("clients.create\nafter\n7\n42");
+        let token =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("clients.create\nafter\n7\n42");
         assert_eq!(decode_page_token(&token), Some(position));
         assert_eq!(decode_page_token("42"), None);
         assert_eq!(decode_page_token("!!"), None);

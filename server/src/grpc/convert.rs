@@ -36,7 +36,8 @@ pub fn optional_phase(value: i32, field: &str) -> Result<Option<Phase>, Status> 
 
 /// A required proto phase.
 pub fn required_phase(value: i32, field: &str) -> Result<Phase, Status> {
-    optional_phase(value, field)?.ok_or_else(|| invalid(field, "required (PHASE_BEFORE or PHASE_AFTER)"))
+    optional_phase(value, field)?
+        .ok_or_else(|| invalid(field, "required (PHASE_BEFORE or PHASE_AFTER)"))
 }
 
 /// A proto handler kind; UNSPECIFIED is `None`.
@@ -72,7 +73,9 @@ pub fn optional_run_status(value: i32, field: &str) -> Result<Option<RunStatus>,
 
 fn failure_policy(value: i32) -> Result<FailurePolicy, Status> {
     match pb::FailurePolicy::try_from(value) {
-        Ok(pb::FailurePolicy::Unspecified | pb::FailurePolicy::FailClosed) => Ok(FailurePolicy::FailClosed),
+        Ok(pb::FailurePolicy::Unspecified | pb::FailurePolicy::FailClosed) => {
+            Ok(FailurePolicy::FailClosed)
+        }
         Ok(pb::FailurePolicy::FailOpen) => Ok(FailurePolicy::FailOpen),
         Err(_) => Err(invalid("failure_policy", format!("unknown value {value}"))),
     }
@@ -82,10 +85,13 @@ fn filter(text: &str) -> Result<Option<serde_json::Value>, Status> {
     if text.trim().is_empty() {
         return Ok(None);
     }
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| invalid("filter_json", format!("not valid JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| invalid("filter_json", format!("not valid JSON: {e}")))?;
     if !value.is_object() {
-        return Err(invalid("filter_json", "must be a JSON object such as {\"id_clients\": 15}"));
+        return Err(invalid(
+            "filter_json",
+            "must be a JSON object such as {\"id_clients\": 15}",
+        ));
     }
     Ok(Some(value))
 }
@@ -105,7 +111,9 @@ fn http_target(target: pb::HttpTarget) -> TargetSpec {
 fn target_spec(target: Option<pb::create_handler_request::Target>) -> Result<TargetSpec, Status> {
     match target {
         Some(pb::create_handler_request::Target::Http(http)) => Ok(http_target(http)),
-        Some(pb::create_handler_request::Target::Script(pb::ScriptTarget { path })) => Ok(TargetSpec::Script { path }),
+        Some(pb::create_handler_request::Target::Script(pb::ScriptTarget { path })) => {
+            Ok(TargetSpec::Script { path })
+        }
         None => Err(invalid("target", "required: http or script")),
     }
 }
@@ -138,11 +146,17 @@ pub fn handler_spec(request: pb::CreateHandlerRequest) -> Result<HandlerSpec, St
 
 /// UpdateHandlerRequest → (id, patch), following the field mask.
 pub fn handler_patch(request: pb::UpdateHandlerRequest) -> Result<(i64, HandlerPatch), Status> {
-    let pb::UpdateHandlerRequest { handler, update_mask } = request;
+    let pb::UpdateHandlerRequest {
+        handler,
+        update_mask,
+    } = request;
     let handler = handler.ok_or_else(|| invalid("handler", "required"))?;
     let paths = update_mask.map(|m| m.paths).unwrap_or_default();
     if paths.is_empty() {
-        return Err(invalid("update_mask", "required: name the fields to change"));
+        return Err(invalid(
+            "update_mask",
+            "required: name the fields to change",
+        ));
     }
     let pb::Handler {
         id,
@@ -168,7 +182,8 @@ pub fn handler_patch(request: pb::UpdateHandlerRequest) -> Result<(i64, HandlerP
             "phase" => patch.phase = Some(required_phase(phase, "handler.phase")?),
             "status" => {
                 patch.status = Some(
-                    optional_status(status, "handler.status")?.ok_or_else(|| invalid("handler.status", "required"))?,
+                    optional_status(status, "handler.status")?
+                        .ok_or_else(|| invalid("handler.status", "required"))?,
                 )
             }
             "priority" => patch.priority = Some(priority),
@@ -176,8 +191,15 @@ pub fn handler_patch(request: pb::UpdateHandlerRequest) -> Result<(i64, HandlerP
             "failure_policy" => patch.failure_policy = Some(failure_policy(policy)?),
             "filter_json" => patch.filter = Some(filter(&filter_json)?),
             "http" | "http.url" | "http.headers" => match &target {
-                Some(pb::handler::Target::Http(http)) => patch.target = Some(http_target(http.clone())),
-                _ => return Err(invalid("handler.http", "update_mask names http but handler.http is not set")),
+                Some(pb::handler::Target::Http(http)) => {
+                    patch.target = Some(http_target(http.clone()))
+                }
+                _ => {
+                    return Err(invalid(
+                        "handler.http",
+                        "update_mask names http but handler.http is not set",
+                    ))
+                }
             },
             "script" | "script.path" => match &target {
                 Some(pb::handler::Target::Script(script)) => {
@@ -185,9 +207,19 @@ pub fn handler_patch(request: pb::UpdateHandlerRequest) -> Result<(i64, HandlerP
                         path: script.path.clone(),
                     })
                 }
-                _ => return Err(invalid("handler.script", "update_mask names script but handler.script is not set")),
+                _ => {
+                    return Err(invalid(
+                        "handler.script",
+                        "update_mask names script but handler.script is not set",
+                    ))
+                }
             },
-            other => return Err(invalid("update_mask", format!("unknown or read-only field {other:?}"))),
+            other => {
+                return Err(invalid(
+                    "update_mask",
+                    format!("unknown or read-only field {other:?}"),
+                ))
+            }
         }
     }
     Ok((id, patch))
@@ -216,7 +248,11 @@ pub fn handler(handler: Handler, view: SecretView) -> pb::Handler {
         HandlerKind::Script => pb::HandlerKind::Script,
     };
     let target = match handler.target {
-        Target::Http { url, headers, secret } => pb::handler::Target::Http(pb::HttpTarget {
+        Target::Http {
+            url,
+            headers,
+            secret,
+        } => pb::handler::Target::Http(pb::HttpTarget {
             url,
             headers: headers.into_iter().collect(),
             secret: match view {
@@ -260,7 +296,14 @@ pub fn phase(phase: Phase) -> pb::Phase {
 }
 
 fn mask_secret(secret: &str) -> String {
-    let tail: String = secret.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = secret
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("whsec_…{tail}")
 }
 
@@ -293,8 +336,14 @@ mod tests {
     #[test]
     fn update_needs_a_mask_and_known_paths() {
         let request = |paths: &[&str]| pb::UpdateHandlerRequest {
-            handler: Some(pb::Handler { id: 1, name: "n".into(), ..Default::default() }),
-            update_mask: Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() }),
+            handler: Some(pb::Handler {
+                id: 1,
+                name: "n".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+            }),
         };
         assert!(handler_patch(request(&[])).is_err());
         assert!(handler_patch(request(&["secret"])).is_err());

@@ -38,10 +38,15 @@ type AckStream = Pin<Box<dyn futures_util::Stream<Item = Result<pb::EmitAck, Sta
 
 #[tonic::async_trait]
 impl EventService for EventApi {
-    async fn emit(&self, request: Request<pb::EmitRequest>) -> Result<Response<pb::EmitResponse>, Status> {
+    async fn emit(
+        &self,
+        request: Request<pb::EmitRequest>,
+    ) -> Result<Response<pb::EmitResponse>, Status> {
         // Finish a little before the caller's deadline so it gets a decision, not
         // DEADLINE_EXCEEDED.
-        let budget = grpc_timeout(request.metadata()).map_or(DEFAULT_BEFORE_DEADLINE, |t| t.saturating_sub(DEADLINE_MARGIN));
+        let budget = grpc_timeout(request.metadata()).map_or(DEFAULT_BEFORE_DEADLINE, |t| {
+            t.saturating_sub(DEADLINE_MARGIN)
+        });
         let deadline = Instant::now() + budget;
         let pb::EmitRequest {
             event,
@@ -50,7 +55,10 @@ impl EventService for EventApi {
             idempotency_key,
         } = request.into_inner();
         let phase = convert::required_phase(phase, "phase")?;
-        let event = self.ingest.validate("", event, data_json, idempotency_key).await?;
+        let event = self
+            .ingest
+            .validate("", event, data_json, idempotency_key)
+            .await?;
         let reply = match phase {
             Phase::After => {
                 let accepted = self.ingest.emit(event).await?;
@@ -65,7 +73,8 @@ impl EventService for EventApi {
                 // A task of its own: if the caller goes away (or tonic's own timeout
                 // fires), the runs already started still finish and are logged.
                 let chain = self.before.clone();
-                let run = tokio::spawn(async move { chain.run(event.event, event.data, deadline).await });
+                let run =
+                    tokio::spawn(async move { chain.run(event.event, event.data, deadline).await });
                 let chain_result = run.await.map_err(|e| DomainError::Internal(Box::new(e)))?;
                 before_reply(chain_result?)
             }
@@ -73,7 +82,10 @@ impl EventService for EventApi {
         Ok(Response::new(reply))
     }
 
-    async fn emit_batch(&self, request: Request<pb::EmitBatchRequest>) -> Result<Response<pb::EmitBatchResponse>, Status> {
+    async fn emit_batch(
+        &self,
+        request: Request<pb::EmitBatchRequest>,
+    ) -> Result<Response<pb::EmitBatchResponse>, Status> {
         let pb::EmitBatchRequest { events } = request.into_inner();
         if events.is_empty() || events.len() > MAX_BATCH_EVENTS {
             return Err(Status::invalid_argument(format!(
@@ -83,11 +95,18 @@ impl EventService for EventApi {
         }
         let mut batch = Vec::with_capacity(events.len());
         for (index, request) in events.into_iter().enumerate() {
-            batch.push(self.validate_after(&format!("events[{index}]."), request).await?);
+            batch.push(
+                self.validate_after(&format!("events[{index}]."), request)
+                    .await?,
+            );
         }
         let accepted = self.ingest.emit_batch(batch).await?;
         Ok(Response::new(pb::EmitBatchResponse {
-            acks: accepted.into_iter().enumerate().map(|(i, a)| ack(i as u64, a)).collect(),
+            acks: accepted
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| ack(i as u64, a))
+                .collect(),
         }))
     }
 
@@ -143,12 +162,18 @@ impl EventService for EventApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver)) as AckStream))
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(receiver)) as AckStream
+        ))
     }
 }
 
 impl EventApi {
-    async fn validate_after(&self, field: &str, request: pb::EmitRequest) -> Result<crate::domain::events::NewEvent, Status> {
+    async fn validate_after(
+        &self,
+        field: &str,
+        request: pb::EmitRequest,
+    ) -> Result<crate::domain::events::NewEvent, Status> {
         let pb::EmitRequest {
             event,
             phase,
@@ -157,11 +182,9 @@ impl EventApi {
         } = request;
         match convert::optional_phase(phase, &format!("{field}phase"))? {
             Some(Phase::After) | None => {}
-            Some(Phase::Before) => {
-                return Err(Status::invalid_argument(format!(
-                    "{field}phase: only AFTER events can be batched or streamed; use Emit for BEFORE"
-                )))
-            }
+            Some(Phase::Before) => return Err(Status::invalid_argument(format!(
+                "{field}phase: only AFTER events can be batched or streamed; use Emit for BEFORE"
+            ))),
         }
         self.ingest
             .validate(field, event, data_json, idempotency_key)
@@ -244,7 +267,11 @@ mod tests {
     #[test]
     fn grpc_timeouts_parse_every_unit() {
         let mut metadata = tonic::metadata::MetadataMap::new();
-        for (text, expected) in [("5S", Duration::from_secs(5)), ("250m", Duration::from_millis(250)), ("2M", Duration::from_secs(120))] {
+        for (text, expected) in [
+            ("5S", Duration::from_secs(5)),
+            ("250m", Duration::from_millis(250)),
+            ("2M", Duration::from_secs(120)),
+        ] {
             metadata.insert("grpc-timeout", text.parse().unwrap());
             assert_eq!(grpc_timeout(&metadata), Some(expected));
         }

@@ -21,18 +21,27 @@ impl HandlerApi {
 
 #[tonic::async_trait]
 impl HandlerService for HandlerApi {
-    async fn create(&self, request: Request<pb::CreateHandlerRequest>) -> Result<Response<pb::Handler>, Status> {
+    async fn create(
+        &self,
+        request: Request<pb::CreateHandlerRequest>,
+    ) -> Result<Response<pb::Handler>, Status> {
         let spec = convert::handler_spec(request.into_inner())?;
         let handler = self.registry.create(spec).await?;
         Ok(Response::new(convert::handler(handler, SecretView::Full)))
     }
 
-    async fn get(&self, request: Request<pb::GetHandlerRequest>) -> Result<Response<pb::Handler>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetHandlerRequest>,
+    ) -> Result<Response<pb::Handler>, Status> {
         let handler = self.registry.get(request.into_inner().id).await?;
         Ok(Response::new(convert::handler(handler, SecretView::Masked)))
     }
 
-    async fn list(&self, request: Request<pb::ListHandlersRequest>) -> Result<Response<pb::ListHandlersResponse>, Status> {
+    async fn list(
+        &self,
+        request: Request<pb::ListHandlersRequest>,
+    ) -> Result<Response<pb::ListHandlersResponse>, Status> {
         let pb::ListHandlersRequest {
             event,
             phase,
@@ -59,14 +68,24 @@ impl HandlerService for HandlerApi {
         }))
     }
 
-    async fn update(&self, request: Request<pb::UpdateHandlerRequest>) -> Result<Response<pb::Handler>, Status> {
+    async fn update(
+        &self,
+        request: Request<pb::UpdateHandlerRequest>,
+    ) -> Result<Response<pb::Handler>, Status> {
         let (id, patch) = convert::handler_patch(request.into_inner())?;
         let (handler, secret_created) = self.registry.update(id, patch).await?;
-        let view = if secret_created { SecretView::Full } else { SecretView::Masked };
+        let view = if secret_created {
+            SecretView::Full
+        } else {
+            SecretView::Masked
+        };
         Ok(Response::new(convert::handler(handler, view)))
     }
 
-    async fn set_status(&self, request: Request<pb::SetHandlerStatusRequest>) -> Result<Response<pb::Handler>, Status> {
+    async fn set_status(
+        &self,
+        request: Request<pb::SetHandlerStatusRequest>,
+    ) -> Result<Response<pb::Handler>, Status> {
         let pb::SetHandlerStatusRequest { id, status } = request.into_inner();
         let status = convert::optional_status(status, "status")?
             .ok_or_else(|| Status::invalid_argument("status: required"))?;
@@ -74,12 +93,18 @@ impl HandlerService for HandlerApi {
         Ok(Response::new(convert::handler(handler, SecretView::Masked)))
     }
 
-    async fn delete(&self, request: Request<pb::DeleteHandlerRequest>) -> Result<Response<()>, Status> {
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteHandlerRequest>,
+    ) -> Result<Response<()>, Status> {
         self.registry.delete(request.into_inner().id).await?;
         Ok(Response::new(()))
     }
 
-    async fn rotate_secret(&self, request: Request<pb::RotateSecretRequest>) -> Result<Response<pb::Handler>, Status> {
+    async fn rotate_secret(
+        &self,
+        request: Request<pb::RotateSecretRequest>,
+    ) -> Result<Response<pb::Handler>, Status> {
         let handler = self.registry.rotate_secret(request.into_inner().id).await?;
         Ok(Response::new(convert::handler(handler, SecretView::Full)))
     }

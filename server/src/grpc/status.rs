@@ -25,4 +25,3 @@ impl From<DomainError> for Status {
         }
     }
 }
-

@@ -57,7 +57,12 @@ pub struct ClaimedDelivery {
 /// Claims up to `limit` due deliveries, plus the waiting (lower-priority) siblings of
 /// each claimed first attempt, so one replica runs an event's chain in order. Rows come
 /// ordered by event, then run order.
-pub fn claim_due(conn: &mut PgConnection, limit: i64, lease_ms: i64, owner: &str) -> QueryResult<Vec<ClaimedDelivery>> {
+pub fn claim_due(
+    conn: &mut PgConnection,
+    limit: i64,
+    lease_ms: i64,
+    owner: &str,
+) -> QueryResult<Vec<ClaimedDelivery>> {
     diesel::sql_query(
         r#"
 WITH heads AS (
@@ -160,7 +165,12 @@ pub fn event_ids_of_handler(conn: &mut PgConnection, handler_id: i64) -> QueryRe
 
 /// Schedules a delivery of (event, handler) to run now: revives the existing row (dead
 /// or waiting for a retry) or creates one. Returns the delivery id.
-pub fn schedule_now(conn: &mut PgConnection, event_id: i64, handler_id: i64, priority: i32) -> QueryResult<i64> {
+pub fn schedule_now(
+    conn: &mut PgConnection,
+    event_id: i64,
+    handler_id: i64,
+    priority: i32,
+) -> QueryResult<i64> {
     use crate::db::schema::deliveries;
     let existing: Option<i64> = deliveries::table
         .filter(deliveries::event_id.eq(event_id))
@@ -208,9 +218,11 @@ pub fn update_handler_health(
     if failed.is_empty() {
         return Ok(Vec::new());
     }
-    diesel::sql_query("UPDATE handlers SET failing_since = now() WHERE id = ANY($1) AND failing_since IS NULL")
-        .bind::<Array<BigInt>, _>(failed)
-        .execute(conn)?;
+    diesel::sql_query(
+        "UPDATE handlers SET failing_since = now() WHERE id = ANY($1) AND failing_since IS NULL",
+    )
+    .bind::<Array<BigInt>, _>(failed)
+    .execute(conn)?;
     #[derive(QueryableByName)]
     struct Id {
         #[diesel(sql_type = BigInt)]
@@ -234,7 +246,11 @@ RETURNING id
 }
 
 /// Disables a handler with a reason (e.g. its endpoint answered 410 Gone).
-pub fn disable_handler(conn: &mut PgConnection, handler_id: i64, reason: &str) -> QueryResult<usize> {
+pub fn disable_handler(
+    conn: &mut PgConnection,
+    handler_id: i64,
+    reason: &str,
+) -> QueryResult<usize> {
     diesel::sql_query(
         "UPDATE handlers SET status = 'disabled', disabled_reason = $2, updated_at = now() WHERE id = $1 AND status = 'enabled'",
     )

@@ -80,7 +80,10 @@ pub fn ids_by_keys(conn: &mut PgConnection, keys: &[&str]) -> QueryResult<Vec<(S
     )
     .bind::<Array<Text>, _>(keys)
     .load(conn)?;
-    Ok(rows.into_iter().map(|r| (r.idempotency_key, r.id)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.idempotency_key, r.id))
+        .collect())
 }
 
 /// Tells every replica's dispatcher that work is due (delivered at commit).

@@ -91,13 +91,22 @@ pub fn list_page(
         query = query.filter(handlers::kind.eq(kind));
     }
     query
-        .order((handlers::event, handlers::phase, handlers::priority, handlers::id))
+        .order((
+            handlers::event,
+            handlers::phase,
+            handlers::priority,
+            handlers::id,
+        ))
         .limit(limit)
         .load(conn)
 }
 
 /// The enabled handlers of (event, phase) in run order.
-pub fn enabled_for(conn: &mut PgConnection, event: &str, phase: &str) -> QueryResult<Vec<HandlerRow>> {
+pub fn enabled_for(
+    conn: &mut PgConnection,
+    event: &str,
+    phase: &str,
+) -> QueryResult<Vec<HandlerRow>> {
     handlers::table
         .select(HandlerRow::as_select())
         .filter(handlers::event.eq(event))
@@ -108,7 +117,11 @@ pub fn enabled_for(conn: &mut PgConnection, event: &str, phase: &str) -> QueryRe
 }
 
 /// Writes every editable column.
-pub fn update(conn: &mut PgConnection, id: i64, changes: &HandlerChangeset) -> QueryResult<HandlerRow> {
+pub fn update(
+    conn: &mut PgConnection,
+    id: i64,
+    changes: &HandlerChangeset,
+) -> QueryResult<HandlerRow> {
     diesel::update(handlers::table.find(id))
         .set(changes)
         .returning(HandlerRow::as_returning())
