@@ -18,7 +18,9 @@ use provisioning_client::{proto, Client, ClientError};
 use provisioning_server::db::queries::logs as log_queries;
 use provisioning_tests::receiver::{Receiver, Reply};
 use provisioning_tests::requests::{http_handler, script_handler};
-use provisioning_tests::{eventually, spawn_server, spawn_server_process, spawn_server_with, TestDatabase};
+use provisioning_tests::{
+    eventually, spawn_server, spawn_server_process, spawn_server_with, TestDatabase,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -110,7 +112,10 @@ fn generate(n: usize, seed: u64, shared: f64) -> (Vec<Seeded>, DateTime<Utc>) {
             let created_at = if rng.random_bool(shared) {
                 shared_at
             } else {
-                DateTime::from_timestamp_micros(now_micros - rng.random_range(0..3 * 86_400_000_000i64)).expect("a time")
+                DateTime::from_timestamp_micros(
+                    now_micros - rng.random_range(0..3 * 86_400_000_000i64),
+                )
+                .expect("a time")
             };
             let fail = rng.random_bool(0.35);
             let mut data = json!({
@@ -122,13 +127,20 @@ fn generate(n: usize, seed: u64, shared: f64) -> (Vec<Seeded>, DateTime<Utc>) {
                 data["nested"] = json!({"k": if rng.random_bool(0.5) { "v1" } else { "v2" }});
             }
             if rng.random_bool(0.3) {
-                let tags: Vec<&str> = ["a", "b", "c"].into_iter().filter(|_| rng.random_bool(0.5)).collect();
+                let tags: Vec<&str> = ["a", "b", "c"]
+                    .into_iter()
+                    .filter(|_| rng.random_bool(0.5))
+                    .collect();
                 data["tags"] = json!(tags);
             }
             Seeded {
                 id: 0,
                 created_at,
-                phase: if rng.random_bool(0.3) { "before" } else { "after" },
+                phase: if rng.random_bool(0.3) {
+                    "before"
+                } else {
+                    "after"
+                },
                 event: EVENTS[rng.random_range(0..EVENTS.len())],
                 status: if fail { "fail" } else { "success" },
                 handler_id: rng.random_range(1..=6),
@@ -151,10 +163,12 @@ fn generate(n: usize, seed: u64, shared: f64) -> (Vec<Seeded>, DateTime<Utc>) {
 /// Inserts `rows` with ids from the log's sequence (so later rows the server writes
 /// never collide) and records each row's id and stored data text.
 fn insert_rows(conn: &mut PgConnection, rows: &mut [Seeded]) {
-    let ids: Vec<Id> = diesel::sql_query("SELECT nextval('execution_logs_id_seq') AS id FROM generate_series(1, $1)")
-        .bind::<BigInt, _>(rows.len() as i64)
-        .load(conn)
-        .expect("reserving ids");
+    let ids: Vec<Id> = diesel::sql_query(
+        "SELECT nextval('execution_logs_id_seq') AS id FROM generate_series(1, $1)",
+    )
+    .bind::<BigInt, _>(rows.len() as i64)
+    .load(conn)
+    .expect("reserving ids");
     for (row, id) in rows.iter_mut().zip(&ids) {
         row.id = id.id;
     }
@@ -182,11 +196,14 @@ FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
     .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
     .execute(conn)
     .expect("inserting seeded rows");
-    let texts: Vec<IdText> = diesel::sql_query("SELECT id, data_sent::text AS text FROM execution_logs WHERE id = ANY($1)")
-        .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-        .load(conn)
-        .expect("reading data texts");
-    let texts: std::collections::HashMap<i64, String> = texts.into_iter().map(|t| (t.id, t.text)).collect();
+    let texts: Vec<IdText> = diesel::sql_query(
+        "SELECT id, data_sent::text AS text FROM execution_logs WHERE id = ANY($1)",
+    )
+    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .load(conn)
+    .expect("reading data texts");
+    let texts: std::collections::HashMap<i64, String> =
+        texts.into_iter().map(|t| (t.id, t.text)).collect();
     for row in rows.iter_mut() {
         row.data_text = texts[&row.id].clone();
     }
@@ -226,16 +243,17 @@ fn json_contains(data: &Value, pattern: &Value) -> bool {
         (Value::Object(data), Value::Object(pattern)) => pattern
             .iter()
             .all(|(key, want)| data.get(key).is_some_and(|have| json_contains(have, want))),
-        (Value::Array(data), Value::Array(pattern)) => {
-            pattern.iter().all(|want| data.iter().any(|have| json_contains(have, want)))
-        }
+        (Value::Array(data), Value::Array(pattern)) => pattern
+            .iter()
+            .all(|want| data.iter().any(|have| json_contains(have, want))),
         (data, pattern) => data == pattern,
     }
 }
 
 /// Whether `row` matches `filter`, by the API's documented semantics.
 fn matches(row: &Seeded, filter: &proto::LogFilter) -> bool {
-    let ci = |haystack: &str, needle: &str| haystack.to_lowercase().contains(&needle.to_lowercase());
+    let ci =
+        |haystack: &str, needle: &str| haystack.to_lowercase().contains(&needle.to_lowercase());
     let status = match proto::RunStatus::try_from(filter.status).expect("a valid status") {
         proto::RunStatus::Unspecified => None,
         proto::RunStatus::Success => Some("success"),
@@ -256,7 +274,10 @@ fn matches(row: &Seeded, filter: &proto::LogFilter) -> bool {
         && (filter.handler_id == 0 || row.handler_id == filter.handler_id)
         && (filter.data_contains.is_empty() || ci(&row.data_text, &filter.data_contains))
         && (filter.data_json_contains.is_empty()
-            || json_contains(&row.data, &serde_json::from_str(&filter.data_json_contains).expect("JSON")))
+            || json_contains(
+                &row.data,
+                &serde_json::from_str(&filter.data_json_contains).expect("JSON"),
+            ))
         && (filter.error_contains.is_empty() || ci(&row.error, &filter.error_contains))
         && time(&filter.from).is_none_or(|from| row.created_at >= from)
         && time(&filter.to).is_none_or(|to| row.created_at < to)
@@ -267,7 +288,7 @@ fn matches(row: &Seeded, filter: &proto::LogFilter) -> bool {
 /// Ids of the matching rows, newest first (start time, then id).
 fn expected(rows: &[Seeded], filter: &proto::LogFilter) -> Vec<i64> {
     let mut hits: Vec<&Seeded> = rows.iter().filter(|r| matches(r, filter)).collect();
-    hits.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+    hits.sort_by_key(|r| std::cmp::Reverse((r.created_at, r.id)));
     hits.into_iter().map(|r| r.id).collect()
 }
 
@@ -300,11 +321,20 @@ async fn search(
 }
 
 fn ids(entries: &[proto::LogEntry]) -> Vec<i64> {
-    entries.iter().map(|e| e.log.as_ref().expect("a log").id).collect()
+    entries
+        .iter()
+        .map(|e| e.log.as_ref().expect("a log").id)
+        .collect()
 }
 
 /// The next entry of a tail, or its final status; panics if nothing comes for `WAIT`.
-async fn next_item(stream: &mut tonic::Streaming<proto::LogEntry>) -> Result<Option<proto::LogEntry>, tonic::Status> {
+#[expect(
+    clippy::result_large_err,
+    reason = "the item of tonic's own Streaming::message"
+)]
+async fn next_item(
+    stream: &mut tonic::Streaming<proto::LogEntry>,
+) -> Result<Option<proto::LogEntry>, tonic::Status> {
     tokio::time::timeout(WAIT, stream.message())
         .await
         .unwrap_or_else(|_| panic!("nothing arrived on the tail within {WAIT:?}"))
@@ -341,39 +371,191 @@ fn filter_cases(shared_at: DateTime<Utc>) -> Vec<(&'static str, proto::LogFilter
     let day = chrono::Duration::days(1);
     vec![
         ("none", f()),
-        ("status fail", proto::LogFilter { status: proto::RunStatus::Fail.into(), ..f() }),
-        ("status success", proto::LogFilter { status: proto::RunStatus::Success.into(), ..f() }),
-        ("phase before", proto::LogFilter { phase: proto::Phase::Before.into(), ..f() }),
-        ("phase after", proto::LogFilter { phase: proto::Phase::After.into(), ..f() }),
-        ("one event", proto::LogFilter { events: vec!["clients.update".into()], ..f() }),
+        (
+            "status fail",
+            proto::LogFilter {
+                status: proto::RunStatus::Fail.into(),
+                ..f()
+            },
+        ),
+        (
+            "status success",
+            proto::LogFilter {
+                status: proto::RunStatus::Success.into(),
+                ..f()
+            },
+        ),
+        (
+            "phase before",
+            proto::LogFilter {
+                phase: proto::Phase::Before.into(),
+                ..f()
+            },
+        ),
+        (
+            "phase after",
+            proto::LogFilter {
+                phase: proto::Phase::After.into(),
+                ..f()
+            },
+        ),
+        (
+            "one event",
+            proto::LogFilter {
+                events: vec!["clients.update".into()],
+                ..f()
+            },
+        ),
         (
             "two events",
-            proto::LogFilter { events: vec!["accounts.create".into(), "import.process_failed".into()], ..f() },
+            proto::LogFilter {
+                events: vec!["accounts.create".into(), "import.process_failed".into()],
+                ..f()
+            },
         ),
-        ("unknown event", proto::LogFilter { events: vec!["no.such_event".into()], ..f() }),
-        ("handler", proto::LogFilter { handler_id: 3, ..f() }),
-        ("data substring, literal underscore", proto::LogFilter { data_contains: "acc_1".into(), ..f() }),
-        ("data substring, case and literal %", proto::LogFilter { data_contains: "acc%X".into(), ..f() }),
-        ("data substring, key and value", proto::LogFilter { data_contains: r#""accname": "1""#.into(), ..f() }),
-        ("data substring, escaped backslash", proto::LogFilter { data_contains: r"k\\s".into(), ..f() }),
-        ("data substring, lone backslash", proto::LogFilter { data_contains: r"k\s".into(), ..f() }),
-        ("data containment", proto::LogFilter { data_json_contains: r#"{"accname": "1"}"#.into(), ..f() }),
-        ("data containment, nested", proto::LogFilter { data_json_contains: r#"{"nested": {"k": "v1"}}"#.into(), ..f() }),
-        ("data containment, array", proto::LogFilter { data_json_contains: r#"{"tags": ["b"]}"#.into(), ..f() }),
-        ("data containment, number", proto::LogFilter { data_json_contains: r#"{"id_clients": 7}"#.into(), ..f() }),
-        ("error substring, literal %", proto::LogFilter { error_contains: "50%".into(), ..f() }),
-        ("error substring, case", proto::LogFilter { error_contains: "http 5".into(), ..f() }),
-        ("error substring, literal _", proto::LogFilter { error_contains: "_x".into(), ..f() }),
-        ("from only", proto::LogFilter { from: Some(ts(shared_at - day)), ..f() }),
-        ("from is inclusive", proto::LogFilter { from: Some(ts(shared_at)), ..f() }),
-        ("to is exclusive", proto::LogFilter { to: Some(ts(shared_at)), ..f() }),
+        (
+            "unknown event",
+            proto::LogFilter {
+                events: vec!["no.such_event".into()],
+                ..f()
+            },
+        ),
+        (
+            "handler",
+            proto::LogFilter {
+                handler_id: 3,
+                ..f()
+            },
+        ),
+        (
+            "data substring, literal underscore",
+            proto::LogFilter {
+                data_contains: "acc_1".into(),
+                ..f()
+            },
+        ),
+        (
+            "data substring, case and literal %",
+            proto::LogFilter {
+                data_contains: "acc%X".into(),
+                ..f()
+            },
+        ),
+        (
+            "data substring, key and value",
+            proto::LogFilter {
+                data_contains: r#""accname": "1""#.into(),
+                ..f()
+            },
+        ),
+        (
+            "data substring, escaped backslash",
+            proto::LogFilter {
+                data_contains: r"k\\s".into(),
+                ..f()
+            },
+        ),
+        (
+            "data substring, lone backslash",
+            proto::LogFilter {
+                data_contains: r"k\s".into(),
+                ..f()
+            },
+        ),
+        (
+            "data containment",
+            proto::LogFilter {
+                data_json_contains: r#"{"accname": "1"}"#.into(),
+                ..f()
+            },
+        ),
+        (
+            "data containment, nested",
+            proto::LogFilter {
+                data_json_contains: r#"{"nested": {"k": "v1"}}"#.into(),
+                ..f()
+            },
+        ),
+        (
+            "data containment, array",
+            proto::LogFilter {
+                data_json_contains: r#"{"tags": ["b"]}"#.into(),
+                ..f()
+            },
+        ),
+        (
+            "data containment, number",
+            proto::LogFilter {
+                data_json_contains: r#"{"id_clients": 7}"#.into(),
+                ..f()
+            },
+        ),
+        (
+            "error substring, literal %",
+            proto::LogFilter {
+                error_contains: "50%".into(),
+                ..f()
+            },
+        ),
+        (
+            "error substring, case",
+            proto::LogFilter {
+                error_contains: "http 5".into(),
+                ..f()
+            },
+        ),
+        (
+            "error substring, literal _",
+            proto::LogFilter {
+                error_contains: "_x".into(),
+                ..f()
+            },
+        ),
+        (
+            "from only",
+            proto::LogFilter {
+                from: Some(ts(shared_at - day)),
+                ..f()
+            },
+        ),
+        (
+            "from is inclusive",
+            proto::LogFilter {
+                from: Some(ts(shared_at)),
+                ..f()
+            },
+        ),
+        (
+            "to is exclusive",
+            proto::LogFilter {
+                to: Some(ts(shared_at)),
+                ..f()
+            },
+        ),
         (
             "from and to",
-            proto::LogFilter { from: Some(ts(shared_at - day * 2)), to: Some(ts(shared_at - day)), ..f() },
+            proto::LogFilter {
+                from: Some(ts(shared_at - day * 2)),
+                to: Some(ts(shared_at - day)),
+                ..f()
+            },
         ),
-        ("from equals to", proto::LogFilter { from: Some(ts(shared_at)), to: Some(ts(shared_at)), ..f() }),
+        (
+            "from equals to",
+            proto::LogFilter {
+                from: Some(ts(shared_at)),
+                to: Some(ts(shared_at)),
+                ..f()
+            },
+        ),
         ("attempt", proto::LogFilter { attempt: 2, ..f() }),
-        ("event id", proto::LogFilter { event_id: 17, ..f() }),
+        (
+            "event id",
+            proto::LogFilter {
+                event_id: 17,
+                ..f()
+            },
+        ),
         (
             "status, handler and from",
             proto::LogFilter {
@@ -452,17 +634,25 @@ async fn search_filters_alone_and_combined_match_an_independent_evaluation() {
         }
     }
     // Guard against a vacuous check: nearly every case selects some rows, not all.
-    assert!(non_trivial >= 28, "only {non_trivial} cases selected a proper subset");
+    assert!(
+        non_trivial >= 28,
+        "only {non_trivial} cases selected a proper subset"
+    );
 
     // Every field of an entry is the row's.
-    let newest = &search(&server.client, proto::LogFilter::default(), 1, "").await.unwrap()[0];
+    let newest = &search(&server.client, proto::LogFilter::default(), 1, "")
+        .await
+        .unwrap()[0];
     let log = newest.log.as_ref().unwrap();
     let row = rows.iter().find(|r| r.id == log.id).unwrap();
     assert_eq!(log.handler_name, format!("handler {}", row.handler_id));
     assert_eq!(log.error, row.error);
     assert_eq!(log.attempt as i32, row.attempt);
     assert_eq!(log.duration_ms as i32, row.duration_ms);
-    assert_eq!(serde_json::from_str::<Value>(&log.data_sent_json).unwrap(), row.data);
+    assert_eq!(
+        serde_json::from_str::<Value>(&log.data_sent_json).unwrap(),
+        row.data
+    );
 }
 
 /// The limit caps the stream: 0 means 100, and a small limit returns the newest rows.
@@ -472,12 +662,18 @@ async fn search_limit_defaults_to_100_and_caps_the_stream() {
     let server = spawn_server(&db).await;
     let (rows, _) = seed(&db, 1200, 11, 0.2);
     let all = expected(&rows, &proto::LogFilter::default());
-    let default = search(&server.client, proto::LogFilter::default(), 0, "").await.unwrap();
+    let default = search(&server.client, proto::LogFilter::default(), 0, "")
+        .await
+        .unwrap();
     assert_eq!(ids(&default), all[..100]);
-    let five = search(&server.client, proto::LogFilter::default(), 5, "").await.unwrap();
+    let five = search(&server.client, proto::LogFilter::default(), 5, "")
+        .await
+        .unwrap();
     assert_eq!(ids(&five), all[..5]);
     // Larger than one database page (500): the stream spans several queries.
-    let many = search(&server.client, proto::LogFilter::default(), 1100, "").await.unwrap();
+    let many = search(&server.client, proto::LogFilter::default(), 1100, "")
+        .await
+        .unwrap();
     assert_eq!(ids(&many), all[..1100]);
 }
 
@@ -505,21 +701,33 @@ async fn cursor_paging_over_equal_timestamps_returns_each_row_once_in_order() {
         let mut got = Vec::new();
         let mut cursor = String::new();
         loop {
-            let page = search(&server.client, filter.clone(), 7, &cursor).await.unwrap();
+            let page = search(&server.client, filter.clone(), 7, &cursor)
+                .await
+                .unwrap();
             assert!(page.len() <= 7);
             got.extend(ids(&page));
             match page.last() {
                 Some(last) if page.len() == 7 => cursor = last.cursor.clone(),
                 Some(last) => {
-                    let after = search(&server.client, filter.clone(), 7, &last.cursor).await.unwrap();
-                    assert!(after.is_empty(), "rows after the last page: {:?}", ids(&after));
+                    let after = search(&server.client, filter.clone(), 7, &last.cursor)
+                        .await
+                        .unwrap();
+                    assert!(
+                        after.is_empty(),
+                        "rows after the last page: {:?}",
+                        ids(&after)
+                    );
                     break;
                 }
                 None => break,
             }
         }
         assert_eq!(got, want, "paging with {filter:?}");
-        assert_eq!(got.iter().collect::<HashSet<_>>().len(), got.len(), "a row came twice");
+        assert_eq!(
+            got.iter().collect::<HashSet<_>>().len(),
+            got.len(),
+            "a row came twice"
+        );
     }
 }
 
@@ -533,17 +741,48 @@ async fn bad_filters_are_invalid_arguments_naming_the_field() {
     let f = proto::LogFilter::default;
     let cases: Vec<(proto::LogFilter, u32, &str, &str)> = vec![
         (
-            proto::LogFilter { from: Some(ts(now)), to: Some(ts(now - chrono::Duration::seconds(1))), ..f() },
+            proto::LogFilter {
+                from: Some(ts(now)),
+                to: Some(ts(now - chrono::Duration::seconds(1))),
+                ..f()
+            },
             0,
             "",
             "filter.from:",
         ),
-        (proto::LogFilter { status: 7, ..f() }, 0, "", "filter.status:"),
-        (proto::LogFilter { phase: 7, ..f() }, 0, "", "filter.phase:"),
-        (proto::LogFilter { data_json_contains: "{\"a\":".into(), ..f() }, 0, "", "filter.data_json_contains:"),
-        (proto::LogFilter { data_json_contains: "[1, 2]".into(), ..f() }, 0, "", "filter.data_json_contains:"),
         (
-            proto::LogFilter { from: Some(prost_types::Timestamp { seconds: 0, nanos: -5 }), ..f() },
+            proto::LogFilter { status: 7, ..f() },
+            0,
+            "",
+            "filter.status:",
+        ),
+        (proto::LogFilter { phase: 7, ..f() }, 0, "", "filter.phase:"),
+        (
+            proto::LogFilter {
+                data_json_contains: "{\"a\":".into(),
+                ..f()
+            },
+            0,
+            "",
+            "filter.data_json_contains:",
+        ),
+        (
+            proto::LogFilter {
+                data_json_contains: "[1, 2]".into(),
+                ..f()
+            },
+            0,
+            "",
+            "filter.data_json_contains:",
+        ),
+        (
+            proto::LogFilter {
+                from: Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: -5,
+                }),
+                ..f()
+            },
             0,
             "",
             "filter.from:",
@@ -554,8 +793,16 @@ async fn bad_filters_are_invalid_arguments_naming_the_field() {
     ];
     for (filter, limit, cursor, prefix) in cases {
         let status = status_of(search(client, filter.clone(), limit, cursor).await);
-        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{filter:?}: {status:?}");
-        assert!(status.message().starts_with(prefix), "{prefix} expected, got {:?}", status.message());
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{filter:?}: {status:?}"
+        );
+        assert!(
+            status.message().starts_with(prefix),
+            "{prefix} expected, got {:?}",
+            status.message()
+        );
     }
     let tail = |filter: proto::LogFilter, backlog: u32, cursor: &str| {
         client.tail_logs(proto::TailLogsRequest {
@@ -565,14 +812,32 @@ async fn bad_filters_are_invalid_arguments_naming_the_field() {
         })
     };
     for (result, prefix) in [
-        (tail(proto::LogFilter { status: 9, ..f() }, 0, "").await, "filter.status:"),
+        (
+            tail(proto::LogFilter { status: 9, ..f() }, 0, "").await,
+            "filter.status:",
+        ),
         (tail(f(), 10_001, "").await, "backlog:"),
         (tail(f(), 0, "%%%").await, "cursor:"),
-        (tail(proto::LogFilter { data_json_contains: "1".into(), ..f() }, 0, "").await, "filter.data_json_contains:"),
+        (
+            tail(
+                proto::LogFilter {
+                    data_json_contains: "1".into(),
+                    ..f()
+                },
+                0,
+                "",
+            )
+            .await,
+            "filter.data_json_contains:",
+        ),
     ] {
         let status = status_of(result);
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-        assert!(status.message().starts_with(prefix), "{prefix} expected, got {:?}", status.message());
+        assert!(
+            status.message().starts_with(prefix),
+            "{prefix} expected, got {:?}",
+            status.message()
+        );
     }
     let stats = status_of(
         client
@@ -584,10 +849,18 @@ async fn bad_filters_are_invalid_arguments_naming_the_field() {
             .await,
     );
     assert_eq!(stats.code(), tonic::Code::InvalidArgument);
-    assert!(stats.message().starts_with("from:"), "{:?}", stats.message());
+    assert!(
+        stats.message().starts_with("from:"),
+        "{:?}",
+        stats.message()
+    );
     let purge = status_of(client.purge(proto::PurgeRequest { older_than: None }).await);
     assert_eq!(purge.code(), tonic::Code::InvalidArgument);
-    assert!(purge.message().starts_with("older_than:"), "{:?}", purge.message());
+    assert!(
+        purge.message().starts_with("older_than:"),
+        "{:?}",
+        purge.message()
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -600,7 +873,8 @@ async fn bad_filters_are_invalid_arguments_naming_the_field() {
 async fn get_returns_the_whole_run_and_not_found_for_unknown_ids() {
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
-    let created_at = DateTime::from_timestamp_micros(Utc::now().timestamp_micros() - 5_000_000).unwrap();
+    let created_at =
+        DateTime::from_timestamp_micros(Utc::now().timestamp_micros() - 5_000_000).unwrap();
     let (before_id, after_id) = with_conn(&db, |conn| {
         let before: Id = diesel::sql_query(
             r#"
@@ -628,31 +902,75 @@ RETURNING id
         .unwrap();
         (before.id, after.id)
     });
-    let before = server.client.get_log(proto::GetLogRequest { id: before_id }).await.unwrap();
+    let before = server
+        .client
+        .get_log(proto::GetLogRequest { id: before_id })
+        .await
+        .unwrap();
     assert_eq!(before.id, before_id);
     assert_eq!(before.created_at, Some(ts(created_at)));
     assert_eq!(before.phase(), proto::Phase::Before);
     assert_eq!(before.event, "clients.create");
     assert_eq!(before.status(), proto::RunStatus::Success);
-    assert_eq!((before.handler_id, before.handler_name.as_str()), (42, "credit check"));
+    assert_eq!(
+        (before.handler_id, before.handler_name.as_str()),
+        (42, "credit check")
+    );
     assert_eq!(before.kind(), proto::HandlerKind::Script);
-    assert_eq!((before.error.as_str(), before.duration_ms, before.attempt), ("", 12, 1));
-    assert_eq!(serde_json::from_str::<Value>(&before.data_sent_json).unwrap(), json!({"id": 178, "accname": "1"}));
+    assert_eq!(
+        (before.error.as_str(), before.duration_ms, before.attempt),
+        ("", 12, 1)
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&before.data_sent_json).unwrap(),
+        json!({"id": 178, "accname": "1"})
+    );
     assert_eq!(
         serde_json::from_str::<Value>(&before.data_returned_json).unwrap(),
         json!({"id": 178, "accname": "1", "checked": true})
     );
-    assert_eq!((before.response.as_str(), before.http_status, before.exit_code), ("ok", 0, Some(0)));
+    assert_eq!(
+        (
+            before.response.as_str(),
+            before.http_status,
+            before.exit_code
+        ),
+        ("ok", 0, Some(0))
+    );
     assert_eq!((before.event_id, before.delivery_id), (9, 0));
 
-    let after = server.client.get_log(proto::GetLogRequest { id: after_id }).await.unwrap();
-    assert_eq!((after.phase(), after.status(), after.kind()), (proto::Phase::After, proto::RunStatus::Fail, proto::HandlerKind::Http));
-    assert_eq!((after.error.as_str(), after.duration_ms, after.attempt), ("HTTP 500", 250, 3));
+    let after = server
+        .client
+        .get_log(proto::GetLogRequest { id: after_id })
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.phase(), after.status(), after.kind()),
+        (
+            proto::Phase::After,
+            proto::RunStatus::Fail,
+            proto::HandlerKind::Http
+        )
+    );
+    assert_eq!(
+        (after.error.as_str(), after.duration_ms, after.attempt),
+        ("HTTP 500", 250, 3)
+    );
     assert_eq!(after.data_returned_json, "");
-    assert_eq!((after.response.as_str(), after.http_status, after.exit_code), ("upstream broke", 500, None));
+    assert_eq!(
+        (after.response.as_str(), after.http_status, after.exit_code),
+        ("upstream broke", 500, None)
+    );
     assert_eq!((after.event_id, after.delivery_id), (10, 77));
 
-    let missing = status_of(server.client.get_log(proto::GetLogRequest { id: after_id + 1000 }).await);
+    let missing = status_of(
+        server
+            .client
+            .get_log(proto::GetLogRequest {
+                id: after_id + 1000,
+            })
+            .await,
+    );
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
 
@@ -675,7 +993,13 @@ async fn stats_count_runs_and_duration_percentiles_per_handler() {
     let mut runs: Vec<(i64, &str, &str, i32, i64)> = Vec::new();
     for (i, duration) in (10..=100).step_by(10).enumerate() {
         let status = if i % 4 == 3 { "fail" } else { "success" };
-        runs.push((11, if i == 9 { "new name" } else { "old name" }, status, duration, 100 - i as i64));
+        runs.push((
+            11,
+            if i == 9 { "new name" } else { "old name" },
+            status,
+            duration,
+            100 - i as i64,
+        ));
     }
     runs.push((12, "other", "fail", 5, 30));
     runs.push((12, "other", "success", 7, 20));
@@ -704,17 +1028,26 @@ VALUES ($1, 'after', 'clients.create', $2, $3, $4, 'http', $5, 1, '{}', 1)
         .await
         .unwrap()
         .handlers;
-    assert_eq!(stats.iter().map(|s| s.handler_id).collect::<Vec<_>>(), [11, 12]);
+    assert_eq!(
+        stats.iter().map(|s| s.handler_id).collect::<Vec<_>>(),
+        [11, 12]
+    );
     let h11 = &stats[0];
     assert_eq!((h11.total, h11.success, h11.fail), (10, 8, 2));
     assert_eq!(h11.handler_name, "new name");
     assert!((h11.success_rate - 0.8).abs() < 1e-9);
     let durations: Vec<f64> = (10..=100).step_by(10).map(f64::from).collect();
     for (got, p) in [(h11.p50_ms, 0.5), (h11.p95_ms, 0.95), (h11.p99_ms, 0.99)] {
-        assert!((got - percentile(&durations, p)).abs() < 1e-9, "p{p}: {got}");
+        assert!(
+            (got - percentile(&durations, p)).abs() < 1e-9,
+            "p{p}: {got}"
+        );
     }
     let h12 = &stats[1];
-    assert_eq!((h12.total, h12.success, h12.fail, h12.handler_name.as_str()), (2, 1, 1, "other"));
+    assert_eq!(
+        (h12.total, h12.success, h12.fail, h12.handler_name.as_str()),
+        (2, 1, 1, "other")
+    );
     assert!((h12.p50_ms - 6.0).abs() < 1e-9);
 
     // One handler, and an explicit window that reaches the old run.
@@ -763,14 +1096,25 @@ async fn tail_delivers_a_run_logged_by_another_server_process() {
         .unwrap();
     let reply = other
         .client
-        .emit(emit_request("clients.update", proto::Phase::Before, r#"{"marker": "cross-replica"}"#))
+        .emit(emit_request(
+            "clients.update",
+            proto::Phase::Before,
+            r#"{"marker": "cross-replica"}"#,
+        ))
         .await
         .unwrap();
     assert_eq!(reply.decision(), proto::Decision::Allowed);
     let entry = next_item(&mut tail).await.unwrap().expect("an entry");
     let log = entry.log.expect("a log");
-    assert_eq!((log.handler_id, log.phase()), (handler.id, proto::Phase::Before));
-    assert!(log.data_sent_json.contains("cross-replica"), "{}", log.data_sent_json);
+    assert_eq!(
+        (log.handler_id, log.phase()),
+        (handler.id, proto::Phase::Before)
+    );
+    assert!(
+        log.data_sent_json.contains("cross-replica"),
+        "{}",
+        log.data_sent_json
+    );
 
     // A row written by anything that notifies like a recorder arrives too.
     let id = with_conn(&db, |conn| insert_live_row(conn, handler.id, "direct"));
@@ -802,13 +1146,25 @@ async fn tail_backlog_sends_the_newest_rows_oldest_first_then_live_rows() {
         .unwrap();
     let mut got = Vec::new();
     for _ in 0..10 {
-        got.push(next_item(&mut tail).await.unwrap().expect("an entry").log.unwrap().id);
+        got.push(
+            next_item(&mut tail)
+                .await
+                .unwrap()
+                .expect("an entry")
+                .log
+                .unwrap()
+                .id,
+        );
     }
     assert_eq!(got, want);
     let other_handler = with_conn(&db, |conn| insert_live_row(conn, 3, "not for this tail"));
     let live = with_conn(&db, |conn| insert_live_row(conn, 2, "live"));
     let entry = next_item(&mut tail).await.unwrap().expect("an entry");
-    assert_eq!(entry.log.unwrap().id, live, "row {other_handler} of another handler must not arrive");
+    assert_eq!(
+        entry.log.unwrap().id,
+        live,
+        "row {other_handler} of another handler must not arrive"
+    );
 }
 
 /// A row that becomes visible after rows with higher ids (its transaction committed
@@ -856,12 +1212,21 @@ RETURNING id
     let late = tokio::task::block_in_place(|| id_receiver.recv().unwrap());
     let early = with_conn(&db, |conn| insert_live_row(conn, 9, "committed first"));
     assert!(early > late);
-    assert_eq!(next_item(&mut tail).await.unwrap().unwrap().log.unwrap().id, early);
+    assert_eq!(
+        next_item(&mut tail).await.unwrap().unwrap().log.unwrap().id,
+        early
+    );
     commit_sender.send(()).unwrap();
     tokio::task::block_in_place(|| slow.join().unwrap());
-    assert_eq!(next_item(&mut tail).await.unwrap().unwrap().log.unwrap().id, late);
+    assert_eq!(
+        next_item(&mut tail).await.unwrap().unwrap().log.unwrap().id,
+        late
+    );
     let after = with_conn(&db, |conn| insert_live_row(conn, 9, "after"));
-    assert_eq!(next_item(&mut tail).await.unwrap().unwrap().log.unwrap().id, after);
+    assert_eq!(
+        next_item(&mut tail).await.unwrap().unwrap().log.unwrap().id,
+        after
+    );
     // Nothing is sent twice while the look-back window passes.
     let again = tokio::time::timeout(Duration::from_secs(7), tail.message()).await;
     assert!(again.is_err(), "unexpected item: {again:?}");
@@ -870,7 +1235,7 @@ RETURNING id
 /// A stopping server ends its live tails (they never end by themselves and would hold
 /// the graceful shutdown open) with UNAVAILABLE and the cursor to resume from elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs `LogStore::with_shutdown(shutdown.token.clone())` wired in server/src/lib.rs"]
+
 async fn server_shutdown_ends_live_tails_with_a_resumable_status() {
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
@@ -889,7 +1254,13 @@ async fn server_shutdown_ends_live_tails_with_a_resumable_status() {
     let stopping = tokio::spawn(server.stop());
     let status = next_item(&mut tail).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    assert!(status.message().ends_with(&format!("resume with cursor {}", entry.cursor)), "{:?}", status.message());
+    assert!(
+        status
+            .message()
+            .ends_with(&format!("resume with cursor {}", entry.cursor)),
+        "{:?}",
+        status.message()
+    );
     stopping.await.unwrap();
 }
 
@@ -901,13 +1272,20 @@ async fn cancelling_the_log_store_shutdown_token_ends_its_tails() {
     use tokio_stream::StreamExt;
     let db = TestDatabase::new().await;
     let token = tokio_util::sync::CancellationToken::new();
-    let pool = tokio::task::block_in_place(|| provisioning_server::db::Db::connect(&db.url, 2)).unwrap();
+    let pool =
+        tokio::task::block_in_place(|| provisioning_server::db::Db::connect(&db.url, 2)).unwrap();
     let signals = provisioning_server::listener::Signals::detached();
     let store = LogStore::new(pool, signals.clone()).with_shutdown(token.clone());
-    let mut tail = store.tail(LogFilter::default(), TailStart::Now).await.unwrap();
+    let mut tail = store
+        .tail(LogFilter::default(), TailStart::Now)
+        .await
+        .unwrap();
     let id = with_conn(&db, |conn| insert_live_row(conn, 1, "seen"));
     signals.logs.send(id).unwrap();
-    let first = tokio::time::timeout(WAIT, tail.next()).await.unwrap().unwrap();
+    let first = tokio::time::timeout(WAIT, tail.next())
+        .await
+        .unwrap()
+        .unwrap();
     let cursor = match first {
         TailItem::Entry(entry) => {
             assert_eq!(entry.log.id, id);
@@ -920,7 +1298,10 @@ async fn cancelling_the_log_store_shutdown_token_ends_its_tails() {
         Some(TailItem::ShuttingDown { cursor: Some(last) }) => assert_eq!(last, cursor),
         other => panic!("expected the shutdown notice, got {other:?}"),
     }
-    assert!(tokio::time::timeout(WAIT, tail.next()).await.unwrap().is_none());
+    assert!(tokio::time::timeout(WAIT, tail.next())
+        .await
+        .unwrap()
+        .is_none());
 }
 
 /// A reader that never reads does not slow the dispatcher: every delivery runs and is
@@ -934,7 +1315,12 @@ async fn slow_tail_reader_lags_without_slowing_the_dispatcher_and_resumes_withou
     let receiver = Receiver::start().await;
     let handler = create(
         &server.client,
-        http_handler("fast", "clients.update", proto::Phase::After, &receiver.url("/fast")),
+        http_handler(
+            "fast",
+            "clients.update",
+            proto::Phase::After,
+            &receiver.url("/fast"),
+        ),
     )
     .await;
     let filter = proto::LogFilter {
@@ -963,7 +1349,13 @@ async fn slow_tail_reader_lags_without_slowing_the_dispatcher_and_resumes_withou
 
     let pad = "x".repeat(300);
     let events = (0..N)
-        .map(|i| emit_request("clients.update", proto::Phase::After, &format!(r#"{{"n": {i}, "pad": "{pad}"}}"#)))
+        .map(|i| {
+            emit_request(
+                "clients.update",
+                proto::Phase::After,
+                &format!(r#"{{"n": {i}, "pad": "{pad}"}}"#),
+            )
+        })
         .collect();
     let started = Instant::now();
     server
@@ -976,13 +1368,21 @@ async fn slow_tail_reader_lags_without_slowing_the_dispatcher_and_resumes_withou
         let db = &db;
         async move {
             let n = with_conn(db, |conn| {
-                count(conn, &format!("SELECT count(*) AS n FROM execution_logs WHERE handler_id = {handler_id}"))
+                count(
+                    conn,
+                    &format!(
+                        "SELECT count(*) AS n FROM execution_logs WHERE handler_id = {handler_id}"
+                    ),
+                )
             });
             (n as usize >= N).then_some(n as usize)
         }
     })
     .await;
-    println!("{logged} runs delivered and logged in {:?} with a stalled tail", started.elapsed());
+    println!(
+        "{logged} runs delivered and logged in {:?} with a stalled tail",
+        started.elapsed()
+    );
     // At least once: a delivery may in principle run twice; the tail must carry every row.
     assert!(receiver.count("/fast") >= N);
 
@@ -995,9 +1395,19 @@ async fn slow_tail_reader_lags_without_slowing_the_dispatcher_and_resumes_withou
         }
     };
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
-    assert!(status.message().starts_with("tail lagged behind: resume with cursor "), "{:?}", status.message());
+    assert!(
+        status
+            .message()
+            .starts_with("tail lagged behind: resume with cursor "),
+        "{:?}",
+        status.message()
+    );
     let cursor = status.message().rsplit(' ').next().unwrap().to_owned();
-    assert!(!seen.is_empty() && seen.len() < logged, "{} rows before the lag", seen.len());
+    assert!(
+        !seen.is_empty() && seen.len() < logged,
+        "{} rows before the lag",
+        seen.len()
+    );
     assert_eq!(cursor, seen.last().unwrap().cursor);
     println!("lagged after {} rows", seen.len());
 
@@ -1017,12 +1427,14 @@ async fn slow_tail_reader_lags_without_slowing_the_dispatcher_and_resumes_withou
     let unique: BTreeSet<i64> = all.iter().copied().collect();
     assert_eq!(unique.len(), all.len(), "a row came twice");
     let stored: BTreeSet<i64> = with_conn(&db, |conn| {
-        diesel::sql_query(format!("SELECT id FROM execution_logs WHERE handler_id = {handler_id}"))
-            .load::<Id>(conn)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id)
-            .collect()
+        diesel::sql_query(format!(
+            "SELECT id FROM execution_logs WHERE handler_id = {handler_id}"
+        ))
+        .load::<Id>(conn)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
     });
     assert_eq!(unique, stored);
     drop((tail, resumed));
@@ -1045,11 +1457,20 @@ async fn retry_runs_a_failed_delivery_again_and_refuses_what_cannot_be_retried()
     receiver.route("/flaky", vec![Reply::status(500), Reply::ok()]);
     let handler = create(
         client,
-        http_handler("flaky", "accounts.create", proto::Phase::After, &receiver.url("/flaky")),
+        http_handler(
+            "flaky",
+            "accounts.create",
+            proto::Phase::After,
+            &receiver.url("/flaky"),
+        ),
     )
     .await;
     let emitted = client
-        .emit(emit_request("accounts.create", proto::Phase::After, r#"{"id": 5}"#))
+        .emit(emit_request(
+            "accounts.create",
+            proto::Phase::After,
+            r#"{"id": 5}"#,
+        ))
         .await
         .unwrap();
     let by_handler = proto::LogFilter {
@@ -1058,24 +1479,55 @@ async fn retry_runs_a_failed_delivery_again_and_refuses_what_cannot_be_retried()
     };
     let failed = eventually(WAIT, "the failed run", || {
         let filter = by_handler.clone();
-        async move { search(client, filter, 10, "").await.ok().and_then(|e| e.into_iter().next()) }
+        async move {
+            search(client, filter, 10, "")
+                .await
+                .ok()
+                .and_then(|e| e.into_iter().next())
+        }
     })
     .await
     .log
     .unwrap();
-    assert_eq!((failed.status(), failed.attempt, failed.event_id), (proto::RunStatus::Fail, 1, emitted.event_id));
-    let before_retry = client.get_log(proto::GetLogRequest { id: failed.id }).await.unwrap();
+    assert_eq!(
+        (failed.status(), failed.attempt, failed.event_id),
+        (proto::RunStatus::Fail, 1, emitted.event_id)
+    );
+    let before_retry = client
+        .get_log(proto::GetLogRequest { id: failed.id })
+        .await
+        .unwrap();
 
-    let retried = client.retry(proto::RetryRequest { log_id: failed.id }).await.unwrap();
-    assert_eq!(retried.delivery_id, failed.delivery_id, "the dead delivery is revived");
+    let retried = client
+        .retry(proto::RetryRequest { log_id: failed.id })
+        .await
+        .unwrap();
+    assert_eq!(
+        retried.delivery_id, failed.delivery_id,
+        "the dead delivery is revived"
+    );
     let entries = eventually(WAIT, "the retried run", || {
         let filter = by_handler.clone();
-        async move { search(client, filter, 10, "").await.ok().filter(|e| e.len() == 2) }
+        async move {
+            search(client, filter, 10, "")
+                .await
+                .ok()
+                .filter(|e| e.len() == 2)
+        }
     })
     .await;
     let new = entries[0].log.clone().unwrap();
-    assert_eq!((new.status(), new.attempt, new.event_id), (proto::RunStatus::Success, 2, emitted.event_id));
-    assert_eq!(client.get_log(proto::GetLogRequest { id: failed.id }).await.unwrap(), before_retry);
+    assert_eq!(
+        (new.status(), new.attempt, new.event_id),
+        (proto::RunStatus::Success, 2, emitted.event_id)
+    );
+    assert_eq!(
+        client
+            .get_log(proto::GetLogRequest { id: failed.id })
+            .await
+            .unwrap(),
+        before_retry
+    );
     assert_eq!(receiver.count("/flaky"), 2);
 
     // A successful run.
@@ -1097,17 +1549,38 @@ async fn retry_runs_a_failed_delivery_again_and_refuses_what_cannot_be_retried()
     };
     let before_run = eventually(WAIT, "the BEFORE run", || {
         let filter = before_filter.clone();
-        async move { search(client, filter, 1, "").await.ok().and_then(|e| e.into_iter().next()) }
+        async move {
+            search(client, filter, 1, "")
+                .await
+                .ok()
+                .and_then(|e| e.into_iter().next())
+        }
     })
     .await
     .log
     .unwrap();
     assert_eq!(before_run.status(), proto::RunStatus::Fail);
-    let status = status_of(client.retry(proto::RetryRequest { log_id: before_run.id }).await);
+    let status = status_of(
+        client
+            .retry(proto::RetryRequest {
+                log_id: before_run.id,
+            })
+            .await,
+    );
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
-    assert!(status.message().contains("BEFORE"), "{:?}", status.message());
+    assert!(
+        status.message().contains("BEFORE"),
+        "{:?}",
+        status.message()
+    );
     // Unknown run, vanished event, vanished handler.
-    let status = status_of(client.retry(proto::RetryRequest { log_id: new.id + 10_000 }).await);
+    let status = status_of(
+        client
+            .retry(proto::RetryRequest {
+                log_id: new.id + 10_000,
+            })
+            .await,
+    );
     assert_eq!(status.code(), tonic::Code::NotFound);
     let (no_event, no_handler) = with_conn(&db, |conn| {
         let insert = |conn: &mut PgConnection, event_id: i64, handler_id: i64| -> i64 {
@@ -1125,14 +1598,25 @@ RETURNING id
             .unwrap()
             .id
         };
-        (insert(conn, 987_654_321, handler.id), insert(conn, emitted.event_id, 987_654_321))
+        (
+            insert(conn, 987_654_321, handler.id),
+            insert(conn, emitted.event_id, 987_654_321),
+        )
     });
     let status = status_of(client.retry(proto::RetryRequest { log_id: no_event }).await);
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert!(status.message().contains("event"), "{:?}", status.message());
-    let status = status_of(client.retry(proto::RetryRequest { log_id: no_handler }).await);
+    let status = status_of(
+        client
+            .retry(proto::RetryRequest { log_id: no_handler })
+            .await,
+    );
     assert_eq!(status.code(), tonic::Code::NotFound);
-    assert!(status.message().contains("handler"), "{:?}", status.message());
+    assert!(
+        status.message().contains("handler"),
+        "{:?}",
+        status.message()
+    );
     // A disabled handler.
     client
         .set_handler_status(proto::SetHandlerStatusRequest {
@@ -1141,7 +1625,11 @@ RETURNING id
         })
         .await
         .unwrap();
-    let status = status_of(client.retry(proto::RetryRequest { log_id: failed.id }).await);
+    let status = status_of(
+        client
+            .retry(proto::RetryRequest { log_id: failed.id })
+            .await,
+    );
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
 }
 
@@ -1176,10 +1664,20 @@ async fn purge_deletes_exactly_the_older_runs_across_partitions_and_old_events()
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
     let today: NaiveDate = Utc::now().date_naive();
-    let day_start = |days_ago: i64| (today - chrono::Duration::days(days_ago)).and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let day_start = |days_ago: i64| {
+        (today - chrono::Duration::days(days_ago))
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+    };
     let handler = create(
         &server.client,
-        http_handler("kept", "clients.create", proto::Phase::After, "http://127.0.0.1:9/unused"),
+        http_handler(
+            "kept",
+            "clients.create",
+            proto::Phase::After,
+            "http://127.0.0.1:9/unused",
+        ),
     )
     .await;
     let times: Vec<DateTime<Utc>> = (0..=45)
@@ -1212,16 +1710,24 @@ SELECT t, 'after', 'clients.create', 'success', 1, 'h', 'http', 1, 1, '{}', 1 FR
         let old = event(conn, cutoff - chrono::Duration::days(5));
         let needed = event(conn, cutoff - chrono::Duration::days(5));
         let new = event(conn, cutoff + chrono::Duration::hours(1));
-        diesel::sql_query("INSERT INTO deliveries (event_id, handler_id, priority, state) VALUES ($1, $2, 0, 3)")
-            .bind::<BigInt, _>(needed)
-            .bind::<BigInt, _>(handler.id)
-            .execute(conn)
-            .unwrap();
+        diesel::sql_query(
+            "INSERT INTO deliveries (event_id, handler_id, priority, state) VALUES ($1, $2, 0, 3)",
+        )
+        .bind::<BigInt, _>(needed)
+        .bind::<BigInt, _>(handler.id)
+        .execute(conn)
+        .unwrap();
         (old, needed, new)
     });
     let partitions_before = with_conn(&db, partition_names);
-    let old_day = format!("execution_logs_{}", (today - chrono::Duration::days(20)).format("%Y%m%d"));
-    let straddling = format!("execution_logs_{}", (today - chrono::Duration::days(10)).format("%Y%m%d"));
+    let old_day = format!(
+        "execution_logs_{}",
+        (today - chrono::Duration::days(20)).format("%Y%m%d")
+    );
+    let straddling = format!(
+        "execution_logs_{}",
+        (today - chrono::Duration::days(10)).format("%Y%m%d")
+    );
     assert!(partitions_before.contains(&old_day) && partitions_before.contains(&straddling));
 
     let want = times.iter().filter(|t| **t < cutoff).count() as u64;
@@ -1252,8 +1758,14 @@ SELECT t, 'after', 'clients.create', 'success', 1, 'h', 'http', 1, 1, '{}', 1 FR
         kept.sort();
         assert_eq!(remaining, kept);
         let partitions = partition_names(conn);
-        assert!(!partitions.contains(&old_day), "{old_day} should be dropped");
-        assert!(partitions.contains(&straddling), "{straddling} straddles the cutoff and stays");
+        assert!(
+            !partitions.contains(&old_day),
+            "{old_day} should be dropped"
+        );
+        assert!(
+            partitions.contains(&straddling),
+            "{straddling} straddles the cutoff and stays"
+        );
         assert!(partitions.contains("execution_logs_default"));
         let events: BTreeSet<i64> = diesel::sql_query("SELECT id FROM events")
             .load::<Id>(conn)
@@ -1261,7 +1773,10 @@ SELECT t, 'after', 'clients.create', 'success', 1, 'h', 'http', 1, 1, '{}', 1 FR
             .into_iter()
             .map(|r| r.id)
             .collect();
-        assert!(!events.contains(&old_event), "an old event without deliveries is removed");
+        assert!(
+            !events.contains(&old_event),
+            "an old event without deliveries is removed"
+        );
         assert!(events.contains(&needed_event) && events.contains(&new_event));
     });
 
@@ -1284,7 +1799,10 @@ fn seq_scans(plan: &Value, found: &mut Vec<String>) {
     match plan {
         Value::Object(node) => {
             if node.get("Node Type") == Some(&json!("Seq Scan")) {
-                let relation = node.get("Relation Name").and_then(Value::as_str).unwrap_or_default();
+                let relation = node
+                    .get("Relation Name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 if relation.starts_with("execution_logs") {
                     found.push(relation.to_owned());
                 }
@@ -1305,7 +1823,7 @@ async fn every_filter_is_served_by_an_index_on_a_large_log() {
     let db = TestDatabase::new().await;
     // No server starts here, and a server is what applies pending migrations: apply
     // them, in case the shared template predates the newest one.
-    provisioning_server::db::Db::connect(&db.url, 1)
+    tokio::task::block_in_place(|| provisioning_server::db::Db::connect(&db.url, 1))
         .unwrap()
         .migrate()
         .await
@@ -1315,8 +1833,10 @@ async fn every_filter_is_served_by_an_index_on_a_large_log() {
             .execute(conn)
             .unwrap();
         let partitions = log_queries::partitions(conn).unwrap();
-        let first = partitions.iter().filter_map(|p| p.lower).min().unwrap() - chrono::Duration::days(1);
-        let last = partitions.iter().filter_map(|p| p.upper).max().unwrap() + chrono::Duration::days(1);
+        let first =
+            partitions.iter().filter_map(|p| p.lower).min().unwrap() - chrono::Duration::days(1);
+        let last =
+            partitions.iter().filter_map(|p| p.upper).max().unwrap() + chrono::Duration::days(1);
         // Every partition, the default one included, gets tens of thousands of rows.
         diesel::sql_query(
             r#"
@@ -1342,23 +1862,91 @@ FROM generate_series(1, $3) AS i
         .unwrap();
         // What autovacuum would have done by now on a real log (statistics, and the
         // GIN pending lists merged).
-        diesel::sql_query("VACUUM ANALYZE execution_logs").execute(conn).unwrap();
+        diesel::sql_query("VACUUM ANALYZE execution_logs")
+            .execute(conn)
+            .unwrap();
         let max_id = log_queries::max_id(conn).unwrap();
         let middle = first + (last - first) / 2;
         let f = LogFilter::default;
         let cases: Vec<(&str, LogFilter)> = vec![
             ("no filter", f()),
-            ("status", LogFilter { status: Some("fail"), ..f() }),
-            ("phase, rare", LogFilter { phase: Some("before"), ..f() }),
-            ("phase, common", LogFilter { phase: Some("after"), ..f() }),
-            ("one event", LogFilter { events: vec!["clients.create".into()], ..f() }),
-            ("two events", LogFilter { events: vec!["clients.create".into(), "accounts.delete".into()], ..f() }),
-            ("handler", LogFilter { handler_id: Some(7), ..f() }),
-            ("data substring", LogFilter { data_contains: Some("acc17\"".into()), ..f() }),
-            ("data substring, short", LogFilter { data_contains: Some("ab".into()), ..f() }),
-            ("data containment", LogFilter { data_json_contains: Some(json!({"accname": "acc17"})), ..f() }),
-            ("error substring", LogFilter { error_contains: Some("number 1234".into()), ..f() }),
-            ("error substring, common", LogFilter { error_contains: Some("http 5".into()), ..f() }),
+            (
+                "status",
+                LogFilter {
+                    status: Some("fail"),
+                    ..f()
+                },
+            ),
+            (
+                "phase, rare",
+                LogFilter {
+                    phase: Some("before"),
+                    ..f()
+                },
+            ),
+            (
+                "phase, common",
+                LogFilter {
+                    phase: Some("after"),
+                    ..f()
+                },
+            ),
+            (
+                "one event",
+                LogFilter {
+                    events: vec!["clients.create".into()],
+                    ..f()
+                },
+            ),
+            (
+                "two events",
+                LogFilter {
+                    events: vec!["clients.create".into(), "accounts.delete".into()],
+                    ..f()
+                },
+            ),
+            (
+                "handler",
+                LogFilter {
+                    handler_id: Some(7),
+                    ..f()
+                },
+            ),
+            (
+                "data substring",
+                LogFilter {
+                    data_contains: Some("acc17\"".into()),
+                    ..f()
+                },
+            ),
+            (
+                "data substring, short",
+                LogFilter {
+                    data_contains: Some("ab".into()),
+                    ..f()
+                },
+            ),
+            (
+                "data containment",
+                LogFilter {
+                    data_json_contains: Some(json!({"accname": "acc17"})),
+                    ..f()
+                },
+            ),
+            (
+                "error substring",
+                LogFilter {
+                    error_contains: Some("number 1234".into()),
+                    ..f()
+                },
+            ),
+            (
+                "error substring, common",
+                LogFilter {
+                    error_contains: Some("http 5".into()),
+                    ..f()
+                },
+            ),
             (
                 "time window",
                 LogFilter {
@@ -1367,12 +1955,49 @@ FROM generate_series(1, $3) AS i
                     ..f()
                 },
             ),
-            ("from", LogFilter { from: Some(middle), ..f() }),
-            ("to", LogFilter { to: Some(middle), ..f() }),
-            ("attempt, rare", LogFilter { attempt: Some(3), ..f() }),
-            ("attempt, common", LogFilter { attempt: Some(1), ..f() }),
-            ("event id", LogFilter { event_id: Some(555), ..f() }),
-            ("handler and status", LogFilter { handler_id: Some(7), status: Some("fail"), ..f() }),
+            (
+                "from",
+                LogFilter {
+                    from: Some(middle),
+                    ..f()
+                },
+            ),
+            (
+                "to",
+                LogFilter {
+                    to: Some(middle),
+                    ..f()
+                },
+            ),
+            (
+                "attempt, rare",
+                LogFilter {
+                    attempt: Some(3),
+                    ..f()
+                },
+            ),
+            (
+                "attempt, common",
+                LogFilter {
+                    attempt: Some(1),
+                    ..f()
+                },
+            ),
+            (
+                "event id",
+                LogFilter {
+                    event_id: Some(555),
+                    ..f()
+                },
+            ),
+            (
+                "handler and status",
+                LogFilter {
+                    handler_id: Some(7),
+                    status: Some("fail"),
+                    ..f()
+                },
+            ),
             (
                 "event, phase and data",
                 LogFilter {
@@ -1383,14 +2008,29 @@ FROM generate_series(1, $3) AS i
                 },
             ),
         ];
-        let cursor = Position { created_at: middle, id: 100_000 };
+        let cursor = Position {
+            created_at: middle,
+            id: 100_000,
+        };
         let mut report = Vec::new();
         for (name, filter) in &cases {
             for (what, plan) in [
-                ("search", log_queries::explain_search(conn, filter, None, 500).unwrap()),
-                ("search, small limit", log_queries::explain_search(conn, filter, None, 7).unwrap()),
-                ("search after a cursor", log_queries::explain_search(conn, filter, Some(cursor), 500).unwrap()),
-                ("tail", log_queries::explain_tail(conn, filter, max_id - 1000, 500).unwrap()),
+                (
+                    "search",
+                    log_queries::explain_search(conn, filter, None, 500).unwrap(),
+                ),
+                (
+                    "search, small limit",
+                    log_queries::explain_search(conn, filter, None, 7).unwrap(),
+                ),
+                (
+                    "search after a cursor",
+                    log_queries::explain_search(conn, filter, Some(cursor), 500).unwrap(),
+                ),
+                (
+                    "tail",
+                    log_queries::explain_tail(conn, filter, max_id - 1000, 500).unwrap(),
+                ),
             ] {
                 let mut found = Vec::new();
                 seq_scans(&plan, &mut found);

@@ -85,7 +85,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     maintenance::spawn(db.clone(), config.clone(), &shutdown);
 
     let registry = domain::handlers::HandlerRegistry::new(db.clone(), scripts_dir);
-    let logs = domain::logs::LogStore::new(db.clone(), signals.clone());
+    let logs = domain::logs::LogStore::new(db.clone(), signals.clone()).with_shutdown(shutdown.token.clone());
     let before = dispatch::before::BeforeChain::new(db.clone(), runner);
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()

@@ -4,7 +4,7 @@
 //! embedded cluster under `/tmp/provisioning-tests-<uid>` shared by every test process of
 //! this user and left running), sweep databases left behind by dead test processes, and
 //! make sure a migrated *template* database exists. The template is named after a hash
-//! of the `migrations/` directory, so a changed migration gets a new template instead of
+//! of the embedded migrations' names, so a new migration gets a new template instead of
 //! a stale one; it is built under an advisory lock (parallel test processes do not race)
 //! under a temporary name and renamed when complete (a crash never leaves a half-migrated
 //! template behind).
@@ -289,43 +289,19 @@ fn host_tag() -> String {
     hex(&Sha256::digest(&name)[..3])
 }
 
-/// Sha-256 of every file under `migrations/` (relative path and contents), 16 hex digits.
+/// Sha-256 of the names of the migrations compiled into the server (the ones the
+/// template is migrated with), 16 hex digits: a new migration gets a new template.
 fn migrations_hash() -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
-    let mut files = Vec::new();
-    collect_files(&root, &mut files);
-    assert!(
-        !files.is_empty(),
-        "no migrations found under {}",
-        root.display()
-    );
-    files.sort();
+    use diesel::migration::MigrationSource;
+    let migrations = MigrationSource::<diesel::pg::Pg>::migrations(&provisioning_server::db::MIGRATIONS)
+        .expect("embedded migrations");
+    assert!(!migrations.is_empty(), "no embedded migrations");
     let mut hasher = Sha256::new();
-    for file in files {
-        let relative = file.strip_prefix(&root).unwrap_or(&file);
-        hasher.update(relative.to_string_lossy().as_bytes());
-        hasher.update([0]);
-        hasher.update(
-            std::fs::read(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display())),
-        );
+    for migration in migrations {
+        hasher.update(migration.name().to_string().as_bytes());
         hasher.update([0]);
     }
     hex(&hasher.finalize()[..8])
-}
-
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let entries =
-        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));
-    for entry in entries {
-        let path = entry
-            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-            .path();
-        if path.is_dir() {
-            collect_files(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -8,26 +8,29 @@
 //! recorder. Retention (in `purge`) drops whole daily partitions and deletes the rest in
 //! small batches, so it never holds long locks.
 //!
-//! Cursors are opaque to clients: base64url of the row's start time (microseconds,
-//! PostgreSQL's precision) and id, which together order every row uniquely.
+//! Filters are checked, and cursors (opaque `(created_at, id)` positions) encoded and
+//! decoded, in `filter`. Retry reschedules the delivery in one transaction and wakes
+//! the dispatchers of every replica; the old log row is never touched.
 
+mod filter;
 mod purge;
 mod tail;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use diesel::{Connection, OptionalExtension};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+pub use filter::LogFilter;
 pub use tail::TailItem;
+
+use filter::{decode_cursor, encode_cursor, optional_cursor};
 
 use super::{parse_stored, DomainError, HandlerKind, HandlerStatus, Phase, RunStatus};
 use crate::db::models::LogRow;
-use crate::db::queries::logs::{self, Position};
 use crate::db::queries::deliveries;
+use crate::db::queries::logs::{self, Position};
 use crate::db::{Db, DbError};
 use crate::listener::Signals;
 
@@ -41,91 +44,6 @@ pub const MAX_BACKLOG: u32 = 10_000;
 const PAGE: i64 = 500;
 /// Rows buffered between a Search query task and its reader.
 const SEARCH_BUFFER: usize = 64;
-
-/// What a search or tail matches; every field is optional and they combine with AND.
-#[derive(Debug, Clone, Default)]
-pub struct LogFilter {
-    /// Only this outcome.
-    pub status: Option<RunStatus>,
-    /// Only this phase.
-    pub phase: Option<Phase>,
-    /// Only these events (any of them); unknown names simply match nothing.
-    pub events: Vec<String>,
-    /// Only this handler.
-    pub handler_id: Option<i64>,
-    /// Case-insensitive substring of the data sent, as JSON text.
-    pub data_contains: Option<String>,
-    /// JSON object text the data sent must contain; checked by [`LogFilter::validate`].
-    pub data_json_contains: Option<String>,
-    /// Case-insensitive substring of the error.
-    pub error_contains: Option<String>,
-    /// Runs at or after this time.
-    pub from: Option<DateTime<Utc>>,
-    /// Runs before this time.
-    pub to: Option<DateTime<Utc>>,
-    /// Only this attempt number.
-    pub attempt: Option<u32>,
-    /// Only runs of this event.
-    pub event_id: Option<i64>,
-}
-
-impl LogFilter {
-    /// Checks the filter and turns it into its query form. Messages name the field as
-    /// the API spells it (`filter.from`, …).
-    pub fn validate(self) -> Result<logs::LogFilter, DomainError> {
-        let LogFilter {
-            status,
-            phase,
-            events,
-            handler_id,
-            data_contains,
-            data_json_contains,
-            error_contains,
-            from,
-            to,
-            attempt,
-            event_id,
-        } = self;
-        if let (Some(from), Some(to)) = (from, to) {
-            if from > to {
-                return Err(DomainError::invalid(
-                    "filter.from",
-                    format!("{} is after filter.to ({})", from.to_rfc3339(), to.to_rfc3339()),
-                ));
-            }
-        }
-        let data_json_contains = match data_json_contains.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(text) => {
-                let value: serde_json::Value = serde_json::from_str(text)
-                    .map_err(|e| DomainError::invalid("filter.data_json_contains", format!("not valid JSON: {e}")))?;
-                if !value.is_object() {
-                    return Err(DomainError::invalid(
-                        "filter.data_json_contains",
-                        "must be a JSON object such as {\"accname\": \"1\"}",
-                    ));
-                }
-                Some(value)
-            }
-        };
-        let attempt = attempt
-            .map(|a| i32::try_from(a).map_err(|_| DomainError::invalid("filter.attempt", "out of range")))
-            .transpose()?;
-        Ok(logs::LogFilter {
-            status: status.map(RunStatus::as_str),
-            phase: phase.map(Phase::as_str),
-            events: events.into_iter().filter(|e| !e.is_empty()).collect(),
-            handler_id,
-            data_contains: data_contains.filter(|t| !t.is_empty()),
-            data_json_contains,
-            error_contains: error_contains.filter(|t| !t.is_empty()),
-            from,
-            to,
-            attempt,
-            event_id,
-        })
-    }
-}
 
 /// One handler run, as logged.
 #[derive(Debug, Clone, PartialEq)]
@@ -317,7 +235,8 @@ impl LogStore {
             .db
             .run(move |conn| logs::find(conn, id).optional().map_err(DomainError::from))
             .await?;
-        let row = row.ok_or_else(|| DomainError::NotFound(format!("execution log {id} not found")))?;
+        let row =
+            row.ok_or_else(|| DomainError::NotFound(format!("execution log {id} not found")))?;
         ExecutionLog::try_from(row)
     }
 
@@ -336,10 +255,9 @@ impl LogStore {
             0 => DEFAULT_SEARCH_LIMIT,
             1..=MAX_SEARCH_LIMIT => limit,
             _ => {
-                return Err(DomainError::invalid(
-                    "limit",
-                    format!("{limit} is out of range: 1 to {MAX_SEARCH_LIMIT} (0 = {DEFAULT_SEARCH_LIMIT})"),
-                ))
+                let range = format!("1 to {MAX_SEARCH_LIMIT} (0 = {DEFAULT_SEARCH_LIMIT})");
+                let message = format!("{limit} is out of range: {range}");
+                return Err(DomainError::invalid("limit", message));
             }
         };
         let mut before = optional_cursor(cursor, "cursor")?;
@@ -352,7 +270,9 @@ impl LogStore {
                 let page = remaining.min(PAGE);
                 let query_filter = filter.clone();
                 let rows = db
-                    .run(move |conn| logs::search_page(conn, &query_filter, before, page).map_err(DbError::from))
+                    .run(move |conn| {
+                        logs::search_page(conn, &query_filter, before, page).map_err(DbError::from)
+                    })
                     .await;
                 let rows = match rows {
                     Ok(rows) => rows,
@@ -384,17 +304,31 @@ impl LogStore {
     /// Live runs matching `filter` from every replica, starting as `start` says. The
     /// start position is fixed when this returns: every matching row logged afterwards,
     /// on any replica, is sent.
-    pub async fn tail(&self, filter: LogFilter, start: TailStart) -> Result<ReceiverStream<TailItem>, DomainError> {
+    pub async fn tail(
+        &self,
+        filter: LogFilter,
+        start: TailStart,
+    ) -> Result<ReceiverStream<TailItem>, DomainError> {
         let filter = filter.validate()?;
         let start = match start {
             TailStart::Backlog(n) if n > MAX_BACKLOG => {
-                return Err(DomainError::invalid("backlog", format!("{n} is over the maximum of {MAX_BACKLOG}")))
+                return Err(DomainError::invalid(
+                    "backlog",
+                    format!("{n} is over the maximum of {MAX_BACKLOG}"),
+                ))
             }
             TailStart::Now | TailStart::Backlog(0) => tail::Start::Now,
             TailStart::Backlog(n) => tail::Start::Backlog(i64::from(n)),
             TailStart::After(cursor) => tail::Start::After(decode_cursor(&cursor, "cursor")?),
         };
-        tail::open(self.db.clone(), &self.signals, self.shutdown.clone(), filter, start).await
+        tail::open(
+            self.db.clone(),
+            &self.signals,
+            self.shutdown.clone(),
+            filter,
+            start,
+        )
+        .await
     }
 
     /// Counts, success rate and duration percentiles per handler (or one handler) over
@@ -428,7 +362,11 @@ impl LogStore {
                     total,
                     success,
                     fail: u64::try_from(row.fail).unwrap_or(0),
-                    success_rate: if total == 0 { 0.0 } else { success as f64 / total as f64 },
+                    success_rate: if total == 0 {
+                        0.0
+                    } else {
+                        success as f64 / total as f64
+                    },
                     p50_ms: row.p50,
                     p95_ms: row.p95,
                     p99_ms: row.p99,
@@ -442,42 +380,7 @@ impl LogStore {
     pub async fn retry(&self, log_id: i64) -> Result<i64, DomainError> {
         let delivery_id = self
             .db
-            .run(move |conn| {
-                let row = logs::find(conn, log_id)
-                    .optional()?
-                    .ok_or_else(|| DomainError::NotFound(format!("execution log {log_id} not found")))?;
-                if parse_stored(Phase::parse, &row.phase, "execution_logs.phase")? == Phase::Before {
-                    return Err(DomainError::FailedPrecondition(format!(
-                        "execution log {log_id} is a BEFORE run: BEFORE handlers run inside Emit and cannot be retried"
-                    )));
-                }
-                if parse_stored(RunStatus::parse, &row.status, "execution_logs.status")? == RunStatus::Success {
-                    return Err(DomainError::FailedPrecondition(format!(
-                        "execution log {log_id} succeeded: only failed runs can be retried"
-                    )));
-                }
-                conn.transaction::<_, DomainError, _>(|conn| {
-                    if !logs::event_exists(conn, row.event_id)? {
-                        return Err(DomainError::NotFound(format!(
-                            "event {} of execution log {log_id} no longer exists (removed by retention)",
-                            row.event_id
-                        )));
-                    }
-                    let (priority, status) = logs::handler_priority_and_status(conn, row.handler_id)?.ok_or_else(|| {
-                        DomainError::NotFound(format!("handler {} of execution log {log_id} no longer exists", row.handler_id))
-                    })?;
-                    let status = parse_stored(HandlerStatus::parse, &status, "handlers.status")?;
-                    if status != HandlerStatus::Enabled {
-                        return Err(DomainError::FailedPrecondition(format!(
-                            "handler {} is {status}: enable it before retrying",
-                            row.handler_id
-                        )));
-                    }
-                    let delivery_id = deliveries::schedule_now(conn, row.event_id, row.handler_id, priority)?;
-                    logs::notify_work(conn)?;
-                    Ok(delivery_id)
-                })
-            })
+            .run(move |conn| schedule_retry(conn, log_id))
             .await?;
         self.signals.work.notify_one();
         Ok(delivery_id)
@@ -487,101 +390,59 @@ impl LogStore {
     /// partitions older than the cutoff are dropped, the rest is deleted in batches; old
     /// events without deliveries go too. Also what automatic retention calls.
     pub async fn purge_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64, DomainError> {
-        let deleted = self.db.run(move |conn| purge::older_than(conn, cutoff)).await?;
+        let deleted = self
+            .db
+            .run(move |conn| purge::older_than(conn, cutoff))
+            .await?;
         Ok(deleted)
     }
+}
+
+/// Checks that run `log_id` can be retried and schedules its delivery now, waking the
+/// dispatchers of every replica on commit.
+fn schedule_retry(conn: &mut diesel::PgConnection, log_id: i64) -> Result<i64, DomainError> {
+    let row = logs::find(conn, log_id)
+        .optional()?
+        .ok_or_else(|| DomainError::NotFound(format!("execution log {log_id} not found")))?;
+    if parse_stored(Phase::parse, &row.phase, "execution_logs.phase")? == Phase::Before {
+        return Err(DomainError::FailedPrecondition(format!(
+            "execution log {log_id} is a BEFORE run: BEFORE handlers run inside Emit \
+             and cannot be retried"
+        )));
+    }
+    if parse_stored(RunStatus::parse, &row.status, "execution_logs.status")? == RunStatus::Success {
+        return Err(DomainError::FailedPrecondition(format!(
+            "execution log {log_id} succeeded: only failed runs can be retried"
+        )));
+    }
+    let (event_id, handler_id) = (row.event_id, row.handler_id);
+    conn.transaction::<_, DomainError, _>(|conn| {
+        if !logs::event_exists(conn, event_id)? {
+            return Err(DomainError::NotFound(format!(
+                "event {event_id} of execution log {log_id} no longer exists (removed by retention)"
+            )));
+        }
+        let (priority, status) =
+            logs::handler_priority_and_status(conn, handler_id)?.ok_or_else(|| {
+                DomainError::NotFound(format!(
+                    "handler {handler_id} of execution log {log_id} no longer exists"
+                ))
+            })?;
+        let status = parse_stored(HandlerStatus::parse, &status, "handlers.status")?;
+        if status != HandlerStatus::Enabled {
+            return Err(DomainError::FailedPrecondition(format!(
+                "handler {handler_id} is {status}: enable it before retrying"
+            )));
+        }
+        let delivery_id = deliveries::schedule_now(conn, event_id, handler_id, priority)?;
+        logs::notify_work(conn)?;
+        Ok(delivery_id)
+    })
 }
 
 /// Sends the last item of a stream; the reader may already have gone.
 async fn send_final<T>(sender: &mpsc::Sender<T>, item: T) {
     if sender.send(item).await.is_err() {
         tracing::debug!("log stream reader went away before the final item");
-    }
-}
-
-/// Encodes a position as an opaque cursor.
-fn encode_cursor(position: Position) -> String {
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&position.created_at.timestamp_micros().to_be_bytes());
-    bytes[8..].copy_from_slice(&position.id.to_be_bytes());
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Decodes a cursor made by [`encode_cursor`]; `field` names it in the error.
-fn decode_cursor(text: &str, field: &str) -> Result<Position, DomainError> {
-    let invalid = || DomainError::invalid(field, "not a cursor returned by this service");
-    let bytes = URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| invalid())?;
-    let bytes: [u8; 16] = bytes.try_into().map_err(|_| invalid())?;
-    let micros = i64::from_be_bytes(bytes[..8].try_into().map_err(|_| invalid())?);
-    let id = i64::from_be_bytes(bytes[8..].try_into().map_err(|_| invalid())?);
-    let created_at = DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?;
-    Ok(Position { created_at, id })
-}
-
-/// An empty cursor is no cursor.
-fn optional_cursor(text: &str, field: &str) -> Result<Option<Position>, DomainError> {
-    if text.trim().is_empty() {
-        Ok(None)
-    } else {
-        decode_cursor(text, field).map(Some)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_garbage_is_rejected() {
-        let position = Position {
-            created_at: DateTime::from_timestamp_micros(1_764_115_200_123_456).unwrap(),
-            id: 42,
-        };
-        let cursor = encode_cursor(position);
-        assert_eq!(decode_cursor(&cursor, "cursor").unwrap(), position);
-        for bad in ["x", "!!!!", "AAAA", &cursor[1..]] {
-            let error = decode_cursor(bad, "cursor").unwrap_err();
-            assert!(matches!(error, DomainError::InvalidArgument(ref m) if m.starts_with("cursor:")), "{bad}: {error:?}");
-        }
-        assert_eq!(optional_cursor("", "cursor").unwrap(), None);
-    }
-
-    #[test]
-    fn filters_are_validated_with_the_field_name() {
-        let now = Utc::now();
-        let later = LogFilter {
-            from: Some(now),
-            to: Some(now - chrono::Duration::seconds(1)),
-            ..Default::default()
-        };
-        assert!(matches!(later.validate(), Err(DomainError::InvalidArgument(m)) if m.starts_with("filter.from:")));
-        for bad in ["{", "[1]", "\"x\"", "12"] {
-            let filter = LogFilter {
-                data_json_contains: Some(bad.into()),
-                ..Default::default()
-            };
-            assert!(
-                matches!(filter.validate(), Err(DomainError::InvalidArgument(m)) if m.starts_with("filter.data_json_contains:")),
-                "{bad}"
-            );
-        }
-        let good = LogFilter {
-            data_json_contains: Some(r#"{"accname": "1"}"#.into()),
-            events: vec![String::new(), "clients.create".into()],
-            data_contains: Some(String::new()),
-            from: Some(now),
-            to: Some(now),
-            ..Default::default()
-        }
-        .validate()
-        .unwrap();
-        assert_eq!(good.events, ["clients.create"]);
-        assert_eq!(good.data_contains, None);
-        assert_eq!(good.data_json_contains, Some(serde_json::json!({"accname": "1"})));
-    }
-
-    #[test]
-    fn like_patterns_take_wildcards_literally() {
-        assert_eq!(logs::contains_pattern(r"50%_a\b"), r"%50\%\_a\\b%");
     }
 }

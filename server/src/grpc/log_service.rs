@@ -11,7 +11,9 @@ use provisioning_api::v1::execution_log_service_server::ExecutionLogService;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use crate::domain::logs::{ExecutionLog, HandlerStats, LogEntry, LogFilter, LogStore, TailItem, TailStart};
+use crate::domain::logs::{
+    ExecutionLog, HandlerStats, LogEntry, LogFilter, LogStore, TailItem, TailStart,
+};
 use crate::domain::{HandlerKind, RunStatus};
 
 /// Serves the execution log.
@@ -30,7 +32,10 @@ type LogStream = Pin<Box<dyn futures_util::Stream<Item = Result<pb::LogEntry, St
 
 #[tonic::async_trait]
 impl ExecutionLogService for LogApi {
-    async fn get(&self, request: Request<pb::GetLogRequest>) -> Result<Response<pb::ExecutionLog>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetLogRequest>,
+    ) -> Result<Response<pb::ExecutionLog>, Status> {
         let pb::GetLogRequest { id } = request.into_inner();
         let log = self.logs.get(id).await?;
         Ok(Response::new(execution_log(log)))
@@ -38,8 +43,15 @@ impl ExecutionLogService for LogApi {
 
     type SearchStream = LogStream;
 
-    async fn search(&self, request: Request<pb::SearchLogsRequest>) -> Result<Response<Self::SearchStream>, Status> {
-        let pb::SearchLogsRequest { filter, limit, cursor } = request.into_inner();
+    async fn search(
+        &self,
+        request: Request<pb::SearchLogsRequest>,
+    ) -> Result<Response<Self::SearchStream>, Status> {
+        let pb::SearchLogsRequest {
+            filter,
+            limit,
+            cursor,
+        } = request.into_inner();
         let rows = self.logs.search(log_filter(filter)?, limit, &cursor)?;
         let stream = rows.map(|row| row.map(log_entry).map_err(Status::from));
         Ok(Response::new(Box::pin(stream) as LogStream))
@@ -47,7 +59,10 @@ impl ExecutionLogService for LogApi {
 
     type TailStream = LogStream;
 
-    async fn tail(&self, request: Request<pb::TailLogsRequest>) -> Result<Response<Self::TailStream>, Status> {
+    async fn tail(
+        &self,
+        request: Request<pb::TailLogsRequest>,
+    ) -> Result<Response<Self::TailStream>, Status> {
         let pb::TailLogsRequest {
             filter,
             backlog,
@@ -66,36 +81,57 @@ impl ExecutionLogService for LogApi {
             TailItem::Lagged { cursor } => Err(Status::resource_exhausted(format!(
                 "tail lagged behind: resume with cursor {cursor}"
             ))),
-            TailItem::ShuttingDown { cursor: Some(cursor) } => Err(Status::unavailable(format!(
+            TailItem::ShuttingDown {
+                cursor: Some(cursor),
+            } => Err(Status::unavailable(format!(
                 "server shutting down: resume with cursor {cursor}"
             ))),
-            TailItem::ShuttingDown { cursor: None } => {
-                Err(Status::unavailable("server shutting down: tail again from another replica"))
-            }
+            TailItem::ShuttingDown { cursor: None } => Err(Status::unavailable(
+                "server shutting down: tail again from another replica",
+            )),
             TailItem::Failed(error) => Err(Status::from(error)),
         });
         Ok(Response::new(Box::pin(stream) as LogStream))
     }
 
-    async fn stats(&self, request: Request<pb::LogStatsRequest>) -> Result<Response<pb::LogStatsResponse>, Status> {
-        let pb::LogStatsRequest { handler_id, from, to } = request.into_inner();
-        let from = from.map(|t| convert::from_timestamp(&t, "from")).transpose()?;
+    async fn stats(
+        &self,
+        request: Request<pb::LogStatsRequest>,
+    ) -> Result<Response<pb::LogStatsResponse>, Status> {
+        let pb::LogStatsRequest {
+            handler_id,
+            from,
+            to,
+        } = request.into_inner();
+        let from = from
+            .map(|t| convert::from_timestamp(&t, "from"))
+            .transpose()?;
         let to = to.map(|t| convert::from_timestamp(&t, "to")).transpose()?;
-        let stats = self.logs.stats((handler_id != 0).then_some(handler_id), from, to).await?;
+        let stats = self
+            .logs
+            .stats((handler_id != 0).then_some(handler_id), from, to)
+            .await?;
         Ok(Response::new(pb::LogStatsResponse {
             handlers: stats.into_iter().map(handler_stats).collect(),
         }))
     }
 
-    async fn retry(&self, request: Request<pb::RetryRequest>) -> Result<Response<pb::RetryResponse>, Status> {
+    async fn retry(
+        &self,
+        request: Request<pb::RetryRequest>,
+    ) -> Result<Response<pb::RetryResponse>, Status> {
         let pb::RetryRequest { log_id } = request.into_inner();
         let delivery_id = self.logs.retry(log_id).await?;
         Ok(Response::new(pb::RetryResponse { delivery_id }))
     }
 
-    async fn purge(&self, request: Request<pb::PurgeRequest>) -> Result<Response<pb::PurgeResponse>, Status> {
+    async fn purge(
+        &self,
+        request: Request<pb::PurgeRequest>,
+    ) -> Result<Response<pb::PurgeResponse>, Status> {
         let pb::PurgeRequest { older_than } = request.into_inner();
-        let older_than = older_than.ok_or_else(|| Status::invalid_argument("older_than: required"))?;
+        let older_than =
+            older_than.ok_or_else(|| Status::invalid_argument("older_than: required"))?;
         let cutoff = convert::from_timestamp(&older_than, "older_than")?;
         let deleted = self.logs.purge_older_than(cutoff).await?;
         Ok(Response::new(pb::PurgeResponse { deleted }))
@@ -130,8 +166,12 @@ fn log_filter(filter: Option<pb::LogFilter>) -> Result<LogFilter, Status> {
         data_contains: non_empty(data_contains),
         data_json_contains: non_empty(data_json_contains),
         error_contains: non_empty(error_contains),
-        from: from.map(|t| convert::from_timestamp(&t, "filter.from")).transpose()?,
-        to: to.map(|t| convert::from_timestamp(&t, "filter.to")).transpose()?,
+        from: from
+            .map(|t| convert::from_timestamp(&t, "filter.from"))
+            .transpose()?,
+        to: to
+            .map(|t| convert::from_timestamp(&t, "filter.to"))
+            .transpose()?,
         attempt: (attempt != 0).then_some(attempt),
         event_id: (event_id != 0).then_some(event_id),
     })
@@ -232,12 +272,20 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        assert!(status.message().starts_with("filter.status:"), "{}", status.message());
+        assert!(
+            status.message().starts_with("filter.status:"),
+            "{}",
+            status.message()
+        );
         let phase = filter(pb::LogFilter {
             phase: 9,
             ..Default::default()
         });
-        assert!(phase.message().starts_with("filter.phase:"), "{}", phase.message());
+        assert!(
+            phase.message().starts_with("filter.phase:"),
+            "{}",
+            phase.message()
+        );
         let time = filter(pb::LogFilter {
             from: Some(prost_types::Timestamp {
                 seconds: 0,
@@ -245,7 +293,11 @@ mod tests {
             }),
             ..Default::default()
         });
-        assert!(time.message().starts_with("filter.from:"), "{}", time.message());
+        assert!(
+            time.message().starts_with("filter.from:"),
+            "{}",
+            time.message()
+        );
     }
 
     #[test]

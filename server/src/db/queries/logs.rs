@@ -125,7 +125,11 @@ pub struct Position {
 
 type LogQuery = crate::db::schema::execution_logs::BoxedQuery<'static, diesel::pg::Pg>;
 type BoxedCondition = Box<
-    dyn BoxableExpression<crate::db::schema::execution_logs::table, diesel::pg::Pg, SqlType = diesel::sql_types::Bool>,
+    dyn BoxableExpression<
+        crate::db::schema::execution_logs::table,
+        diesel::pg::Pg,
+        SqlType = diesel::sql_types::Bool,
+    >,
 >;
 
 /// A `LIKE` pattern matching `text` anywhere, with `%`, `_` and `\` taken literally
@@ -166,7 +170,9 @@ fn filtered(filter: &LogFilter) -> LogQuery {
     }
     if let Some(text) = &filter.data_contains {
         // The exact expression of the trigram index `execution_logs_data_trgm_idx`.
-        query = query.filter(sql::<Bool>("(data_sent::text) ILIKE ").bind::<Text, _>(contains_pattern(text)));
+        query = query.filter(
+            sql::<Bool>("(data_sent::text) ILIKE ").bind::<Text, _>(contains_pattern(text)),
+        );
     }
     if let Some(object) = &filter.data_json_contains {
         query = query.filter(l::data_sent.contains(object.clone()));
@@ -213,7 +219,9 @@ fn search_query(filter: &LogFilter, before: Option<Position>, limit: i64) -> Log
             .filter(l::created_at.le(position.created_at))
             .filter(row_compare("<", position));
     }
-    query.order((l::created_at.desc(), l::id.desc())).limit(limit)
+    query
+        .order((l::created_at.desc(), l::id.desc()))
+        .limit(limit)
 }
 
 /// One page of Search, newest first.
@@ -223,17 +231,26 @@ pub fn search_page(
     before: Option<Position>,
     limit: i64,
 ) -> QueryResult<Vec<LogRow>> {
-    search_query(filter, before, limit).select(LogRow::as_select()).load(conn)
+    search_query(filter, before, limit)
+        .select(LogRow::as_select())
+        .load(conn)
 }
 
 /// Positions of the newest `limit` matching rows, newest first (Tail's backlog: keys
 /// first, rows streamed afterwards, so the backlog is never held in memory).
-pub fn newest_positions(conn: &mut PgConnection, filter: &LogFilter, limit: i64) -> QueryResult<Vec<Position>> {
+pub fn newest_positions(
+    conn: &mut PgConnection,
+    filter: &LogFilter,
+    limit: i64,
+) -> QueryResult<Vec<Position>> {
     use crate::db::schema::execution_logs::dsl as l;
     let keys: Vec<(DateTime<Utc>, i64)> = search_query(filter, None, limit)
         .select((l::created_at, l::id))
         .load(conn)?;
-    Ok(keys.into_iter().map(|(created_at, id)| Position { created_at, id }).collect())
+    Ok(keys
+        .into_iter()
+        .map(|(created_at, id)| Position { created_at, id })
+        .collect())
 }
 
 /// One page of matching rows in ascending `(created_at, id)` order, strictly after
@@ -262,18 +279,33 @@ pub fn ascending_page(
 /// The query of [`rows_after_id`].
 fn after_id_query(filter: &LogFilter, after_id: i64, limit: i64) -> LogQuery {
     use crate::db::schema::execution_logs::dsl as l;
-    filtered(filter).filter(l::id.gt(after_id)).order(l::id.asc()).limit(limit)
+    filtered(filter)
+        .filter(l::id.gt(after_id))
+        .order(l::id.asc())
+        .limit(limit)
 }
 
 /// Matching rows with an id above `after_id`, in id order (Tail's live phase: ids come
 /// from one sequence, so new rows have higher ids).
-pub fn rows_after_id(conn: &mut PgConnection, filter: &LogFilter, after_id: i64, limit: i64) -> QueryResult<Vec<LogRow>> {
-    after_id_query(filter, after_id, limit).select(LogRow::as_select()).load(conn)
+pub fn rows_after_id(
+    conn: &mut PgConnection,
+    filter: &LogFilter,
+    after_id: i64,
+    limit: i64,
+) -> QueryResult<Vec<LogRow>> {
+    after_id_query(filter, after_id, limit)
+        .select(LogRow::as_select())
+        .load(conn)
 }
 
 /// Ids of the matching rows in `(low, high]` (Tail's look-back for rows that committed
 /// after rows with higher ids).
-pub fn ids_between(conn: &mut PgConnection, filter: &LogFilter, low: i64, high: i64) -> QueryResult<Vec<i64>> {
+pub fn ids_between(
+    conn: &mut PgConnection,
+    filter: &LogFilter,
+    low: i64,
+    high: i64,
+) -> QueryResult<Vec<i64>> {
     use crate::db::schema::execution_logs::dsl as l;
     filtered(filter)
         .filter(l::id.gt(low))
@@ -296,24 +328,32 @@ pub fn rows_by_ids(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<LogR
 /// The highest log id visible now (0 for an empty log).
 pub fn max_id(conn: &mut PgConnection) -> QueryResult<i64> {
     use crate::db::schema::execution_logs::dsl as l;
-    let max: Option<i64> = l::execution_logs.select(diesel::dsl::max(l::id)).first(conn)?;
+    let max: Option<i64> = l::execution_logs
+        .select(diesel::dsl::max(l::id))
+        .first(conn)?;
     Ok(max.unwrap_or(0))
 }
 
 /// One row by id.
 pub fn find(conn: &mut PgConnection, id: i64) -> QueryResult<LogRow> {
     use crate::db::schema::execution_logs::dsl as l;
-    l::execution_logs.filter(l::id.eq(id)).select(LogRow::as_select()).first(conn)
+    l::execution_logs
+        .filter(l::id.eq(id))
+        .select(LogRow::as_select())
+        .first(conn)
 }
 
 /// `EXPLAIN (FORMAT JSON)` of a query, keeping its bound parameters, so the plan shown
 /// is the plan of the statement the service really runs.
 struct Explain<Q>(Q);
 
-impl<Q: diesel::query_builder::QueryFragment<diesel::pg::Pg>> diesel::query_builder::QueryFragment<diesel::pg::Pg>
-    for Explain<Q>
+impl<Q: diesel::query_builder::QueryFragment<diesel::pg::Pg>>
+    diesel::query_builder::QueryFragment<diesel::pg::Pg> for Explain<Q>
 {
-    fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
         out.push_sql("EXPLAIN (FORMAT JSON) ");
         self.0.walk_ast(out.reborrow())
     }
@@ -342,7 +382,12 @@ pub fn explain_search(
 }
 
 /// The plan of one Tail query ([`rows_after_id`]).
-pub fn explain_tail(conn: &mut PgConnection, filter: &LogFilter, after_id: i64, limit: i64) -> QueryResult<serde_json::Value> {
+pub fn explain_tail(
+    conn: &mut PgConnection,
+    filter: &LogFilter,
+    after_id: i64,
+    limit: i64,
+) -> QueryResult<serde_json::Value> {
     Explain(after_id_query(filter, after_id, limit).select(LogRow::as_select())).get_result(conn)
 }
 
@@ -421,7 +466,10 @@ pub fn event_exists(conn: &mut PgConnection, event_id: i64) -> QueryResult<bool>
 }
 
 /// A handler's priority and status, if it still exists.
-pub fn handler_priority_and_status(conn: &mut PgConnection, handler_id: i64) -> QueryResult<Option<(i32, String)>> {
+pub fn handler_priority_and_status(
+    conn: &mut PgConnection,
+    handler_id: i64,
+) -> QueryResult<Option<(i32, String)>> {
     use crate::db::schema::handlers::dsl as h;
     h::handlers
         .find(handler_id)
@@ -488,7 +536,11 @@ fn quote_ident(name: &str) -> String {
 /// wait for the locks (dropping a partition briefly locks the parent table), so a long
 /// query elsewhere makes this fail instead of queueing every writer behind it.
 /// Returns `None` if another replica dropped it meanwhile.
-pub fn drop_partition(conn: &mut PgConnection, name: &str, lock_timeout_ms: u32) -> QueryResult<Option<i64>> {
+pub fn drop_partition(
+    conn: &mut PgConnection,
+    name: &str,
+    lock_timeout_ms: u32,
+) -> QueryResult<Option<i64>> {
     diesel::sql_query(format!("SET LOCAL lock_timeout = {lock_timeout_ms}")).execute(conn)?;
     diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
         .bind::<BigInt, _>(PURGE_LOCK)
@@ -506,14 +558,19 @@ pub fn drop_partition(conn: &mut PgConnection, name: &str, lock_timeout_ms: u32)
     }
     let table = quote_ident(name);
     diesel::sql_query(format!("LOCK TABLE {table} IN SHARE MODE")).execute(conn)?;
-    let count: Count = diesel::sql_query(format!("SELECT count(*) AS count FROM {table}")).get_result(conn)?;
+    let count: Count =
+        diesel::sql_query(format!("SELECT count(*) AS count FROM {table}")).get_result(conn)?;
     diesel::sql_query(format!("DROP TABLE {table}")).execute(conn)?;
     Ok(Some(count.count))
 }
 
 /// Deletes up to `batch` rows that started before `cutoff` (from whichever partitions
 /// hold them: the one straddling the cutoff and the default one); returns how many.
-pub fn delete_older_batch(conn: &mut PgConnection, cutoff: DateTime<Utc>, batch: i64) -> QueryResult<usize> {
+pub fn delete_older_batch(
+    conn: &mut PgConnection,
+    cutoff: DateTime<Utc>,
+    batch: i64,
+) -> QueryResult<usize> {
     diesel::sql_query(
         r#"
 DELETE FROM execution_logs
@@ -529,7 +586,11 @@ WHERE (id, created_at) IN (
 
 /// Deletes up to `batch` events created before `cutoff` that have no delivery left;
 /// returns how many.
-pub fn delete_old_events_batch(conn: &mut PgConnection, cutoff: DateTime<Utc>, batch: i64) -> QueryResult<usize> {
+pub fn delete_old_events_batch(
+    conn: &mut PgConnection,
+    cutoff: DateTime<Utc>,
+    batch: i64,
+) -> QueryResult<usize> {
     diesel::sql_query(
         r#"
 DELETE FROM events

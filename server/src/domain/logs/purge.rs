@@ -27,18 +27,25 @@ const DELETE_BATCH: i64 = 10_000;
 pub(super) fn older_than(conn: &mut PgConnection, cutoff: DateTime<Utc>) -> Result<u64, DbError> {
     let mut deleted: u64 = 0;
     for partition in logs::partitions(conn)? {
-        let Some(upper) = partition.upper else { continue };
+        let Some(upper) = partition.upper else {
+            continue;
+        };
         if upper > cutoff {
             continue;
         }
-        match conn.transaction(|conn| logs::drop_partition(conn, &partition.name, LOCK_TIMEOUT_MS)) {
+        let name = partition.name.as_str();
+        match conn.transaction(|conn| logs::drop_partition(conn, name, LOCK_TIMEOUT_MS)) {
             Ok(Some(rows)) => {
-                tracing::info!(partition = %partition.name, rows, "dropped an old execution-log partition");
+                tracing::info!(
+                    partition = name,
+                    rows,
+                    "dropped an old execution-log partition"
+                );
                 deleted += u64::try_from(rows).unwrap_or(0);
             }
             Ok(None) => {} // another replica dropped it
             Err(error) => {
-                tracing::warn!(partition = %partition.name, %error,
+                tracing::warn!(partition = name, %error,
                     "cannot drop the partition now; deleting its rows in batches instead");
             }
         }

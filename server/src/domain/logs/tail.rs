@@ -48,7 +48,10 @@ const MIN_GAP: Duration = Duration::from_millis(20);
 
 /// What a tail stream carries.
 #[derive(Debug)]
-#[expect(clippy::large_enum_variant, reason = "nearly every item is an entry: boxing would allocate per row")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every item is an entry: boxing would allocate per row"
+)]
 pub enum TailItem {
     /// A matching run.
     Entry(LogEntry),
@@ -120,12 +123,17 @@ pub(super) async fn open(
                 Start::Now => Resolved::Live(logs::max_id(conn)?),
                 Start::After(position) => Resolved::CatchUp(position.id),
                 // One snapshot: the backlog is exactly what was visible below `high`.
-                Start::Backlog(n) => conn.build_transaction().read_only().repeatable_read().run(|conn| {
-                    Ok::<_, DbError>(Resolved::Backlog {
-                        high: logs::max_id(conn)?,
-                        keys: logs::newest_positions(conn, &query_filter, n)?,
-                    })
-                })?,
+                Start::Backlog(n) => {
+                    conn.build_transaction()
+                        .read_only()
+                        .repeatable_read()
+                        .run(|conn| {
+                            Ok::<_, DbError>(Resolved::Backlog {
+                                high: logs::max_id(conn)?,
+                                keys: logs::newest_positions(conn, &query_filter, n)?,
+                            })
+                        })?
+                }
             })
         })
         .await?;
@@ -194,7 +202,9 @@ impl Tail {
         loop {
             let from = after;
             let rows = self
-                .query(move |conn, filter| logs::ascending_page(conn, filter, from, newest, high, PAGE))
+                .query(move |conn, filter| {
+                    logs::ascending_page(conn, filter, from, newest, high, PAGE)
+                })
                 .await?;
             let fetched = rows.len() as i64;
             for row in rows {
@@ -219,7 +229,8 @@ impl Tail {
             let fetched = rows.len() as i64;
             for row in rows {
                 high = high.max(row.id);
-                self.deliver(LogEntry::from_row(row).map_err(Stop::Failed)?).await?;
+                self.deliver(LogEntry::from_row(row).map_err(Stop::Failed)?)
+                    .await?;
             }
             if fetched < PAGE {
                 return Ok(high);
@@ -303,7 +314,12 @@ impl Tail {
 
     /// Sends the matching rows in `(low, high]` not sent yet: rows that became visible
     /// after rows with higher ids.
-    async fn recheck(&mut self, low: i64, high: i64, recent: &mut BTreeSet<i64>) -> Result<(), Stop> {
+    async fn recheck(
+        &mut self,
+        low: i64,
+        high: i64,
+        recent: &mut BTreeSet<i64>,
+    ) -> Result<(), Stop> {
         let ids = self
             .query(move |conn, filter| logs::ids_between(conn, filter, low, high))
             .await?;
@@ -311,8 +327,13 @@ impl Tail {
         if missing.is_empty() {
             return Ok(());
         }
-        tracing::debug!(rows = missing.len(), "tail found rows committed out of id order");
-        let rows = self.query(move |conn, _| logs::rows_by_ids(conn, &missing)).await?;
+        tracing::debug!(
+            rows = missing.len(),
+            "tail found rows committed out of id order"
+        );
+        let rows = self
+            .query(move |conn, _| logs::rows_by_ids(conn, &missing))
+            .await?;
         for row in rows {
             if recent.insert(row.id) {
                 self.offer(LogEntry::from_row(row).map_err(Stop::Failed)?)?;
@@ -337,7 +358,11 @@ impl Tail {
     /// to resume.
     fn offer(&mut self, entry: LogEntry) -> Result<(), Stop> {
         if self.sender.capacity() <= 1 {
-            return Err(if self.sender.is_closed() { Stop::Gone } else { Stop::Lagged });
+            return Err(if self.sender.is_closed() {
+                Stop::Gone
+            } else {
+                Stop::Lagged
+            });
         }
         let position = entry.position();
         match self.sender.try_send(TailItem::Entry(entry)) {
@@ -370,7 +395,9 @@ impl Tail {
         T: Send + 'static,
     {
         let filter = self.filter.clone();
-        let result = self.db.run(move |conn| work(conn, &filter).map_err(DbError::from));
+        let result = self
+            .db
+            .run(move |conn| work(conn, &filter).map_err(DbError::from));
         tokio::select! {
             result = result => result.map_err(|error| Stop::Failed(error.into())),
             _ = self.shutdown.cancelled() => Err(Stop::ShuttingDown),
