@@ -4,182 +4,33 @@
 //! Nothing is cached: dispatch reads the handlers table on every event, so a change
 //! made here takes effect for the next event on every replica.
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 
 use base64::Engine;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use diesel::{Connection, OptionalExtension};
 use rand::RngCore;
 
-use super::{parse_stored, DomainError, FailurePolicy, HandlerKind, HandlerStatus, Phase};
-use crate::db::models::{EventTypeRow, HandlerChangeset, HandlerRow, NewHandlerRow};
+mod types;
+mod validation;
+
+pub(crate) use types::handler_from_row;
+pub use types::{EventType, Handler, HandlerPatch, HandlerQuery, HandlerSpec, Target, TargetSpec};
+
+use validation::validate_spec;
+pub use validation::{
+    resolve_script, validate_event_type_name, validate_url, DEFAULT_TIMEOUT_MS, MAX_NAME_CHARS,
+    MAX_PRIORITY, MAX_TIMEOUT_MS,
+};
+
+use super::{DomainError, HandlerKind, HandlerStatus, Phase};
+use crate::db::models::{EventTypeRow, HandlerChangeset, NewHandlerRow};
 use crate::db::queries::{deliveries, event_types, handlers};
 use crate::db::Db;
 
-/// Longest handler name, in characters.
-pub const MAX_NAME_CHARS: usize = 200;
-/// Largest priority (lower runs first).
-pub const MAX_PRIORITY: i32 = 1_000_000;
-/// Longest handler timeout.
-pub const MAX_TIMEOUT_MS: u32 = 300_000;
-/// Timeout used when none is given.
-pub const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 /// Default and largest page of List.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 const MAX_PAGE_SIZE: u32 = 1000;
-
-/// A registered handler.
-#[derive(Debug, Clone)]
-pub struct Handler {
-    /// Id.
-    pub id: i64,
-    /// Title.
-    pub name: String,
-    /// Event name.
-    pub event: String,
-    /// Phase.
-    pub phase: Phase,
-    /// Status.
-    pub status: HandlerStatus,
-    /// Run order, lower first.
-    pub priority: i32,
-    /// Time limit of one run.
-    pub timeout_ms: u32,
-    /// What runs.
-    pub target: Target,
-    /// BEFORE failure policy.
-    pub failure_policy: FailurePolicy,
-    /// Payload filter (JSON containment), if any.
-    pub filter: Option<serde_json::Value>,
-    /// Why the service disabled it, if it did.
-    pub disabled_reason: Option<String>,
-    /// Creation time.
-    pub created_at: DateTime<Utc>,
-    /// Last change.
-    pub updated_at: DateTime<Utc>,
-}
-
-/// What a handler runs.
-#[derive(Debug, Clone)]
-pub enum Target {
-    /// POST to `url`.
-    Http {
-        /// http(s) URL.
-        url: String,
-        /// Extra request headers.
-        headers: BTreeMap<String, String>,
-        /// `whsec_` signing secret.
-        secret: String,
-    },
-    /// A program in the scripts directory, by relative path.
-    Script {
-        /// Path relative to the scripts directory.
-        path: String,
-    },
-}
-
-impl Target {
-    /// The kind of this target.
-    pub fn kind(&self) -> HandlerKind {
-        match self {
-            Target::Http { .. } => HandlerKind::Http,
-            Target::Script { .. } => HandlerKind::Script,
-        }
-    }
-}
-
-/// A target as given by a caller (no secret: the server makes it).
-#[derive(Debug, Clone)]
-pub enum TargetSpec {
-    /// POST to `url` with `headers`.
-    Http {
-        /// URL.
-        url: String,
-        /// Extra headers.
-        headers: BTreeMap<String, String>,
-    },
-    /// A script by relative path.
-    Script {
-        /// Relative path.
-        path: String,
-    },
-}
-
-/// A complete handler definition as given on Create.
-#[derive(Debug, Clone)]
-pub struct HandlerSpec {
-    /// Title.
-    pub name: String,
-    /// Event name.
-    pub event: String,
-    /// Phase.
-    pub phase: Phase,
-    /// Initial status.
-    pub status: HandlerStatus,
-    /// Run order.
-    pub priority: i32,
-    /// Timeout; 0 = default.
-    pub timeout_ms: u32,
-    /// What runs.
-    pub target: TargetSpec,
-    /// BEFORE failure policy.
-    pub failure_policy: FailurePolicy,
-    /// Payload filter.
-    pub filter: Option<serde_json::Value>,
-}
-
-/// The fields an Update changes; `None` leaves a field as it is.
-#[derive(Debug, Clone, Default)]
-pub struct HandlerPatch {
-    /// New title.
-    pub name: Option<String>,
-    /// New event.
-    pub event: Option<String>,
-    /// New phase.
-    pub phase: Option<Phase>,
-    /// New status.
-    pub status: Option<HandlerStatus>,
-    /// New priority.
-    pub priority: Option<i32>,
-    /// New timeout.
-    pub timeout_ms: Option<u32>,
-    /// New target (the secret is kept when both are HTTP).
-    pub target: Option<TargetSpec>,
-    /// New failure policy.
-    pub failure_policy: Option<FailurePolicy>,
-    /// New filter (`Some(None)` removes it).
-    pub filter: Option<Option<serde_json::Value>>,
-}
-
-/// List filters.
-#[derive(Debug, Clone, Default)]
-pub struct HandlerQuery {
-    /// Event name.
-    pub event: Option<String>,
-    /// Phase.
-    pub phase: Option<Phase>,
-    /// Kind.
-    pub kind: Option<HandlerKind>,
-    /// Status; `None` = enabled and disabled.
-    pub status: Option<HandlerStatus>,
-    /// Page size; 0 = default.
-    pub page_size: u32,
-    /// Token of the page to read.
-    pub page_token: String,
-}
-
-/// An event of the catalogue.
-#[derive(Debug, Clone)]
-pub struct EventType {
-    /// `group.action`.
-    pub name: String,
-    /// Meaning.
-    pub description: String,
-    /// Seeded with the service.
-    pub builtin: bool,
-}
 
 /// Handler management over the database.
 #[derive(Clone)]
@@ -501,25 +352,6 @@ fn event_type_from_row(row: EventTypeRow) -> EventType {
     }
 }
 
-/// `group.action`: lowercase letters, digits, `_`; one dot; at most 100 characters.
-pub fn validate_event_type_name(name: &str) -> Result<(), DomainError> {
-    let valid_part = |p: &str| {
-        !p.is_empty()
-            && p.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    };
-    let ok = name.len() <= 100
-        && matches!(name.split_once('.'), Some((g, a)) if valid_part(g) && valid_part(a));
-    if ok {
-        Ok(())
-    } else {
-        Err(DomainError::invalid(
-            "name",
-            format!("{name:?} is not a valid event name: expected group.action (lowercase letters, digits, _), at most 100 characters"),
-        ))
-    }
-}
-
 fn target_columns(
     target: &TargetSpec,
 ) -> (
@@ -614,162 +446,6 @@ fn apply_patch(spec: &mut HandlerSpec, patch: HandlerPatch) {
     }
 }
 
-/// Checks every field of a definition, normalising the name (trimmed) and the default
-/// timeout. Messages start with the offending field's name.
-fn validate_spec(spec: &mut HandlerSpec, scripts_dir: &Path) -> Result<(), DomainError> {
-    spec.name = spec.name.trim().to_owned();
-    if spec.name.is_empty() {
-        return Err(DomainError::invalid("name", "must not be empty"));
-    }
-    if spec.name.chars().count() > MAX_NAME_CHARS {
-        return Err(DomainError::invalid(
-            "name",
-            format!("must be at most {MAX_NAME_CHARS} characters"),
-        ));
-    }
-    if spec.event.is_empty() {
-        return Err(DomainError::invalid("event", "must not be empty"));
-    }
-    if !(0..=MAX_PRIORITY).contains(&spec.priority) {
-        return Err(DomainError::invalid(
-            "priority",
-            format!(
-                "must be between 0 and {MAX_PRIORITY}, got {}",
-                spec.priority
-            ),
-        ));
-    }
-    if spec.timeout_ms == 0 {
-        spec.timeout_ms = DEFAULT_TIMEOUT_MS;
-    }
-    if spec.timeout_ms > MAX_TIMEOUT_MS {
-        return Err(DomainError::invalid(
-            "timeout_ms",
-            format!(
-                "must be between 1 and {MAX_TIMEOUT_MS}, got {}",
-                spec.timeout_ms
-            ),
-        ));
-    }
-    match &spec.target {
-        TargetSpec::Http { url, headers } => {
-            validate_url(url)?;
-            validate_headers(headers)?;
-        }
-        TargetSpec::Script { path } => {
-            resolve_script(scripts_dir, path)
-                .map_err(|e| DomainError::invalid("script.path", e))?;
-        }
-    }
-    if let Some(filter) = &spec.filter {
-        if !filter.is_object() {
-            return Err(DomainError::invalid("filter_json", "must be a JSON object"));
-        }
-    }
-    Ok(())
-}
-
-/// Accepts absolute http and https URLs with a host.
-pub fn validate_url(url: &str) -> Result<(), DomainError> {
-    let uri: http::Uri = url.parse().map_err(|e| {
-        DomainError::invalid("http.url", format!("{url:?} is not a valid URL: {e}"))
-    })?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        Some(other) => {
-            return Err(DomainError::invalid(
-                "http.url",
-                format!("scheme {other:?} is not allowed: use http or https"),
-            ))
-        }
-        None => {
-            return Err(DomainError::invalid(
-                "http.url",
-                format!("{url:?} is not an absolute http(s) URL"),
-            ))
-        }
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(DomainError::invalid(
-            "http.url",
-            format!("{url:?} has no host"),
-        ));
-    }
-    Ok(())
-}
-
-fn validate_headers(headers: &BTreeMap<String, String>) -> Result<(), DomainError> {
-    for (name, value) in headers {
-        let lower = name.to_ascii_lowercase();
-        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return Err(DomainError::invalid(
-                "http.headers",
-                format!("{name:?} is not a valid header name"),
-            ));
-        }
-        if lower.starts_with("webhook-")
-            || lower.starts_with("x-provisioning-")
-            || lower == "content-type"
-            || lower == "host"
-            || lower == "content-length"
-        {
-            return Err(DomainError::invalid(
-                "http.headers",
-                format!("{name:?} is set by the service and cannot be overridden"),
-            ));
-        }
-        if http::HeaderValue::from_str(value).is_err() {
-            return Err(DomainError::invalid(
-                "http.headers",
-                format!("value of {name:?} is not a valid header value"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Resolves a script path relative to `scripts_dir` and checks that it names an
-/// executable regular file inside it. Symlinks are followed and must stay inside.
-/// Called on Create/Update and again before every run (the file may have changed).
-pub fn resolve_script(scripts_dir: &Path, path: &str) -> Result<PathBuf, String> {
-    if path.is_empty() {
-        return Err("must not be empty".into());
-    }
-    let relative = Path::new(path);
-    if relative.is_absolute() {
-        return Err(format!(
-            "{path:?} is absolute: give a path relative to the scripts directory"
-        ));
-    }
-    if relative
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_)))
-    {
-        return Err(format!("{path:?} must not contain '..' or '.' components"));
-    }
-    let root = scripts_dir.canonicalize().map_err(|e| {
-        format!(
-            "scripts directory {} is not usable: {e}",
-            scripts_dir.display()
-        )
-    })?;
-    let full = root
-        .join(relative)
-        .canonicalize()
-        .map_err(|e| format!("{path:?} not found in the scripts directory: {e}"))?;
-    if !full.starts_with(&root) {
-        return Err(format!("{path:?} leads outside the scripts directory"));
-    }
-    let meta = std::fs::metadata(&full).map_err(|e| format!("{path:?}: {e}"))?;
-    if !meta.is_file() {
-        return Err(format!("{path:?} is not a regular file"));
-    }
-    if meta.permissions().mode() & 0o111 == 0 {
-        return Err(format!("{path:?} is not executable"));
-    }
-    Ok(full)
-}
-
 /// A new Standard Webhooks secret: `whsec_` and 32 random bytes in base64.
 fn new_secret() -> String {
     let mut bytes = [0u8; 32];
@@ -780,100 +456,9 @@ fn new_secret() -> String {
     )
 }
 
-/// Converts a stored row; fails only on a corrupt row.
-pub(crate) fn handler_from_row(row: HandlerRow) -> Result<Handler, DomainError> {
-    let target = match (row.kind.as_str(), row.url, row.script_path) {
-        ("http", Some(url), _) => Target::Http {
-            url,
-            headers: serde_json::from_value(row.headers).unwrap_or_default(),
-            secret: row.secret.unwrap_or_default(),
-        },
-        ("script", _, Some(path)) => Target::Script { path },
-        (kind, _, _) => {
-            return Err(DomainError::Internal(
-                format!("handler {} has an inconsistent target ({kind})", row.id).into(),
-            ))
-        }
-    };
-    Ok(Handler {
-        id: row.id,
-        name: row.name,
-        event: row.event,
-        phase: parse_stored(Phase::parse, &row.phase, "handlers.phase")?,
-        status: parse_stored(HandlerStatus::parse, &row.status, "handlers.status")?,
-        priority: row.priority,
-        timeout_ms: u32::try_from(row.timeout_ms).unwrap_or(DEFAULT_TIMEOUT_MS),
-        target,
-        failure_policy: parse_stored(
-            FailurePolicy::parse,
-            &row.failure_policy,
-            "handlers.failure_policy",
-        )?,
-        filter: row.filter,
-        disabled_reason: row.disabled_reason,
-        created_at: row.created_at,
-        updated_at: row.updated_at,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_need_http_or_https_and_a_host() {
-        assert!(validate_url("http://127.0.0.1:5000/api").is_ok());
-        assert!(validate_url("https://crm.example/hook").is_ok());
-        for bad in [
-            "ftp://x/y",
-            "crm.net/client-add",
-            "http://",
-            "not a url",
-            "/relative",
-        ] {
-            let err = validate_url(bad).unwrap_err().to_string();
-            assert!(err.starts_with("http.url:"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn event_type_names_are_group_dot_action() {
-        assert!(validate_event_type_name("clients.create").is_ok());
-        assert!(validate_event_type_name("email_rates_manager.import").is_ok());
-        for bad in ["clients", "Clients.create", "a.b.c", ".x", "x.", "a-b.c"] {
-            assert!(validate_event_type_name(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn script_paths_stay_inside_the_directory() {
-        let dir = std::env::temp_dir().join(format!("scripts-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = dir.join("ok.sh");
-        std::fs::write(&script, "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let plain = dir.join("plain.txt");
-        std::fs::write(&plain, "x").unwrap();
-        let link = dir.join("escape");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink("/bin/sh", &link).unwrap();
-
-        assert!(resolve_script(&dir, "ok.sh").is_ok());
-        assert!(resolve_script(&dir, "/bin/sh")
-            .unwrap_err()
-            .contains("absolute"));
-        assert!(resolve_script(&dir, "../x").unwrap_err().contains(".."));
-        assert!(resolve_script(&dir, "plain.txt")
-            .unwrap_err()
-            .contains("not executable"));
-        assert!(resolve_script(&dir, "escape")
-            .unwrap_err()
-            .contains("outside"));
-        assert!(resolve_script(&dir, "missing.sh")
-            .unwrap_err()
-            .contains("not found"));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[test]
     fn page_tokens_round_trip_and_reject_garbage() {
