@@ -521,6 +521,39 @@ async fn update_switches_an_http_handler_to_a_script() {
     assert_eq!(listed_ids(&server, scripts).await, ids(&[created.id]));
 }
 
+/// A script turned HTTP gets its first secret from Update, the only time the caller
+/// can see it in full; afterwards it is masked like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_switching_a_script_handler_to_http_returns_the_new_secret_in_full_once() {
+    let db = TestDatabase::new().await;
+    let server = spawn_server(&db).await;
+    let created = create(
+        &server,
+        script_handler("sync", "clients.create", Phase::After, "echo.sh"),
+    )
+    .await;
+    let mut edit = created.clone();
+    edit.target = Some(proto::handler::Target::Http(proto::HttpTarget {
+        url: HOOK.into(),
+        ..Default::default()
+    }));
+
+    let updated = server
+        .client
+        .update_handler(update_request(edit, &["http"]))
+        .await
+        .expect("switch to HTTP");
+
+    assert_eq!(updated.kind(), HandlerKind::Http);
+    assert_eq!(http_target(&updated).url, HOOK);
+    let secret = http_target(&updated).secret.clone();
+    assert!(!secret.contains('…'), "masked: {secret:?}");
+    assert_full_secret(&secret);
+    assert_eq!(stored_secret(&db, created.id), Some(secret.clone()));
+    let got = get(&server, created.id).await.expect("get");
+    assert_eq!(http_target(&got).secret, masked(&secret));
+}
+
 /// An Update without a field mask would be ambiguous: it is refused, nothing changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_without_a_mask_is_invalid_argument() {

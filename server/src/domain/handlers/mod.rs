@@ -188,7 +188,12 @@ impl HandlerRegistry {
                         },
                         updated_at: Utc::now(),
                     };
-                    Ok((handlers::update(conn, id, &changes)?, secret_created))
+                    let mut row = handlers::update(conn, id, &changes)?;
+                    if reenabled {
+                        // A fresh start: the failing clock restarts, like SetStatus does.
+                        row = handlers::set_status(conn, id, HandlerStatus::Enabled.as_str(), None)?;
+                    }
+                    Ok((row, secret_created))
                 })
             })
             .await
