@@ -32,7 +32,6 @@ use provisioning_api::v1::event_service_server::EventServiceServer;
 use provisioning_api::v1::execution_log_service_server::ExecutionLogServiceServer;
 use provisioning_api::v1::handler_service_server::HandlerServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
 use crate::db::embedded::{EmbeddedError, EmbeddedPostgres};
@@ -111,6 +110,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     tracing::info!(listen = ?local_addr, database = if embedded.is_some() { "embedded" } else { "external" }, "provisiond serving");
 
     let token = shutdown.token.clone();
+    // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
         .add_service(health_service)
@@ -122,7 +123,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
                 .max_decoding_message_size(64 * 1024 * 1024),
         )
         .add_service(ExecutionLogServiceServer::new(grpc::log_service::LogApi::new(logs)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), token.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
         .await;
 
     // Stop background work even when the transport failed, then wait for it.

@@ -1,0 +1,163 @@
+//! Delivery, end to end: emit → stored → claimed → POSTed to the sink.
+//!
+//! (a) Saturation: `--events` AFTER events emitted as fast as EmitBatch takes them; the
+//! rate is events / (last arrival − first emit), compared with the HTTP baseline.
+//! (b) Latency at a fixed offered rate: unary Emits paced by a tokio interval
+//! (`--rate`/s for `--latency-secs`); each latency is the sink's first arrival of the
+//! event id minus the `Instant` taken just before its Emit, so it includes the
+//! durable commit, the claim and the POST.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use provisioning_client::proto;
+use tokio::time::MissedTickBehavior;
+
+use super::{clients, emit_batches, emit_request, http_handler, Ctx};
+use crate::report::{per_second, percentile_ms, Metric};
+
+const NAME: &str = "deliver";
+
+/// Runs both parts.
+pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Metric>> {
+    let clients = clients(ctx.server).await?;
+    http_handler(
+        &clients[0],
+        "bench after",
+        proto::Phase::After,
+        0,
+        &ctx.sink.url(),
+    )
+    .await?;
+    let mut metrics = saturation(ctx, &clients).await?;
+    metrics.extend(latency(ctx, &clients).await?);
+    Ok(metrics)
+}
+
+async fn saturation(
+    ctx: &Ctx<'_>,
+    clients: &[provisioning_client::Client],
+) -> anyhow::Result<Vec<Metric>> {
+    let s = ctx.settings;
+    ctx.sink.reset();
+    let posts_before = ctx.sink.requests();
+    let start = Instant::now();
+    let ids = emit_batches(clients, s.events, s.batch_size, s.batch_callers).await?;
+    let emitted = start.elapsed();
+    // Generous: a slow machine must still finish, a stuck server must not hang CI.
+    let timeout = Duration::from_secs(60).max(Duration::from_millis(s.events * 2));
+    let missing = ctx.sink.wait_for(&ids, timeout).await;
+    anyhow::ensure!(
+        missing == 0,
+        "{missing} of {} events not delivered within {timeout:?}",
+        ids.len()
+    );
+    let last = ctx
+        .sink
+        .arrivals_of(&ids)
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(start);
+    let elapsed = last.saturating_duration_since(start);
+    let posts = ctx.sink.requests() - posts_before;
+    Ok(vec![Metric::new(
+        NAME,
+        "saturation: delivered",
+        per_second(ids.len() as u64, elapsed),
+        "events/s",
+    )
+    .baseline(
+        ctx.baselines.http,
+        "HTTP limit: plain hyper client → sink, requests/s",
+    )
+    .note(format!(
+        "{} events via EmitBatch (emitted in {:.2} s), first emit → last arrival {:.2} s, \
+                 {posts} POSTs received",
+        ids.len(),
+        emitted.as_secs_f64(),
+        elapsed.as_secs_f64()
+    ))])
+}
+
+async fn latency(
+    ctx: &Ctx<'_>,
+    clients: &[provisioning_client::Client],
+) -> anyhow::Result<Vec<Metric>> {
+    let s = ctx.settings;
+    ctx.sink.reset();
+    let period = Duration::from_secs_f64(1.0 / f64::from(s.rate));
+    let count = (u64::from(s.rate) * s.latency_run.as_secs()).max(1);
+    let sent: Arc<Mutex<Vec<(i64, Instant)>>> =
+        Arc::new(Mutex::new(Vec::with_capacity(count as usize)));
+    let mut ticker = tokio::time::interval(period);
+    // Burst: ticks missed by a late timer are caught up, so the offered total is exact.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let mut calls = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    for i in 0..count {
+        ticker.tick().await;
+        let client = clients[i as usize % clients.len()].clone();
+        let sent = sent.clone();
+        calls.spawn(async move {
+            let t0 = Instant::now();
+            let reply = client
+                .emit(emit_request(1_000_000_000 + i, proto::Phase::After))
+                .await?;
+            sent.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push((reply.event_id, t0));
+            anyhow::Ok(())
+        });
+    }
+    let offered = per_second(count, start.elapsed());
+    while let Some(done) = calls.join_next().await {
+        done??;
+    }
+    let sent = std::mem::take(&mut *sent.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    let ids: Vec<i64> = sent.iter().map(|(id, _)| *id).collect();
+    let missing = ctx.sink.wait_for(&ids, Duration::from_secs(60)).await;
+    anyhow::ensure!(
+        missing == 0,
+        "{missing} of {} events not delivered within 60 s",
+        ids.len()
+    );
+    let arrivals = ctx.sink.arrivals_of(&ids);
+    let mut latencies: Vec<Duration> = sent
+        .iter()
+        .zip(arrivals)
+        .filter_map(|((_, t0), arrived)| Some(arrived?.saturating_duration_since(*t0)))
+        .collect();
+    latencies.sort_unstable();
+    let note = format!(
+        "{count} unary Emits offered at {offered:.0}/s for {} s",
+        s.latency_run.as_secs()
+    );
+    Ok(vec![
+        Metric::new(
+            NAME,
+            format!("emit→arrival p50 @{}/s", s.rate),
+            percentile_ms(&latencies, 50.0),
+            "ms",
+        )
+        .note(note),
+        Metric::new(
+            NAME,
+            format!("emit→arrival p95 @{}/s", s.rate),
+            percentile_ms(&latencies, 95.0),
+            "ms",
+        ),
+        Metric::new(
+            NAME,
+            format!("emit→arrival p99 @{}/s", s.rate),
+            percentile_ms(&latencies, 99.0),
+            "ms",
+        ),
+        Metric::new(
+            NAME,
+            format!("emit→arrival max @{}/s", s.rate),
+            percentile_ms(&latencies, 100.0),
+            "ms",
+        ),
+    ])
+}

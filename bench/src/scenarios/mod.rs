@@ -1,0 +1,171 @@
+//! The scenarios and what they share: the context one scenario runs in (its own
+//! server on its own fresh database, the shared sink, the baselines), the event data,
+//! handler set-up through the client, and batched emission.
+//!
+//! A scenario returns its metrics or an error; it never prints. Server RSS is added by
+//! the caller after the scenario, from the same server.
+
+pub mod before;
+pub mod deliver;
+pub mod ingest;
+pub mod search;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use provisioning_client::{proto, Client};
+
+use crate::args::{Scenario, Settings};
+use crate::database::FreshDb;
+use crate::report::Metric;
+use crate::server::Server;
+use crate::sink::Sink;
+
+/// Event every benchmark handler listens to.
+pub const EVENT: &str = "accounts.create";
+/// gRPC connections each scenario spreads its calls over.
+const CHANNELS: usize = 4;
+
+/// The limits measured before the scenarios.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Baselines {
+    /// Events (+ one delivery each) per second PostgreSQL takes through a pool.
+    pub storage: Option<f64>,
+    /// Requests per second a plain hyper client gets from the sink.
+    pub http: Option<f64>,
+}
+
+/// What a scenario runs against.
+pub struct Ctx<'a> {
+    /// Sizes.
+    pub settings: &'a Settings,
+    /// The sink handlers post to; reset before the scenario starts.
+    pub sink: &'a Sink,
+    /// The server of this scenario.
+    pub server: &'a Server,
+    /// Its database (for the search scenario's direct fill).
+    pub db: &'a FreshDb,
+    /// Limits to compare with.
+    pub baselines: Baselines,
+}
+
+/// Runs one scenario.
+pub async fn run(scenario: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Vec<Metric>> {
+    match scenario {
+        Scenario::IngestUnary => ingest::unary(ctx).await,
+        Scenario::IngestBatch => ingest::batch(ctx).await,
+        Scenario::IngestStream => ingest::stream(ctx).await,
+        Scenario::Deliver => deliver::run(ctx).await,
+        Scenario::Before => before::run(ctx).await,
+        Scenario::Search => search::run(ctx).await,
+    }
+}
+
+/// Data of the `i`-th event: a small account object, like the seeds' examples.
+pub fn event_data(i: u64) -> String {
+    format!(
+        r#"{{"id": {i}, "id_clients": {}, "accname": "acc-{i}", "name": "Account {i}"}}"#,
+        i % 97
+    )
+}
+
+/// The `i`-th event in `phase`.
+pub fn emit_request(i: u64, phase: proto::Phase) -> proto::EmitRequest {
+    proto::EmitRequest {
+        event: EVENT.into(),
+        phase: phase.into(),
+        data_json: event_data(i),
+        idempotency_key: String::new(),
+    }
+}
+
+/// [`CHANNELS`] clients, each on its own connection.
+pub async fn clients(server: &Server) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::with_capacity(CHANNELS);
+    for _ in 0..CHANNELS {
+        clients.push(server.client().await?);
+    }
+    Ok(clients)
+}
+
+/// Registers an enabled HTTP handler of [`EVENT`] posting to `url`; returns its id.
+pub async fn http_handler(
+    client: &Client,
+    name: &str,
+    phase: proto::Phase,
+    priority: i32,
+    url: &str,
+) -> anyhow::Result<i64> {
+    let handler = client
+        .create_handler(proto::CreateHandlerRequest {
+            name: name.into(),
+            event: EVENT.into(),
+            phase: phase.into(),
+            priority,
+            target: Some(proto::create_handler_request::Target::Http(
+                proto::HttpTarget {
+                    url: url.into(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        })
+        .await?;
+    Ok(handler.id)
+}
+
+/// Emits events `0..total` (AFTER) through EmitBatch calls of `batch_size` events from
+/// `callers` concurrent tasks; returns the event ids (in no particular order).
+pub async fn emit_batches(
+    clients: &[Client],
+    total: u64,
+    batch_size: usize,
+    callers: usize,
+) -> anyhow::Result<Vec<i64>> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for caller in 0..callers {
+        let client = clients[caller % clients.len()].clone();
+        let next = next.clone();
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            loop {
+                let first = next.fetch_add(batch_size as u64, Ordering::Relaxed);
+                if first >= total {
+                    return anyhow::Ok(ids);
+                }
+                let last = (first + batch_size as u64).min(total);
+                let events = (first..last)
+                    .map(|i| emit_request(i, proto::Phase::After))
+                    .collect();
+                let reply = client
+                    .emit_batch(proto::EmitBatchRequest { events })
+                    .await?;
+                anyhow::ensure!(
+                    reply.acks.len() as u64 == last - first,
+                    "EmitBatch acknowledged {} of {} events",
+                    reply.acks.len(),
+                    last - first
+                );
+                ids.extend(reply.acks.iter().map(|a| a.event_id));
+            }
+        });
+    }
+    let mut ids = Vec::with_capacity(total as usize);
+    while let Some(done) = tasks.join_next().await {
+        ids.extend(done??);
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_data_is_a_json_object() {
+        let value: serde_json::Value = serde_json::from_str(&event_data(1234)).unwrap();
+        assert_eq!(value["id_clients"], 1234 % 97);
+        assert_eq!(value["accname"], "acc-1234");
+    }
+}
