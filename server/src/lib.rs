@@ -75,7 +75,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
 
     let config = Arc::new(config);
     let signals = listener::spawn(db.clone(), &shutdown);
-    let recorder = dispatch::recorder::spawn(db.clone(), config.clone(), &shutdown);
+    let recorder = dispatch::recorder::spawn(db.clone(), config.clone(), signals.clone(), &shutdown);
     // The runner holds the only recorder handle: the recorder drains and stops once the
     // worker and the gRPC services (the runner's owners) are gone.
     let runner = dispatch::Runner::new(&config, scripts_dir.clone(), recorder);

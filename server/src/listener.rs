@@ -6,7 +6,13 @@
 //! Diesel's notification API does not block, so a blocking thread polls it every few
 //! milliseconds; that is the wake-up latency across replicas. Within one replica the
 //! ingest path wakes the dispatcher directly, without the round trip.
+//!
+//! Announcing is done after commit by one announcer task, never inside the writing
+//! transaction: PostgreSQL serialises committing transactions that sent a NOTIFY (a
+//! queue lock held through the commit's WAL flush), which would cap the commit rate.
+//! The announcer coalesces bursts into one small NOTIFY statement at a time.
 
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +36,16 @@ pub struct Signals {
     pub work: Arc<Notify>,
     /// Highest execution-log id written by any replica, as notified.
     pub logs: broadcast::Sender<i64>,
+    outbox: Arc<Outbox>,
+}
+
+/// What this replica still has to announce to the others.
+#[derive(Default)]
+struct Outbox {
+    work: AtomicBool,
+    /// Highest log id written and not announced yet (0 = none).
+    logs: AtomicI64,
+    ready: Notify,
 }
 
 impl Signals {
@@ -38,13 +54,29 @@ impl Signals {
         Signals {
             work: Arc::new(Notify::new()),
             logs: broadcast::channel(1024).0,
+            outbox: Arc::new(Outbox::default()),
         }
+    }
+
+    /// New deliveries were committed: wake this replica's dispatcher now and the
+    /// others' shortly.
+    pub fn announce_work(&self) {
+        self.work.notify_one();
+        self.outbox.work.store(true, Ordering::Release);
+        self.outbox.ready.notify_one();
+    }
+
+    /// Execution-log rows up to `max_id` were committed: tell every replica's tails.
+    pub fn announce_logs(&self, max_id: i64) {
+        self.outbox.logs.fetch_max(max_id, Ordering::AcqRel);
+        self.outbox.ready.notify_one();
     }
 }
 
-/// Starts the listener thread and returns the signals it feeds.
+/// Starts the listener thread and the announcer, and returns the signals they serve.
 pub fn spawn(db: Db, shutdown: &Shutdown) -> Signals {
     let signals = Signals::detached();
+    shutdown.spawn(announce_loop(db.clone(), signals.outbox.clone(), shutdown.token.clone()));
     let thread_signals = signals.clone();
     let token = shutdown.token.clone();
     shutdown.spawn(async move {
@@ -111,4 +143,38 @@ fn poll(
         std::thread::sleep(POLL);
     }
     Ok(())
+}
+
+/// Sends what the outbox holds, one statement at a time; what arrives meanwhile is
+/// coalesced into the next one.
+async fn announce_loop(db: Db, outbox: Arc<Outbox>, token: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = outbox.ready.notified() => {}
+            _ = token.cancelled() => break,
+        }
+        let work = outbox.work.swap(false, Ordering::AcqRel);
+        let logs = outbox.logs.swap(0, Ordering::AcqRel);
+        if !work && logs == 0 {
+            continue;
+        }
+        let sent = db
+            .run(move |conn| {
+                diesel::sql_query(
+                    "SELECT pg_notify($1, '') WHERE $2 UNION ALL SELECT pg_notify($3, $4) WHERE $5",
+                )
+                .bind::<diesel::sql_types::Text, _>(WORK_CHANNEL)
+                .bind::<diesel::sql_types::Bool, _>(work)
+                .bind::<diesel::sql_types::Text, _>(LOGS_CHANNEL)
+                .bind::<diesel::sql_types::Text, _>(logs.to_string())
+                .bind::<diesel::sql_types::Bool, _>(logs > 0)
+                .execute(conn)
+                .map_err(crate::db::DbError::from)
+            })
+            .await;
+        if let Err(error) = sent {
+            // Other replicas still find the work by polling, and tails catch up.
+            tracing::warn!(%error, "announcing to other replicas failed");
+        }
+    }
 }

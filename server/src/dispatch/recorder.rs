@@ -2,7 +2,8 @@
 //!
 //! Runs are sent over a bounded channel (a full channel slows producers down; nothing is
 //! dropped) and written in batches, one transaction per batch: log rows, delivery
-//! updates, handler health, then a NOTIFY so tails on every replica see the rows. A
+//! updates, handler health; after the commit the new rows are announced to the tails of
+//! every replica. A
 //! failed batch is retried; if the database rejects the batch itself, rows are written
 //! one by one so a single bad row cannot hold the others back. The task ends when every
 //! sender is gone, after writing what was queued, so runs in flight at shutdown are kept.
@@ -18,6 +19,7 @@ use crate::config::Config;
 use crate::db::queries::{deliveries, logs};
 use crate::db::{Db, DbError};
 use crate::domain::{HandlerKind, Phase, RunStatus};
+use crate::listener::Signals;
 use crate::shutdown::Shutdown;
 
 const CHANNEL_CAPACITY: usize = 32 * 1024;
@@ -102,22 +104,25 @@ impl Recorder {
 
 /// Starts the recorder task. It ends once every `Recorder` handle is gone and the
 /// queue is drained, so runs still in flight at shutdown are recorded.
-pub fn spawn(db: Db, config: Arc<Config>, shutdown: &Shutdown) -> Recorder {
+pub fn spawn(db: Db, config: Arc<Config>, signals: Signals, shutdown: &Shutdown) -> Recorder {
     let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
-    shutdown.spawn(write_loop(db, config, receiver));
+    shutdown.spawn(write_loop(db, config, signals, receiver));
     Recorder { sender }
 }
 
-async fn write_loop(db: Db, config: Arc<Config>, mut receiver: mpsc::Receiver<Record>) {
+async fn write_loop(db: Db, config: Arc<Config>, signals: Signals, mut receiver: mpsc::Receiver<Record>) {
     let disable_after_ms = config.disable_after.as_millis() as i64;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let records = std::mem::take(&mut batch);
-        write_with_retry(&db, records, disable_after_ms).await;
+        if let Some(max_id) = write_with_retry(&db, records, disable_after_ms).await {
+            signals.announce_logs(max_id);
+        }
     }
 }
 
-async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) {
+/// Writes the records; returns the highest log id written.
+async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) -> Option<i64> {
     let records = Arc::new(records);
     let mut delay = Duration::from_millis(50);
     for _ in 0..5 {
@@ -126,7 +131,7 @@ async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) 
             .run(move |conn| write_batch(conn, &batch, disable_after_ms))
             .await
         {
-            Ok(()) => return,
+            Ok(max_id) => return max_id,
             Err(DbError::Query(error)) => {
                 tracing::warn!(%error, rows = records.len(), "log batch rejected; writing rows one by one");
                 break;
@@ -138,6 +143,7 @@ async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) 
             }
         }
     }
+    let mut written = None;
     for record in records.iter().cloned() {
         let one = Arc::new(vec![record]);
         let mut delay = Duration::from_millis(100);
@@ -147,7 +153,10 @@ async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) 
                 .run(move |conn| write_batch(conn, &row, disable_after_ms))
                 .await
             {
-                Ok(()) => break,
+                Ok(max_id) => {
+                    written = written.max(max_id);
+                    break;
+                }
                 Err(DbError::Query(error)) => {
                     tracing::error!(%error, event.id = one[0].log.event_id, handler.id = one[0].log.handler_id,
                         "execution-log row rejected by the database; dropped");
@@ -161,13 +170,14 @@ async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) 
             }
         }
     }
+    written
 }
 
 fn write_batch(
     conn: &mut diesel::PgConnection,
     records: &[Record],
     disable_after_ms: i64,
-) -> Result<(), DbError> {
+) -> Result<Option<i64>, DbError> {
     let mut columns = logs::NewLogColumns::default();
     let mut delivered = Vec::new();
     let (mut failed_ids, mut failed_at, mut failed_errors) = (Vec::new(), Vec::new(), Vec::new());
@@ -241,9 +251,6 @@ fn write_batch(
                 "handler disabled: its endpoint answered 410 Gone"
             );
         }
-        if let Some(max_id) = max_id {
-            logs::notify_logs(conn, max_id)?;
-        }
-        Ok(())
+        Ok(max_id)
     })
 }

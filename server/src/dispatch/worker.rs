@@ -26,6 +26,8 @@ use crate::listener::Signals;
 use crate::shutdown::Shutdown;
 
 const MAX_CLAIM: usize = 500;
+/// Pause between a wake-up and the claim it triggers.
+const CLAIM_COALESCE: Duration = Duration::from_millis(5);
 
 /// Starts the worker.
 pub fn spawn(db: Db, config: Arc<Config>, runner: Runner, signals: Signals, shutdown: &Shutdown) {
@@ -97,7 +99,12 @@ async fn claim_loop(
             }
         }
         tokio::select! {
-            _ = signals.work.notified() => {}
+            _ = signals.work.notified() => {
+                // Let a burst of commits land so one claim takes them all: under a
+                // steady stream of small commits, claiming after each costs the
+                // database more than the deliveries themselves.
+                tokio::time::sleep(CLAIM_COALESCE).await;
+            }
             _ = tokio::time::sleep(config.poll_interval) => {}
             _ = shutdown.requested() => break,
         }

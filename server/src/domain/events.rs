@@ -144,7 +144,9 @@ impl Ingest {
     /// Stores a batch in one transaction: all or nothing.
     pub async fn emit_batch(&self, batch: Vec<NewEvent>) -> Result<Vec<Accepted>, DomainError> {
         let accepted = self.db.run(move |conn| store(conn, &batch)).await?;
-        self.signals.work.notify_one();
+        if accepted.iter().any(|a| a.deliveries > 0) {
+            self.signals.announce_work();
+        }
         Ok(accepted)
     }
 }
@@ -190,9 +192,6 @@ fn store(
                 .into_iter()
                 .collect()
         };
-        if stored.iter().any(|s| s.deliveries > 0) {
-            events::notify_work(conn)?;
-        }
         stored
             .iter()
             .map(|s| {
@@ -249,7 +248,7 @@ async fn commit_loop(db: Db, mut receiver: mpsc::Receiver<Pending>, signals: Sig
             match result {
                 Ok(accepted) => {
                     if accepted.iter().any(|a| a.deliveries > 0) {
-                        signals.work.notify_one();
+                        signals.announce_work();
                     }
                     for (reply, accepted) in replies.into_iter().zip(accepted) {
                         // The caller may have gone (cancelled RPC): the event is stored anyway.

@@ -382,7 +382,7 @@ impl LogStore {
             .db
             .run(move |conn| schedule_retry(conn, log_id))
             .await?;
-        self.signals.work.notify_one();
+        self.signals.announce_work();
         Ok(delivery_id)
     }
 
@@ -398,8 +398,7 @@ impl LogStore {
     }
 }
 
-/// Checks that run `log_id` can be retried and schedules its delivery now, waking the
-/// dispatchers of every replica on commit.
+/// Checks that run `log_id` can be retried and schedules its delivery now.
 fn schedule_retry(conn: &mut diesel::PgConnection, log_id: i64) -> Result<i64, DomainError> {
     let row = logs::find(conn, log_id)
         .optional()?
@@ -434,9 +433,7 @@ fn schedule_retry(conn: &mut diesel::PgConnection, log_id: i64) -> Result<i64, D
                 "handler {handler_id} is {status}: enable it before retrying"
             )));
         }
-        let delivery_id = deliveries::schedule_now(conn, event_id, handler_id, priority)?;
-        logs::notify_work(conn)?;
-        Ok(delivery_id)
+        Ok(deliveries::schedule_now(conn, event_id, handler_id, priority)?)
     })
 }
 

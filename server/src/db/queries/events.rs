@@ -86,12 +86,6 @@ pub fn ids_by_keys(conn: &mut PgConnection, keys: &[&str]) -> QueryResult<Vec<(S
         .collect())
 }
 
-/// Tells every replica's dispatcher that work is due (delivered at commit).
-pub fn notify_work(conn: &mut PgConnection) -> QueryResult<()> {
-    diesel::sql_query("SELECT pg_notify('provisioning_work', '')").execute(conn)?;
-    Ok(())
-}
-
 /// A fresh event id for a BEFORE event (which is logged, not stored).
 pub fn next_id(conn: &mut PgConnection) -> QueryResult<i64> {
     diesel::select(diesel::dsl::sql::<BigInt>("nextval('events_id_seq')")).get_result(conn)

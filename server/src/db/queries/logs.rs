@@ -74,14 +74,6 @@ SELECT max(id) AS max FROM ins
     Ok(max.max)
 }
 
-/// Tells every replica's tailers that rows up to `max_id` exist.
-pub fn notify_logs(conn: &mut PgConnection, max_id: i64) -> QueryResult<()> {
-    diesel::sql_query("SELECT pg_notify('provisioning_logs', $1)")
-        .bind::<Text, _>(max_id.to_string())
-        .execute(conn)?;
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------
 // Reading the log: search, tail, details, statistics; retry look-ups; retention.
 // ---------------------------------------------------------------------------------------
@@ -476,12 +468,6 @@ pub fn handler_priority_and_status(
         .select((h::priority, h::status))
         .first(conn)
         .optional()
-}
-
-/// Wakes the dispatchers of every replica (on commit).
-pub fn notify_work(conn: &mut PgConnection) -> QueryResult<()> {
-    diesel::sql_query("SELECT pg_notify('provisioning_work', '')").execute(conn)?;
-    Ok(())
 }
 
 /// A partition of `execution_logs`: its name and `[lower, upper)` bounds (`None` for the
