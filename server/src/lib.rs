@@ -60,7 +60,11 @@ pub enum ServerError {
 
 /// Serves the API on `listener` until `shutdown` is requested, then stops accepting,
 /// lets background tasks finish and stops the embedded database if it started one.
-pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), ServerError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), ServerError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -70,21 +74,34 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     db.migrate().await?;
     maintenance::prepare(&db).await?;
     let scripts_dir = config.scripts_dir();
-    std::fs::create_dir_all(&scripts_dir)
-        .map_err(|e| ServerError::Io(format!("creating scripts directory {}: {e}", scripts_dir.display())))?;
+    std::fs::create_dir_all(&scripts_dir).map_err(|e| {
+        ServerError::Io(format!(
+            "creating scripts directory {}: {e}",
+            scripts_dir.display()
+        ))
+    })?;
 
     let config = Arc::new(config);
     let signals = listener::spawn(db.clone(), &shutdown);
-    let recorder = dispatch::recorder::spawn(db.clone(), config.clone(), signals.clone(), &shutdown);
+    let recorder =
+        dispatch::recorder::spawn(db.clone(), config.clone(), signals.clone(), &shutdown);
     // The runner holds the only recorder handle: the recorder drains and stops once the
     // worker and the gRPC services (the runner's owners) are gone.
     let runner = dispatch::Runner::new(&config, scripts_dir.clone(), recorder);
-    let ingest = domain::events::Ingest::new(db.clone(), config.clone(), signals.clone(), &shutdown);
-    dispatch::worker::spawn(db.clone(), config.clone(), runner.clone(), signals.clone(), &shutdown);
+    let ingest =
+        domain::events::Ingest::new(db.clone(), config.clone(), signals.clone(), &shutdown);
+    dispatch::worker::spawn(
+        db.clone(),
+        config.clone(),
+        runner.clone(),
+        signals.clone(),
+        &shutdown,
+    );
     maintenance::spawn(db.clone(), config.clone(), &shutdown);
 
     let registry = domain::handlers::HandlerRegistry::new(db.clone(), scripts_dir);
-    let logs = domain::logs::LogStore::new(db.clone(), signals.clone()).with_shutdown(shutdown.token.clone());
+    let logs = domain::logs::LogStore::new(db.clone(), signals.clone())
+        .with_shutdown(shutdown.token.clone());
     let before = dispatch::before::BeforeChain::new(db.clone(), runner);
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -117,12 +134,16 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(HandlerServiceServer::new(grpc::handler_service::HandlerApi::new(registry)))
+        .add_service(HandlerServiceServer::new(
+            grpc::handler_service::HandlerApi::new(registry),
+        ))
         .add_service(
             EventServiceServer::new(grpc::event_service::EventApi::new(ingest, before))
                 .max_decoding_message_size(64 * 1024 * 1024),
         )
-        .add_service(ExecutionLogServiceServer::new(grpc::log_service::LogApi::new(logs)))
+        .add_service(ExecutionLogServiceServer::new(
+            grpc::log_service::LogApi::new(logs),
+        ))
         .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
         .await;
 
@@ -132,7 +153,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     shutdown.tracker.wait().await;
     if let Some(embedded) = embedded {
         drop(db);
-        tokio::task::spawn_blocking(move || drop(embedded)).await.ok();
+        tokio::task::spawn_blocking(move || drop(embedded))
+            .await
+            .ok();
     }
     tracing::info!("provisiond stopped");
     Ok(served?)

@@ -76,7 +76,11 @@ impl Signals {
 /// Starts the listener thread and the announcer, and returns the signals they serve.
 pub fn spawn(db: Db, shutdown: &Shutdown) -> Signals {
     let signals = Signals::detached();
-    shutdown.spawn(announce_loop(db.clone(), signals.outbox.clone(), shutdown.token.clone()));
+    shutdown.spawn(announce_loop(
+        db.clone(),
+        signals.outbox.clone(),
+        shutdown.token.clone(),
+    ));
     let thread_signals = signals.clone();
     let token = shutdown.token.clone();
     shutdown.spawn(async move {

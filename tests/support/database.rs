@@ -293,8 +293,9 @@ fn host_tag() -> String {
 /// template is migrated with), 16 hex digits: a new migration gets a new template.
 fn migrations_hash() -> String {
     use diesel::migration::MigrationSource;
-    let migrations = MigrationSource::<diesel::pg::Pg>::migrations(&provisioning_server::db::MIGRATIONS)
-        .expect("embedded migrations");
+    let migrations =
+        MigrationSource::<diesel::pg::Pg>::migrations(&provisioning_server::db::MIGRATIONS)
+            .expect("embedded migrations");
     assert!(!migrations.is_empty(), "no embedded migrations");
     let mut hasher = Sha256::new();
     for migration in migrations {

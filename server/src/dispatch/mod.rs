@@ -113,7 +113,10 @@ pub enum AttemptError {
 impl AttemptError {
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, AttemptError::ScriptRefused(_) | AttemptError::HandlerNotEnabled(_))
+        !matches!(
+            self,
+            AttemptError::ScriptRefused(_) | AttemptError::HandlerNotEnabled(_)
+        )
     }
 }
 
@@ -149,12 +152,26 @@ impl Runner {
     }
 
     /// Runs one handler, bounded by `timeout`.
-    pub async fn execute(&self, target: RunTarget<'_>, invocation: &Invocation<'_>, timeout: Duration) -> Execution {
+    pub async fn execute(
+        &self,
+        target: RunTarget<'_>,
+        invocation: &Invocation<'_>,
+        timeout: Duration,
+    ) -> Execution {
         let started_at = Utc::now();
         let clock = Instant::now();
         let result = match target {
-            RunTarget::Http { url, headers, secret } => {
-                match tokio::time::timeout(timeout, self.http.post(invocation, url, headers, secret)).await {
+            RunTarget::Http {
+                url,
+                headers,
+                secret,
+            } => {
+                match tokio::time::timeout(
+                    timeout,
+                    self.http.post(invocation, url, headers, secret),
+                )
+                .await
+                {
                     Ok(result) => result,
                     Err(_) => Err(AttemptError::Timeout(timeout)),
                 }

@@ -110,7 +110,12 @@ pub fn spawn(db: Db, config: Arc<Config>, signals: Signals, shutdown: &Shutdown)
     Recorder { sender }
 }
 
-async fn write_loop(db: Db, config: Arc<Config>, signals: Signals, mut receiver: mpsc::Receiver<Record>) {
+async fn write_loop(
+    db: Db,
+    config: Arc<Config>,
+    signals: Signals,
+    mut receiver: mpsc::Receiver<Record>,
+) {
     let disable_after_ms = config.disable_after.as_millis() as i64;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {

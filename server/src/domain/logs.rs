@@ -433,7 +433,9 @@ fn schedule_retry(conn: &mut diesel::PgConnection, log_id: i64) -> Result<i64, D
                 "handler {handler_id} is {status}: enable it before retrying"
             )));
         }
-        Ok(deliveries::schedule_now(conn, event_id, handler_id, priority)?)
+        Ok(deliveries::schedule_now(
+            conn, event_id, handler_id, priority,
+        )?)
     })
 }
 

@@ -49,7 +49,10 @@ impl From<DbError> for DomainError {
                 DomainError::Unavailable(Box::new(error))
             }
             DbError::Query(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, ref info)) => {
-                DomainError::AlreadyExists(format!("already exists ({})", info.constraint_name().unwrap_or("unique key")))
+                DomainError::AlreadyExists(format!(
+                    "already exists ({})",
+                    info.constraint_name().unwrap_or("unique key")
+                ))
             }
             other => DomainError::Internal(Box::new(other)),
         }
@@ -122,7 +125,11 @@ text_enum!(
 );
 
 /// Reads a stored enum column; a value outside the set means the row is corrupt.
-pub(crate) fn parse_stored<T>(parse: fn(&str) -> Option<T>, text: &str, column: &str) -> Result<T, DomainError> {
+pub(crate) fn parse_stored<T>(
+    parse: fn(&str) -> Option<T>,
+    text: &str,
+    column: &str,
+) -> Result<T, DomainError> {
     parse(text).ok_or_else(|| {
         DomainError::Internal(format!("unexpected value {text:?} in column {column}").into())
     })

@@ -182,9 +182,11 @@ impl EventApi {
         } = request;
         match convert::optional_phase(phase, &format!("{field}phase"))? {
             Some(Phase::After) | None => {}
-            Some(Phase::Before) => return Err(Status::invalid_argument(format!(
+            Some(Phase::Before) => {
+                return Err(Status::invalid_argument(format!(
                 "{field}phase: only AFTER events can be batched or streamed; use Emit for BEFORE"
-            ))),
+            )))
+            }
         }
         self.ingest
             .validate(field, event, data_json, idempotency_key)

@@ -191,7 +191,8 @@ impl HandlerRegistry {
                     let mut row = handlers::update(conn, id, &changes)?;
                     if reenabled {
                         // A fresh start: the failing clock restarts, like SetStatus does.
-                        row = handlers::set_status(conn, id, HandlerStatus::Enabled.as_str(), None)?;
+                        row =
+                            handlers::set_status(conn, id, HandlerStatus::Enabled.as_str(), None)?;
                     }
                     Ok((row, secret_created))
                 })
