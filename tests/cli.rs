@@ -13,14 +13,14 @@ use provisioning_tests::{
 const HOOK: &str = "http://127.0.0.1:9/hook";
 
 /// What a finished `provctl` run left behind.
-struct Run {
-    success: bool,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) success: bool,
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
-async fn provctl_run(server_url: &str, args: &[&str]) -> Run {
+pub(crate) async fn provctl_run(server_url: &str, args: &[&str]) -> Run {
     let mut command = provctl(server_url);
     command.args(args);
     let output = run_command(command).await;
@@ -33,7 +33,7 @@ async fn provctl_run(server_url: &str, args: &[&str]) -> Run {
 }
 
 /// Runs provctl, asserts it succeeded, returns its standard output.
-async fn provctl_ok(server_url: &str, args: &[&str]) -> String {
+pub(crate) async fn provctl_ok(server_url: &str, args: &[&str]) -> String {
     let run = provctl_run(server_url, args).await;
     assert!(
         run.success,
@@ -45,7 +45,7 @@ async fn provctl_ok(server_url: &str, args: &[&str]) -> String {
 
 /// Runs provctl, asserts it failed with exit code 1 and exactly one line on stderr
 /// (and nothing on stdout); returns that line.
-async fn provctl_fails(server_url: &str, args: &[&str]) -> String {
+pub(crate) async fn provctl_fails(server_url: &str, args: &[&str]) -> String {
     let run = provctl_run(server_url, args).await;
     assert_eq!(
         run.code,
@@ -69,7 +69,7 @@ async fn provctl_fails(server_url: &str, args: &[&str]) -> String {
 }
 
 /// Parses JSON-lines output.
-fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+pub(crate) fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
     stdout
         .lines()
         .map(|line| {

@@ -3,6 +3,7 @@
 
 mod before;
 mod cli;
+mod cli_logs;
 mod dispatch;
 mod handlers;
 mod logs;
