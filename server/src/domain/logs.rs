@@ -1,8 +1,9 @@
 //! Execution logs: search, live tail, details, statistics, retry and retention.
 //!
-//! Reading never holds a result in memory: Search pages through the log with a keyset
-//! on `(created_at, id)` (newest first, 500 rows per query) and hands rows to the
-//! caller through a small bounded channel, so a slow reader slows only its own queries.
+//! Reading never holds a result in memory: Search (in `search`) pages through the log
+//! with a keyset on `(created_at, id)` (newest first, 500 rows per query, GIN-served
+//! filters a few days at a time) and hands rows to the caller through a small bounded
+//! channel, so a slow reader slows only its own queries.
 //! Tail (in `tail`) reads the database too, woken by the cross-replica `Signals.logs`;
 //! it never sits on the write path, so no reader can slow the dispatcher or the
 //! recorder. Retention (in `purge`) drops whole daily partitions and deletes the rest in
@@ -14,6 +15,7 @@
 
 mod filter;
 mod purge;
+mod search;
 mod tail;
 
 use chrono::{DateTime, Utc};
@@ -31,7 +33,7 @@ use super::{parse_stored, DomainError, HandlerKind, HandlerStatus, Phase, RunSta
 use crate::db::models::LogRow;
 use crate::db::queries::deliveries;
 use crate::db::queries::logs::{self, Position};
-use crate::db::{Db, DbError};
+use crate::db::Db;
 use crate::listener::Signals;
 
 /// Search limit when the request gives none.
@@ -260,45 +262,8 @@ impl LogStore {
                 return Err(DomainError::invalid("limit", message));
             }
         };
-        let mut before = optional_cursor(cursor, "cursor")?;
-        let (sender, receiver) = mpsc::channel(SEARCH_BUFFER);
-        let db = self.db.clone();
-        tokio::spawn(async move {
-            let filter = std::sync::Arc::new(filter);
-            let mut remaining = i64::from(limit);
-            while remaining > 0 {
-                let page = remaining.min(PAGE);
-                let query_filter = filter.clone();
-                let rows = db
-                    .run(move |conn| {
-                        logs::search_page(conn, &query_filter, before, page).map_err(DbError::from)
-                    })
-                    .await;
-                let rows = match rows {
-                    Ok(rows) => rows,
-                    Err(error) => {
-                        send_final(&sender, Err(error.into())).await;
-                        return;
-                    }
-                };
-                let fetched = rows.len() as i64;
-                for row in rows {
-                    let entry = LogEntry::from_row(row);
-                    if let Ok(entry) = &entry {
-                        before = Some(entry.position());
-                    }
-                    let failed = entry.is_err();
-                    if sender.send(entry).await.is_err() || failed {
-                        return; // the reader went away, or a corrupt row ended the stream
-                    }
-                }
-                remaining -= fetched;
-                if fetched < page {
-                    break;
-                }
-            }
-        });
-        Ok(ReceiverStream::new(receiver))
+        let before = optional_cursor(cursor, "cursor")?;
+        Ok(search::spawn(self.db.clone(), filter, limit, before))
     }
 
     /// Live runs matching `filter` from every replica, starting as `start` says. The

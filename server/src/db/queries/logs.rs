@@ -106,6 +106,18 @@ pub struct LogFilter {
     pub event_id: Option<i64>,
 }
 
+impl LogFilter {
+    /// Whether the filter holds a condition only a GIN index serves (data substring,
+    /// data containment, error substring). Such an index yields matches in no order, so
+    /// PostgreSQL fetches and sorts every match of every partition it reads before the
+    /// first row comes out; Search therefore reads these filters a few days at a time.
+    pub fn is_gin_served(&self) -> bool {
+        self.data_contains.is_some()
+            || self.data_json_contains.is_some()
+            || self.error_contains.is_some()
+    }
+}
+
 /// A keyset position in the log's newest-first order: `(created_at, id)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position {
@@ -324,6 +336,15 @@ pub fn max_id(conn: &mut PgConnection) -> QueryResult<i64> {
         .select(diesel::dsl::max(l::id))
         .first(conn)?;
     Ok(max.unwrap_or(0))
+}
+
+/// The start time of the oldest row (`None` for an empty log); one probe of the time
+/// index per partition.
+pub fn oldest(conn: &mut PgConnection) -> QueryResult<Option<DateTime<Utc>>> {
+    use crate::db::schema::execution_logs::dsl as l;
+    l::execution_logs
+        .select(diesel::dsl::min(l::created_at))
+        .first(conn)
 }
 
 /// One row by id.
