@@ -178,8 +178,11 @@ const HEADER: [&str; 6] = ["scenario", "metric", "value", "unit", "baseline", "r
 const WIDTHS: [usize; 6] = [14, 40, 12, 9, 12, 7];
 
 impl Report {
-    /// Opens (appends to) the results file.
+    /// Opens (appends to) the results file, creating its directory if needed.
     pub fn open(path: &Path, machine: Machine, params: serde_json::Value) -> io::Result<Report> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Report {
             file,
