@@ -62,11 +62,6 @@ impl Db {
         })
     }
 
-    /// The URL the pool connects to.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// Runs blocking Diesel work on a pooled connection inside `spawn_blocking`, so no
     /// runtime worker thread ever waits on the database.
     pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>

@@ -128,17 +128,13 @@ pub fn update(
         .get_result(conn)
 }
 
-/// Sets the status and the automatic-disable reason.
-pub fn set_status(
-    conn: &mut PgConnection,
-    id: i64,
-    status: &str,
-    reason: Option<&str>,
-) -> QueryResult<HandlerRow> {
+/// Sets a status chosen by an operator: clears the automatic-disable reason and the
+/// failing clock.
+pub fn set_status(conn: &mut PgConnection, id: i64, status: &str) -> QueryResult<HandlerRow> {
     diesel::update(handlers::table.find(id))
         .set((
             handlers::status.eq(status),
-            handlers::disabled_reason.eq(reason),
+            handlers::disabled_reason.eq(None::<String>),
             handlers::failing_since.eq(None::<DateTime<Utc>>),
             handlers::updated_at.eq(diesel::dsl::now),
         ))

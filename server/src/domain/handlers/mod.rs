@@ -181,18 +181,13 @@ impl HandlerRegistry {
                         script_path,
                         failure_policy: spec.failure_policy.as_str().into(),
                         filter: spec.filter,
-                        disabled_reason: if reenabled {
-                            None
-                        } else {
-                            current.disabled_reason
-                        },
+                        disabled_reason: current.disabled_reason,
                         updated_at: Utc::now(),
                     };
                     let mut row = handlers::update(conn, id, &changes)?;
                     if reenabled {
                         // A fresh start: the failing clock restarts, like SetStatus does.
-                        row =
-                            handlers::set_status(conn, id, HandlerStatus::Enabled.as_str(), None)?;
+                        row = handlers::set_status(conn, id, HandlerStatus::Enabled.as_str())?;
                     }
                     Ok((row, secret_created))
                 })
@@ -201,21 +196,12 @@ impl HandlerRegistry {
             .and_then(|(row, secret_created)| Ok((handler_from_row(row)?, secret_created)))
     }
 
-    /// Sets the status; enabling clears an automatic-disable reason.
+    /// Sets the status chosen by an operator: any automatic-disable reason is cleared
+    /// and the failing clock restarts.
     pub async fn set_status(&self, id: i64, status: HandlerStatus) -> Result<Handler, DomainError> {
-        self.set_status_with_reason(id, status, None).await
-    }
-
-    /// Sets the status and records why (used when the service disables a handler).
-    pub async fn set_status_with_reason(
-        &self,
-        id: i64,
-        status: HandlerStatus,
-        reason: Option<String>,
-    ) -> Result<Handler, DomainError> {
         self.db
             .run(move |conn| {
-                handlers::set_status(conn, id, status.as_str(), reason.as_deref())
+                handlers::set_status(conn, id, status.as_str())
                     .optional()
                     .map_err(DomainError::from)
             })
