@@ -9,7 +9,8 @@
 //! the whole run is printed at the end.
 //!
 //! ```text
-//! cargo run --release -p provisioning-bench -- [--scenarios all|ingest-unary,...]
+//! cargo build --release -p provisioning-bench   # the harness and the server it runs
+//! target/release/provisioning-bench [--scenarios all|ingest-unary,...]
 //!     [--events N] [--search-rows M] [--concurrency 64] [--database-url URL]
 //!     [--results bench-results.jsonl] [--smoke]
 //! ```

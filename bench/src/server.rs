@@ -30,8 +30,8 @@ pub fn locate_binary() -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name(SERVER_BIN);
     anyhow::ensure!(
         path.is_file(),
-        "{} not found: build with `cargo build --release -p provisioning-bench` (or run \
-         through `cargo run --release -p provisioning-bench --`)",
+        "{} not found: build it with `cargo build --release -p provisioning-bench` \
+         (`cargo run` builds only the harness itself)",
         path.display()
     );
     Ok(path)
