@@ -104,14 +104,9 @@ pub async fn run(
         .with_shutdown(shutdown.token.clone());
     let before = dispatch::before::BeforeChain::new(db.clone(), runner);
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(provisioning_api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(provisioning_api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // Both reflection versions, so every grpcurl works without proto files.
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     for service in [
         "provisioning.v1.HandlerService",
@@ -159,6 +154,13 @@ pub async fn run(
     }
     tracing::info!("provisiond stopped");
     Ok(served?)
+}
+
+/// A reflection builder knowing our API and the health service.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(provisioning_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 async fn open_database(config: &Config) -> Result<(Db, Option<EmbeddedPostgres>), ServerError> {

@@ -80,9 +80,9 @@ impl HttpExecutor {
             .map_err(|e| AttemptError::Request(format!("cannot build the request: {e}")))?;
         let response = self.client.request(request).await.map_err(|e| {
             if e.is_connect() {
-                AttemptError::Connect(super::error_text(&e))
+                AttemptError::Connect(crate::telemetry::error_chain(&e))
             } else {
-                AttemptError::Request(super::error_text(&e))
+                AttemptError::Request(crate::telemetry::error_chain(&e))
             }
         })?;
         let status = response.status().as_u16();

@@ -195,8 +195,3 @@ pub fn truncated_text(bytes: &[u8]) -> String {
     }
     text
 }
-
-/// An error and its sources on one line.
-pub fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
-    crate::telemetry::error_chain(error)
-}

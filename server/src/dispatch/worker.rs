@@ -143,16 +143,19 @@ async fn run_delivery(runner: &Runner, config: &Config, delivery: ClaimedDeliver
     if delivery.status != "enabled" {
         // Disabled after the event was accepted: the delivery is kept, dead, so it can
         // be retried once the handler is enabled again.
+        let refusal = AttemptError::HandlerNotEnabled(delivery.status.clone());
+        let error = refusal.to_string();
         let execution = Execution {
             started_at: Utc::now(),
             duration: Duration::ZERO,
-            result: Err(AttemptError::HandlerNotEnabled(delivery.status.clone())),
+            result: Err(refusal),
         };
         let record = after_record(
             &delivery,
             kind,
             attempt,
             &execution,
+            error,
             DeliveryOutcome::Failed { retry_at: None },
         );
         runner.recorder.record(record).await;
@@ -170,10 +173,13 @@ async fn run_delivery(runner: &Runner, config: &Config, delivery: ClaimedDeliver
     };
     let timeout = Duration::from_millis(delivery.timeout_ms.max(1) as u64);
     let execution = runner.execute(target, &invocation, timeout).await;
-    let outcome = match judge_after(&execution.result) {
-        Judgement::Success => DeliveryOutcome::Delivered,
-        Judgement::Failure { gone: true, .. } => DeliveryOutcome::Gone,
+    let (error, outcome) = match judge_after(&execution.result) {
+        Judgement::Success => (String::new(), DeliveryOutcome::Delivered),
         Judgement::Failure {
+            error, gone: true, ..
+        } => (error, DeliveryOutcome::Gone),
+        Judgement::Failure {
+            error,
             retryable,
             retry_after,
             ..
@@ -189,37 +195,32 @@ async fn run_delivery(runner: &Runner, config: &Config, delivery: ClaimedDeliver
             } else {
                 NextStep::Dead
             };
-            match step {
-                NextStep::RetryIn(delay) => DeliveryOutcome::Failed {
-                    retry_at: Some(
-                        Utc::now()
-                            + chrono::Duration::from_std(delay)
-                                .unwrap_or(chrono::Duration::hours(1)),
-                    ),
-                },
-                NextStep::Dead => DeliveryOutcome::Failed { retry_at: None },
-            }
+            let retry_at = match step {
+                NextStep::RetryIn(delay) => Some(
+                    Utc::now()
+                        + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1)),
+                ),
+                NextStep::Dead => None,
+            };
+            (error, DeliveryOutcome::Failed { retry_at })
         }
     };
-    let record = after_record(&delivery, kind, attempt, &execution, outcome);
+    let record = after_record(&delivery, kind, attempt, &execution, error, outcome);
     if record.log.status == RunStatus::Fail {
         tracing::debug!(delivery.id = delivery.id, handler.id = delivery.handler_id, attempt, error = %record.log.error, "delivery attempt failed");
     }
     runner.recorder.record(record).await;
 }
 
-/// The log row and settlement of one AFTER attempt.
+/// The log row and settlement of one AFTER attempt; an empty `error` means success.
 fn after_record(
     delivery: &ClaimedDelivery,
     kind: HandlerKind,
     attempt: i32,
     execution: &Execution,
+    error: String,
     outcome: DeliveryOutcome,
 ) -> Record {
-    let error = match judge_after(&execution.result) {
-        Judgement::Success => String::new(),
-        Judgement::Failure { error, .. } => error,
-    };
     let status = if error.is_empty() {
         RunStatus::Success
     } else {

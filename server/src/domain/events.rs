@@ -170,7 +170,7 @@ pub fn validate_data(data: &str, max_payload: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Stores events and their deliveries; runs inside the caller's transaction or opens one.
+/// Stores events and their deliveries in one transaction, all or nothing.
 fn store(
     conn: &mut diesel::PgConnection,
     batch: &[NewEvent],

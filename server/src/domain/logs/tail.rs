@@ -1,6 +1,6 @@
 //! Live tail of the execution log, across replicas.
 //!
-//! Every replica's recorder commits log rows and NOTIFYs `provisioning_logs`; the
+//! Every replica's recorder commits log rows, then announces them on `provisioning_logs`; the
 //! listener turns that into `Signals.logs`. A tail never receives rows from the write
 //! path: it subscribes to the signal and, when woken, queries the database for matching
 //! rows with an id above the highest it has seen (or heard announced, so a rare filter
