@@ -59,6 +59,10 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub latency_secs: u64,
 
+    /// Closed-loop callers of the BEFORE chain.
+    #[arg(long, default_value_t = 16)]
+    pub before_tasks: usize,
+
     /// Length of the timed runs (BEFORE chain, sink baselines), seconds.
     #[arg(long, default_value_t = 5)]
     pub duration_secs: u64,
@@ -216,7 +220,7 @@ impl Settings {
             batch_callers: 4,
             streams: 4,
             stream_window: 1024,
-            before_tasks: 16,
+            before_tasks: args.before_tasks.max(1),
             search_repeats: 20,
             search_limit: 50,
             storage_threads: 4,

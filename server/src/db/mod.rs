@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod models;
+pub mod prepared;
 pub mod queries;
 pub mod schema;
 

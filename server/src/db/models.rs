@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use super::schema::{event_types, execution_logs, handlers};
 
 /// A row of `handlers`.
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = handlers, check_for_backend(diesel::pg::Pg))]
 pub struct HandlerRow {
     pub id: i64,

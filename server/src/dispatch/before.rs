@@ -9,15 +9,11 @@
 
 use std::time::{Duration, Instant};
 
-use diesel::prelude::*;
-
 use super::recorder::{LogRecord, Record};
 use super::script::FORBID_EXIT_CODE;
 use super::worker::reply_fields;
 use super::{AttemptError, Execution, Invocation, Reply, RunTarget, Runner};
-use crate::db::models::HandlerRow;
-use crate::db::queries::events;
-use crate::db::schema::handlers;
+use crate::db::queries::{self, events};
 use crate::db::Db;
 use crate::domain::handlers::{handler_from_row, Handler, Target};
 use crate::domain::{DomainError, FailurePolicy, Phase, RunStatus};
@@ -198,20 +194,12 @@ impl BeforeChain {
             .db
             .run(move |conn| {
                 let id = events::next_id(conn)?;
-                let rows: Vec<HandlerRow> = handlers::table
-                    .select(HandlerRow::as_select())
-                    .filter(handlers::event.eq(&event))
-                    .filter(handlers::phase.eq(Phase::Before.as_str()))
-                    .filter(handlers::status.eq("enabled"))
-                    .filter(
-                        handlers::filter
-                            .is_null()
-                            .or(diesel::dsl::sql::<diesel::sql_types::Bool>("")
-                                .bind::<diesel::sql_types::Text, _>(data)
-                                .sql("::jsonb @> filter")),
-                    )
-                    .order((handlers::priority, handlers::id))
-                    .load(conn)?;
+                let rows = queries::handlers::enabled_matching(
+                    conn,
+                    &event,
+                    Phase::Before.as_str(),
+                    &data,
+                )?;
                 Ok::<_, DomainError>((id, rows))
             })
             .await?;

@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Int4, Jsonb, Nullable, Text, Timestamptz};
 
+use crate::db::prepared::prepared;
+
 /// A claimed delivery with what is needed to run it.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct ClaimedDelivery {
@@ -63,7 +65,7 @@ pub fn claim_due(
     lease_ms: i64,
     owner: &str,
 ) -> QueryResult<Vec<ClaimedDelivery>> {
-    diesel::sql_query(
+    prepared(
         r#"
 WITH heads AS (
     SELECT id, event_id, handler_id FROM deliveries
@@ -104,7 +106,7 @@ ORDER BY c.event_id, c.priority, c.handler_id
 
 /// Deletes delivered rows.
 pub fn delete_delivered(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
-    diesel::sql_query("DELETE FROM deliveries WHERE id = ANY($1)")
+    prepared("DELETE FROM deliveries WHERE id = ANY($1)")
         .bind::<Array<BigInt>, _>(ids)
         .execute(conn)
 }
@@ -117,7 +119,7 @@ pub fn record_failures(
     next_attempt_at: &[Option<DateTime<Utc>>],
     errors: &[&str],
 ) -> QueryResult<usize> {
-    diesel::sql_query(
+    prepared(
         r#"
 UPDATE deliveries d
 SET attempts = d.attempts + 1,
@@ -139,7 +141,7 @@ WHERE d.id = f.id
 /// was deleted with its handler), makes the first waiting delivery the new head; the
 /// others are claimed with it, as before.
 pub fn promote_orphaned_waiting(conn: &mut PgConnection, event_ids: &[i64]) -> QueryResult<usize> {
-    diesel::sql_query(
+    prepared(
         r#"
 UPDATE deliveries SET state = 1, next_attempt_at = now()
 WHERE id IN (
@@ -211,14 +213,14 @@ pub fn update_handler_health(
     disable_after_ms: i64,
 ) -> QueryResult<Vec<i64>> {
     if !succeeded.is_empty() {
-        diesel::sql_query("UPDATE handlers SET failing_since = NULL WHERE id = ANY($1) AND failing_since IS NOT NULL")
+        prepared("UPDATE handlers SET failing_since = NULL WHERE id = ANY($1) AND failing_since IS NOT NULL")
             .bind::<Array<BigInt>, _>(succeeded)
             .execute(conn)?;
     }
     if failed.is_empty() {
         return Ok(Vec::new());
     }
-    diesel::sql_query(
+    prepared(
         "UPDATE handlers SET failing_since = now() WHERE id = ANY($1) AND failing_since IS NULL",
     )
     .bind::<Array<BigInt>, _>(failed)
@@ -228,7 +230,7 @@ pub fn update_handler_health(
         #[diesel(sql_type = BigInt)]
         id: i64,
     }
-    let disabled: Vec<Id> = diesel::sql_query(
+    let disabled: Vec<Id> = prepared(
         r#"
 UPDATE handlers
 SET status = 'disabled', updated_at = now(),
@@ -251,7 +253,7 @@ pub fn disable_handler(
     handler_id: i64,
     reason: &str,
 ) -> QueryResult<usize> {
-    diesel::sql_query(
+    prepared(
         "UPDATE handlers SET status = 'disabled', disabled_reason = $2, updated_at = now() WHERE id = $1 AND status = 'enabled'",
     )
     .bind::<BigInt, _>(handler_id)

@@ -3,6 +3,8 @@
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
 
+use crate::db::prepared::prepared;
+
 /// Outcome of storing one event of a batch, in input order.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct StoredEvent {
@@ -30,7 +32,7 @@ pub fn insert_batch(
     data: &[&str],
     keys: &[Option<&str>],
 ) -> QueryResult<Vec<StoredEvent>> {
-    diesel::sql_query(
+    prepared(
         r#"
 WITH input AS MATERIALIZED (
     SELECT nextval('events_id_seq') AS id, t.event, t.data, t.key, t.ord
@@ -75,11 +77,10 @@ struct KeyedId {
 
 /// Ids of the stored events holding these idempotency keys.
 pub fn ids_by_keys(conn: &mut PgConnection, keys: &[&str]) -> QueryResult<Vec<(String, i64)>> {
-    let rows: Vec<KeyedId> = diesel::sql_query(
-        "SELECT idempotency_key, id FROM events WHERE idempotency_key = ANY($1::text[])",
-    )
-    .bind::<Array<Text>, _>(keys)
-    .load(conn)?;
+    let rows: Vec<KeyedId> =
+        prepared("SELECT idempotency_key, id FROM events WHERE idempotency_key = ANY($1::text[])")
+            .bind::<Array<Text>, _>(keys)
+            .load(conn)?;
     Ok(rows
         .into_iter()
         .map(|r| (r.idempotency_key, r.id))
@@ -88,5 +89,11 @@ pub fn ids_by_keys(conn: &mut PgConnection, keys: &[&str]) -> QueryResult<Vec<(S
 
 /// A fresh event id for a BEFORE event (which is logged, not stored).
 pub fn next_id(conn: &mut PgConnection) -> QueryResult<i64> {
-    diesel::select(diesel::dsl::sql::<BigInt>("nextval('events_id_seq')")).get_result(conn)
+    #[derive(QueryableByName)]
+    struct NextId {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let next: NextId = prepared("SELECT nextval('events_id_seq') AS id").get_result(conn)?;
+    Ok(next.id)
 }

@@ -2,8 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::Text;
 
 use crate::db::models::{HandlerChangeset, HandlerRow, NewHandlerRow};
+use crate::db::prepared::prepared;
 use crate::db::schema::handlers;
 
 /// Inserts a handler.
@@ -101,19 +103,24 @@ pub fn list_page(
         .load(conn)
 }
 
-/// The enabled handlers of (event, phase) in run order.
-pub fn enabled_for(
+/// The enabled handlers of (event, phase) whose filter matches `data` (JSON object
+/// text), in run order.
+pub fn enabled_matching(
     conn: &mut PgConnection,
     event: &str,
     phase: &str,
+    data: &str,
 ) -> QueryResult<Vec<HandlerRow>> {
-    handlers::table
-        .select(HandlerRow::as_select())
-        .filter(handlers::event.eq(event))
-        .filter(handlers::phase.eq(phase))
-        .filter(handlers::status.eq("enabled"))
-        .order((handlers::priority, handlers::id))
-        .load(conn)
+    prepared(
+        "SELECT * FROM handlers
+         WHERE event = $1 AND phase = $2 AND status = 'enabled'
+           AND (filter IS NULL OR $3::jsonb @> filter)
+         ORDER BY priority, id",
+    )
+    .bind::<Text, _>(event)
+    .bind::<Text, _>(phase)
+    .bind::<Text, _>(data)
+    .load(conn)
 }
 
 /// Writes every editable column.

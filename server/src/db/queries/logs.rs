@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Int4, Nullable, Text, Timestamptz};
 
+use crate::db::prepared::prepared;
+
 use crate::db::models::LogRow;
 
 /// Columns of a batch of new log rows, one vector per column, same length.
@@ -37,7 +39,7 @@ struct MaxId {
 /// Inserts a batch of log rows (data as JSON text, cast to jsonb) and returns the
 /// highest id written.
 pub fn insert_batch(conn: &mut PgConnection, rows: &NewLogColumns) -> QueryResult<Option<i64>> {
-    let max: MaxId = diesel::sql_query(
+    let max: MaxId = prepared(
         r#"
 WITH ins AS (
     INSERT INTO execution_logs (created_at, phase, event, status, handler_id, handler_name, kind, error,
