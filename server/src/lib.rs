@@ -88,12 +88,17 @@ pub async fn run(
     // The runner holds the only recorder handle: the recorder drains and stops once the
     // worker and the gRPC services (the runner's owners) are gone.
     let runner = dispatch::Runner::new(&config, scripts_dir.clone(), recorder);
-    let ingest =
-        domain::events::Ingest::new(db.clone(), config.clone(), signals.clone(), &shutdown);
-    dispatch::worker::spawn(
+    let worker = dispatch::worker::spawn(
         db.clone(),
         config.clone(),
         runner.clone(),
+        signals.clone(),
+        &shutdown,
+    );
+    let ingest = domain::events::Ingest::new(
+        db.clone(),
+        config.clone(),
+        worker,
         signals.clone(),
         &shutdown,
     );

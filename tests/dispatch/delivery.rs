@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use provisioning_client::proto;
 use provisioning_tests::receiver::{verify_signature, Receiver, Reply};
-use provisioning_tests::{free_addr, spawn_server, spawn_server_with, TestDatabase};
+use provisioning_tests::{eventually, free_addr, spawn_server, spawn_server_with, TestDatabase};
 
 use super::{
-    create, delivery_rows, emit_after, http_handler, log_rows, numbers, same_json, secret_of,
-    wait_for_logs, WAIT,
+    count, create, delivery_rows, emit_after, http_handler, log_rows, numbers, same_json,
+    secret_of, wait_for_logs, WAIT,
 };
 
 /// Handlers must get the emitter's exact bytes (ids beyond 2^53, long decimals, odd
@@ -299,6 +299,65 @@ async fn after_handlers_run_one_after_another_in_priority_order() {
             pair[0].path
         );
     }
+}
+
+/// The replica that stores an event leases its deliveries to itself in the same
+/// statement and runs them without claiming them back: when Emit returns, every
+/// delivery of the event is already leased (past the lease length), and all of them are
+/// then delivered in priority order and settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_deliveries_are_leased_to_the_storing_replica_when_stored() {
+    let db = TestDatabase::new().await;
+    let server = spawn_server(&db).await;
+    let receiver = Receiver::start().await;
+    for (name, priority) in [("second", 2), ("first", 1)] {
+        let path = format!("/{name}");
+        receiver.route(&path, vec![Reply::ok().delay(Duration::from_millis(300))]);
+        create(
+            &server.client,
+            proto::CreateHandlerRequest {
+                priority,
+                ..http_handler(
+                    name,
+                    "accounts.update",
+                    proto::Phase::After,
+                    &receiver.url(&path),
+                )
+            },
+        )
+        .await;
+    }
+    let reply = emit_after(&server.client, "accounts.update", r#"{"n": 1}"#).await;
+    assert_eq!(reply.deliveries, 2);
+    // The test configuration's lease is 2 s; the chain's timeouts come on top.
+    let leased = count(
+        &db,
+        &format!(
+            "SELECT count(*) AS n FROM deliveries WHERE event_id = {} AND state = 1
+               AND leased_by IS NOT NULL AND next_attempt_at > now() + interval '2 seconds'",
+            reply.event_id
+        ),
+    );
+    assert_eq!(leased, 2, "both deliveries leased by the storing statement");
+
+    let rows = wait_for_logs(&db, "two rows", |rows| rows.len() >= 2).await;
+    let names: Vec<&str> = rows.iter().map(|r| r.handler_name.as_str()).collect();
+    assert_eq!(names, ["first", "second"]);
+    assert!(rows.iter().all(|r| r.status == "success" && r.attempt == 1));
+    let paths: Vec<String> = receiver
+        .all_requests()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        paths,
+        ["/first", "/second"],
+        "each delivered once, in order"
+    );
+    eventually(WAIT, "both deliveries settled", || {
+        std::future::ready((count(&db, "SELECT count(*) AS n FROM deliveries") == 0).then_some(()))
+    })
+    .await;
 }
 
 /// A handler that keeps failing must not hold back the other handlers of the same

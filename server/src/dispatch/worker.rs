@@ -1,18 +1,21 @@
-//! The AFTER worker: claims due deliveries with `FOR UPDATE SKIP LOCKED` and a lease,
-//! runs each event's deliveries in priority order (the next starts when the previous
-//! attempt ended), and hands every attempt to the recorder. Different events run
-//! concurrently, up to the configured concurrency.
+//! The AFTER worker: runs each event's deliveries in priority order (the next starts
+//! when the previous attempt ended) and hands every attempt to the recorder. Different
+//! events run concurrently, up to the configured concurrency.
 //!
-//! It wakes at once on new work (in-process signal or NOTIFY from another replica) and
-//! otherwise polls at the configured interval, which also picks up retries and leases
-//! expired by dead replicas.
+//! Work reaches it two ways. Fresh deliveries stored by this replica are leased to it
+//! in the same statement that stores them and handed over in memory ([`Worker::start`]),
+//! so they are never claimed back from the table. Everything else (retries, deliveries
+//! stored while every slot was busy, other replicas' expired leases) is claimed with
+//! `FOR UPDATE SKIP LOCKED` and a lease by the claim loop, which wakes at once on new
+//! work (in-process signal or NOTIFY from another replica) and otherwise polls at the
+//! configured interval.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use rand::Rng;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use super::recorder::{DeliveryOutcome, LogRecord, Record};
@@ -29,63 +32,105 @@ const MAX_CLAIM: usize = 500;
 /// Pause between a wake-up and the claim it triggers.
 const CLAIM_COALESCE: Duration = Duration::from_millis(5);
 
-/// Starts the worker.
-pub fn spawn(db: Db, config: Arc<Config>, runner: Runner, signals: Signals, shutdown: &Shutdown) {
-    let shutdown_for_task = shutdown.clone();
-    shutdown.spawn(async move { claim_loop(db, config, runner, signals, shutdown_for_task).await });
+/// This replica's AFTER worker: run slots shared by the claim loop and the deliveries
+/// handed over by the ingest committer.
+#[derive(Clone)]
+pub struct Worker {
+    runner: Runner,
+    config: Arc<Config>,
+    slots: Arc<Semaphore>,
+    chains: TaskTracker,
+    chain_done: Arc<Notify>,
+    owner: Arc<str>,
 }
 
-async fn claim_loop(
+impl Worker {
+    /// The name this replica writes into `deliveries.leased_by`.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// How long a lease lasts beyond the handlers' own timeouts.
+    pub fn lease_ms(&self) -> i64 {
+        self.config.lease.as_millis() as i64
+    }
+
+    /// Takes run slots for up to `chains` chains that can start now (fewer when fewer
+    /// are free); `None` when every slot is busy.
+    pub fn reserve(&self, chains: usize) -> Option<OwnedSemaphorePermit> {
+        let free = self.slots.available_permits().min(chains);
+        if free == 0 {
+            return None;
+        }
+        self.slots.clone().try_acquire_many_owned(free as u32).ok()
+    }
+
+    /// Runs one event's deliveries, leased to this replica, in the given order; `slot`
+    /// is the run slot it holds until the chain ends.
+    pub fn start(&self, chain: Vec<ClaimedDelivery>, slot: OwnedSemaphorePermit) {
+        let worker = self.clone();
+        self.chains.spawn(async move {
+            for delivery in chain {
+                run_delivery(&worker.runner, &worker.config, delivery).await;
+            }
+            drop(slot);
+            worker.chain_done.notify_one();
+        });
+    }
+}
+
+/// Starts the claim loop and returns the worker.
+pub fn spawn(
     db: Db,
     config: Arc<Config>,
     runner: Runner,
     signals: Signals,
-    shutdown: Shutdown,
-) {
-    let owner = format!("{}-{:08x}", std::process::id(), rand::rng().random::<u32>());
-    let concurrency = config.concurrency.max(1);
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let chain_done = Arc::new(Notify::new());
+    shutdown: &Shutdown,
+) -> Worker {
+    let worker = Worker {
+        runner,
+        slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+        config,
+        chains: TaskTracker::new(),
+        chain_done: Arc::new(Notify::new()),
+        owner: format!("{}-{:08x}", std::process::id(), rand::rng().random::<u32>()).into(),
+    };
+    let shutdown_for_task = shutdown.clone();
+    let claiming = worker.clone();
+    shutdown.spawn(async move { claim_loop(db, claiming, signals, shutdown_for_task).await });
+    worker
+}
+
+async fn claim_loop(db: Db, worker: Worker, signals: Signals, shutdown: Shutdown) {
     // Under load, wait until a worthwhile batch can start rather than claiming a few
     // rows each time one chain ends: fewer, larger claims.
-    let worthwhile = (concurrency / 4).clamp(1, MAX_CLAIM);
-    let chains = TaskTracker::new();
-    let lease_ms = config.lease.as_millis() as i64;
+    let worthwhile = (worker.config.concurrency.max(1) / 4).clamp(1, MAX_CLAIM);
+    let lease_ms = worker.lease_ms();
     while !shutdown.is_requested() {
         // Claim no more than can start now: claimed work waiting here would hold a lease.
-        let free = permits.available_permits();
-        if free < worthwhile && !chains.is_empty() {
+        let free = worker.slots.available_permits();
+        if free < worthwhile && !worker.chains.is_empty() {
             tokio::select! {
-                _ = chain_done.notified() => {}
+                _ = worker.chain_done.notified() => {}
                 _ = shutdown.requested() => break,
             }
             continue;
         }
         let limit = free.min(MAX_CLAIM) as i64;
-        let owner_for_claim = owner.clone();
+        let owner = worker.owner.clone();
         let claimed = db
             .run(move |conn| {
-                deliveries::claim_due(conn, limit, lease_ms, &owner_for_claim)
-                    .map_err(DbError::from)
+                deliveries::claim_due(conn, limit, lease_ms, &owner).map_err(DbError::from)
             })
             .await;
         match claimed {
             Ok(rows) if !rows.is_empty() => {
                 let full = rows.len() as i64 >= limit;
                 for chain in split_by_event(rows) {
-                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                    let Ok(slot) = worker.slots.clone().acquire_owned().await else {
                         break;
                     };
-                    let runner = runner.clone();
-                    let config = config.clone();
-                    let chain_done = chain_done.clone();
-                    chains.spawn(async move {
-                        for delivery in chain {
-                            run_delivery(&runner, &config, delivery).await;
-                        }
-                        drop(permit);
-                        chain_done.notify_one();
-                    });
+                    worker.start(chain, slot);
                 }
                 if full {
                     continue;
@@ -105,14 +150,14 @@ async fn claim_loop(
                 // database more than the deliveries themselves.
                 tokio::time::sleep(CLAIM_COALESCE).await;
             }
-            _ = tokio::time::sleep(config.poll_interval) => {}
+            _ = tokio::time::sleep(worker.config.poll_interval) => {}
             _ = shutdown.requested() => break,
         }
     }
     // Runs in flight end within their timeouts; their records reach the recorder,
     // which drains its queue before stopping.
-    chains.close();
-    chains.wait().await;
+    worker.chains.close();
+    worker.chains.wait().await;
 }
 
 /// Claimed rows come ordered by event: consecutive rows of one event form a chain.

@@ -1,11 +1,12 @@
 //! Storing AFTER events with their deliveries.
 
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Bool, Int4, Jsonb, Nullable, Text};
 
 use crate::db::prepared::prepared;
 
-/// Outcome of storing one event of a batch, in input order.
+/// One row of the outcome of storing a batch: one per event in input order, repeated
+/// once per delivery leased to the caller (in run order), whose columns are then set.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct StoredEvent {
     /// 1-based position in the batch.
@@ -20,17 +21,59 @@ pub struct StoredEvent {
     /// Deliveries created for it.
     #[diesel(sql_type = BigInt)]
     pub deliveries: i64,
+    /// A delivery leased to the caller.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub delivery_id: Option<i64>,
+    /// Its handler.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub handler_id: Option<i64>,
+    /// Handler name.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub name: Option<String>,
+    /// `http` / `script`.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub kind: Option<String>,
+    /// HTTP URL.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub url: Option<String>,
+    /// HTTP headers.
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    pub headers: Option<serde_json::Value>,
+    /// HTTP secret.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub secret: Option<String>,
+    /// Script path.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub script_path: Option<String>,
+    /// Timeout of one run.
+    #[diesel(sql_type = Nullable<Int4>)]
+    pub timeout_ms: Option<i32>,
+}
+
+/// Deliveries to lease to the storing replica as they are inserted, so it runs them
+/// without claiming them back from the table.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseAtInsert<'a> {
+    /// At most this many events (of those with deliveries) have theirs leased.
+    pub events: i32,
+    /// Lease owner.
+    pub owner: &'a str,
+    /// Lease length beyond the handlers' timeouts.
+    pub lease_ms: i64,
 }
 
 /// Inserts a batch of events and, in the same statement, one delivery per matching
-/// enabled AFTER handler (read now: no cache, so handler changes apply at once). The
-/// first delivery of each event in priority order is pending, the others wait for it.
-/// Events whose idempotency key is taken are skipped (`inserted = false`).
+/// enabled AFTER handler (read now: no cache, so handler changes apply at once).
+/// Deliveries of the events covered by `lease` are leased to its owner, exactly as a
+/// claim would leave them; of the others, the first in priority order is pending and the
+/// rest wait for it. Events whose idempotency key is taken are skipped
+/// (`inserted = false`). One statement: it commits on its own, all or nothing.
 pub fn insert_batch(
     conn: &mut PgConnection,
     names: &[&str],
     data: &[&str],
     keys: &[Option<&str>],
+    lease: LeaseAtInsert<'_>,
 ) -> QueryResult<Vec<StoredEvent>> {
     prepared(
         r#"
@@ -43,27 +86,41 @@ WITH input AS MATERIALIZED (
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, event, data
 ), dl AS (
-    INSERT INTO deliveries (event_id, handler_id, priority, state)
-    SELECT ins.id, h.id, h.priority,
-           CASE WHEN row_number() OVER (PARTITION BY ins.id ORDER BY h.priority, h.id) = 1
-                THEN 1 ELSE 0 END
-    FROM ins
-    JOIN handlers h ON h.event = ins.event AND h.phase = 'after' AND h.status = 'enabled'
-                   AND (h.filter IS NULL OR ins.data::jsonb @> h.filter)
-    RETURNING event_id
+    INSERT INTO deliveries (event_id, handler_id, priority, state, next_attempt_at, leased_by)
+    SELECT c.id, c.handler_id, c.priority,
+           CASE WHEN c.leased OR c.rank = 1 THEN 1 ELSE 0 END,
+           CASE WHEN c.leased THEN now() + (($6 + c.chain_ms) * interval '1 millisecond') ELSE now() END,
+           CASE WHEN c.leased THEN $5 END
+    FROM (
+        SELECT ins.id, h.id AS handler_id, h.priority,
+               dense_rank() OVER (ORDER BY ins.id) <= $4 AS leased,
+               row_number() OVER (PARTITION BY ins.id ORDER BY h.priority, h.id) AS rank,
+               sum(h.timeout_ms) OVER (PARTITION BY ins.id) AS chain_ms
+        FROM ins
+        JOIN handlers h ON h.event = ins.event AND h.phase = 'after' AND h.status = 'enabled'
+                       AND (h.filter IS NULL OR ins.data::jsonb @> h.filter)
+    ) c
+    RETURNING id, event_id, handler_id, priority, leased_by
 ), counts AS (
     SELECT event_id, count(*) AS n FROM dl GROUP BY event_id
 )
-SELECT input.ord, input.id, (ins.id IS NOT NULL) AS inserted, coalesce(counts.n, 0) AS deliveries
+SELECT input.ord, input.id, (ins.id IS NOT NULL) AS inserted, coalesce(counts.n, 0) AS deliveries,
+       l.id AS delivery_id, h.id AS handler_id, h.name, h.kind, h.url, h.headers, h.secret,
+       h.script_path, h.timeout_ms
 FROM input
 LEFT JOIN ins ON ins.id = input.id
 LEFT JOIN counts ON counts.event_id = input.id
-ORDER BY input.ord
+LEFT JOIN dl l ON l.event_id = input.id AND l.leased_by IS NOT NULL
+LEFT JOIN handlers h ON h.id = l.handler_id
+ORDER BY input.ord, l.priority, l.handler_id
 "#,
     )
     .bind::<Array<Text>, _>(names)
     .bind::<Array<Text>, _>(data)
     .bind::<Array<Nullable<Text>>, _>(keys)
+    .bind::<Int4, _>(lease.events)
+    .bind::<Text, _>(lease.owner)
+    .bind::<BigInt, _>(lease.lease_ms)
     .load(conn)
 }
 
