@@ -1,12 +1,12 @@
 //! The recorder: the one writer of execution-log rows and delivery outcomes.
 //!
 //! Runs are sent over a bounded channel (a full channel slows producers down; nothing is
-//! dropped) and written in batches, one transaction per batch: log rows, delivery
-//! updates, handler health; after the commit the new rows are announced to the tails of
-//! every replica. A
-//! failed batch is retried; if the database rejects the batch itself, rows are written
-//! one by one so a single bad row cannot hold the others back. The task ends when every
-//! sender is gone, after writing what was queued, so runs in flight at shutdown are kept.
+//! dropped) and written in batches, all or nothing per batch: log rows, delivery
+//! updates, handler health (a batch of successes is a single statement). After the
+//! commit the new rows are announced to the tails of every replica. A failed batch is
+//! retried; if the database rejects the batch itself, rows are written one by one so a
+//! single bad row cannot hold the others back. The task ends when every sender is gone,
+//! after writing what was queued, so runs in flight at shutdown are kept.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -228,22 +228,26 @@ fn write_batch(
         columns.event_id.push(log.event_id);
         columns.delivery_id.push(log.delivery_id);
     }
-    conn.transaction::<_, DbError, _>(|conn| {
-        let max_id = logs::insert_batch(conn, &columns)?;
-        if !delivered.is_empty() {
-            deliveries::delete_delivered(conn, &delivered)?;
-        }
-        if !failed_ids.is_empty() {
-            deliveries::record_failures(conn, &failed_ids, &failed_at, &failed_errors)?;
-        }
-        let disabled = deliveries::update_handler_health(
+    succeeded_handlers.sort_unstable();
+    succeeded_handlers.dedup();
+    if failed_ids.is_empty() {
+        // Only successes (the common case): one statement, committed on its own.
+        return Ok(logs::insert_batch(
             conn,
+            &columns,
+            &delivered,
             &succeeded_handlers,
-            &failed_handlers,
-            disable_after_ms,
-        )?;
-        for id in disabled {
-            tracing::warn!(handler.id = id, "handler disabled: failing for too long");
+        )?);
+    }
+    conn.transaction::<_, DbError, _>(|conn| {
+        let max_id = logs::insert_batch(conn, &columns, &delivered, &succeeded_handlers)?;
+        deliveries::record_failures(conn, &failed_ids, &failed_at, &failed_errors)?;
+        if !failed_handlers.is_empty() {
+            let disabled =
+                deliveries::record_handler_failures(conn, &failed_handlers, disable_after_ms)?;
+            for id in disabled {
+                tracing::warn!(handler.id = id, "handler disabled: failing for too long");
+            }
         }
         for id in gone {
             deliveries::disable_handler(

@@ -104,13 +104,6 @@ ORDER BY c.event_id, c.priority, c.handler_id
     .load(conn)
 }
 
-/// Deletes delivered rows.
-pub fn delete_delivered(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
-    prepared("DELETE FROM deliveries WHERE id = ANY($1)")
-        .bind::<Array<BigInt>, _>(ids)
-        .execute(conn)
-}
-
 /// Records failed attempts: attempts + 1, the error, and either the next attempt time
 /// or, where it is `NULL`, death.
 pub fn record_failures(
@@ -203,23 +196,14 @@ pub fn schedule_now(
     }
 }
 
-/// Handler health after a batch: successes clear `failing_since`; failures start it;
-/// handlers failing for longer than `disable_after_ms` are disabled with a reason.
-/// Returns the ids disabled now.
-pub fn update_handler_health(
+/// Handler health after failed attempts: failures start the failing clock; handlers
+/// failing for longer than `disable_after_ms` are disabled with a reason. (Successes
+/// stop the clock as their log rows are written.) Returns the ids disabled now.
+pub fn record_handler_failures(
     conn: &mut PgConnection,
-    succeeded: &[i64],
     failed: &[i64],
     disable_after_ms: i64,
 ) -> QueryResult<Vec<i64>> {
-    if !succeeded.is_empty() {
-        prepared("UPDATE handlers SET failing_since = NULL WHERE id = ANY($1) AND failing_since IS NOT NULL")
-            .bind::<Array<BigInt>, _>(succeeded)
-            .execute(conn)?;
-    }
-    if failed.is_empty() {
-        return Ok(Vec::new());
-    }
     prepared(
         "UPDATE handlers SET failing_since = now() WHERE id = ANY($1) AND failing_since IS NULL",
     )

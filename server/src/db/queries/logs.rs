@@ -36,9 +36,16 @@ struct MaxId {
     max: Option<i64>,
 }
 
-/// Inserts a batch of log rows (data as JSON text, cast to jsonb) and returns the
-/// highest id written.
-pub fn insert_batch(conn: &mut PgConnection, rows: &NewLogColumns) -> QueryResult<Option<i64>> {
+/// Inserts a batch of log rows (data as JSON text, cast to jsonb) and, in the same
+/// statement, settles the successes they record: deletes the `delivered` deliveries and
+/// clears the failing clock of the `succeeded` handlers. Returns the highest log id
+/// written.
+pub fn insert_batch(
+    conn: &mut PgConnection,
+    rows: &NewLogColumns,
+    delivered: &[i64],
+    succeeded: &[i64],
+) -> QueryResult<Option<i64>> {
     let max: MaxId = prepared(
         r#"
 WITH ins AS (
@@ -51,6 +58,11 @@ WITH ins AS (
         AS t(created_at, phase, event, status, handler_id, handler_name, kind, error,
         duration_ms, attempt, data_sent, data_returned, response, http_status, exit_code, event_id, delivery_id)
     RETURNING id
+), delivered AS (
+    DELETE FROM deliveries WHERE id = ANY($18::bigint[])
+), healthy AS (
+    UPDATE handlers SET failing_since = NULL
+    WHERE id = ANY($19::bigint[]) AND failing_since IS NOT NULL
 )
 SELECT max(id) AS max FROM ins
 "#,
@@ -72,6 +84,8 @@ SELECT max(id) AS max FROM ins
     .bind::<Array<Nullable<Int4>>, _>(&rows.exit_code)
     .bind::<Array<BigInt>, _>(&rows.event_id)
     .bind::<Array<Nullable<BigInt>>, _>(&rows.delivery_id)
+    .bind::<Array<BigInt>, _>(delivered)
+    .bind::<Array<BigInt>, _>(succeeded)
     .get_result(conn)?;
     Ok(max.max)
 }
