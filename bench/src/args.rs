@@ -51,11 +51,11 @@ pub struct Args {
     #[arg(long)]
     pub smoke: bool,
 
-    /// Offered rate of the delivery latency run, events/s.
+    /// Offered rate of the paced latency runs (delivery, BEFORE chain), calls/s.
     #[arg(long, default_value_t = 1000)]
     pub rate: u32,
 
-    /// Length of the delivery latency run, seconds.
+    /// Length of each paced latency run, seconds.
     #[arg(long, default_value_t = 5)]
     pub latency_secs: u64,
 

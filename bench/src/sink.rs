@@ -262,7 +262,8 @@ pub async fn sequential_latency(
     Ok((all, elapsed))
 }
 
-async fn warm_up(client: &PlainClient, connections: usize) -> anyhow::Result<()> {
+/// Opens `connections` keep-alive connections with one POST each.
+pub async fn warm_up(client: &PlainClient, connections: usize) -> anyhow::Result<()> {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..connections {
         let client = client.clone();

@@ -7,13 +7,11 @@
 //! event id minus the `Instant` taken just before its Emit, so it includes the
 //! durable commit, the claim and the POST.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use provisioning_client::proto;
-use tokio::time::MissedTickBehavior;
 
-use super::{clients, emit_batches, emit_request, http_handler, Ctx};
+use super::{clients, emit_batches, emit_request, http_handler, paced, Ctx};
 use crate::report::{per_second, percentile_ms, Metric};
 
 const NAME: &str = "deliver";
@@ -86,36 +84,18 @@ async fn latency(
 ) -> anyhow::Result<Vec<Metric>> {
     let s = ctx.settings;
     ctx.sink.reset();
-    let period = Duration::from_secs_f64(1.0 / f64::from(s.rate));
     let count = (u64::from(s.rate) * s.latency_run.as_secs()).max(1);
-    let sent: Arc<Mutex<Vec<(i64, Instant)>>> =
-        Arc::new(Mutex::new(Vec::with_capacity(count as usize)));
-    let mut ticker = tokio::time::interval(period);
-    // Burst: ticks missed by a late timer are caught up, so the offered total is exact.
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    let mut calls = tokio::task::JoinSet::new();
-    let start = Instant::now();
-    for i in 0..count {
-        ticker.tick().await;
+    let (sent, offered) = paced(s.rate, count, |i| {
         let client = clients[i as usize % clients.len()].clone();
-        let sent = sent.clone();
-        calls.spawn(async move {
-            let t0 = Instant::now();
+        async move {
             let reply = client
                 .emit(emit_request(1_000_000_000 + i, proto::Phase::After))
                 .await?;
-            sent.lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push((reply.event_id, t0));
-            anyhow::Ok(())
-        });
-    }
-    let offered = per_second(count, start.elapsed());
-    while let Some(done) = calls.join_next().await {
-        done??;
-    }
-    let sent = std::mem::take(&mut *sent.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
-    let ids: Vec<i64> = sent.iter().map(|(id, _)| *id).collect();
+            anyhow::Ok(reply.event_id)
+        }
+    })
+    .await?;
+    let ids: Vec<i64> = sent.iter().map(|call| call.output).collect();
     let missing = ctx.sink.wait_for(&ids, Duration::from_secs(60)).await;
     anyhow::ensure!(
         missing == 0,
@@ -126,7 +106,7 @@ async fn latency(
     let mut latencies: Vec<Duration> = sent
         .iter()
         .zip(arrivals)
-        .filter_map(|((_, t0), arrived)| Some(arrived?.saturating_duration_since(*t0)))
+        .filter_map(|(call, arrived)| Some(arrived?.saturating_duration_since(call.started)))
         .collect();
     latencies.sort_unstable();
     let note = format!(

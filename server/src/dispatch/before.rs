@@ -7,6 +7,7 @@
 //! = unchanged, 4xx = forbid (reason from the body), anything else = failure.
 //! Script: see `script` for the exit-code protocol.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::recorder::{LogRecord, Record};
@@ -72,17 +73,27 @@ pub struct ChainResult {
     pub results: Vec<HandlerResult>,
 }
 
+/// Event ids taken from the sequence per round trip for BEFORE events.
+const ID_BLOCK: i64 = 64;
+
 /// Runs BEFORE chains.
 #[derive(Clone)]
 pub struct BeforeChain {
     db: Db,
     runner: Runner,
+    /// Event ids taken from the sequence and not used yet: BEFORE events get theirs
+    /// without a round trip of their own (ids stay unique; a restart leaves a gap).
+    spare_ids: Arc<Mutex<Vec<i64>>>,
 }
 
 impl BeforeChain {
     /// A chain runner over `db`.
     pub fn new(db: Db, runner: Runner) -> BeforeChain {
-        BeforeChain { db, runner }
+        BeforeChain {
+            db,
+            runner,
+            spare_ids: Arc::default(),
+        }
     }
 
     /// Runs the chain for a validated event; `deadline` bounds the whole chain.
@@ -188,28 +199,49 @@ impl BeforeChain {
         })
     }
 
-    /// A fresh event id and the enabled BEFORE handlers whose filter matches, read now.
+    /// A fresh event id and the enabled BEFORE handlers whose filter matches, read now
+    /// (no cache: a handler change applies to the next call, on every replica).
     async fn load(&self, event: String, data: String) -> Result<(i64, Vec<Handler>), DomainError> {
-        let rows = self
+        let spare = self.take_spare_id();
+        let (id, more_ids, rows) = self
             .db
             .run(move |conn| {
-                let id = events::next_id(conn)?;
+                let (id, more_ids) = match spare {
+                    Some(id) => (id, Vec::new()),
+                    None => {
+                        let mut ids = events::next_ids(conn, ID_BLOCK)?;
+                        // Popped from the end: smallest first.
+                        ids.reverse();
+                        let id = ids.pop().ok_or_else(|| {
+                            DomainError::Internal("the event id sequence returned nothing".into())
+                        })?;
+                        (id, ids)
+                    }
+                };
                 let rows = queries::handlers::enabled_matching(
                     conn,
                     &event,
                     Phase::Before.as_str(),
                     &data,
                 )?;
-                Ok::<_, DomainError>((id, rows))
+                Ok::<_, DomainError>((id, more_ids, rows))
             })
             .await?;
-        let (id, rows) = rows;
+        if !more_ids.is_empty() {
+            if let Ok(mut spare) = self.spare_ids.lock() {
+                spare.extend(more_ids);
+            }
+        }
         Ok((
             id,
             rows.into_iter()
                 .map(handler_from_row)
                 .collect::<Result<_, _>>()?,
         ))
+    }
+
+    fn take_spare_id(&self) -> Option<i64> {
+        self.spare_ids.lock().ok()?.pop()
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -144,13 +144,16 @@ pub fn ids_by_keys(conn: &mut PgConnection, keys: &[&str]) -> QueryResult<Vec<(S
         .collect())
 }
 
-/// A fresh event id for a BEFORE event (which is logged, not stored).
-pub fn next_id(conn: &mut PgConnection) -> QueryResult<i64> {
+/// `n` fresh event ids for BEFORE events (which are logged, not stored).
+pub fn next_ids(conn: &mut PgConnection, n: i64) -> QueryResult<Vec<i64>> {
     #[derive(QueryableByName)]
     struct NextId {
         #[diesel(sql_type = BigInt)]
         id: i64,
     }
-    let next: NextId = prepared("SELECT nextval('events_id_seq') AS id").get_result(conn)?;
-    Ok(next.id)
+    let ids: Vec<NextId> =
+        prepared("SELECT nextval('events_id_seq') AS id FROM generate_series(1, $1)")
+            .bind::<BigInt, _>(n)
+            .load(conn)?;
+    Ok(ids.into_iter().map(|r| r.id).collect())
 }
