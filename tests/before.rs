@@ -11,7 +11,8 @@ use provisioning_tests::receiver::{Receiver, Reply};
 use provisioning_tests::{spawn_server, TempDir, TestDatabase};
 
 use crate::dispatch::{
-    create, emit_before, http_handler, same_json, script_handler, wait_for_logs, LogRow, WAIT,
+    create, emit_before, event_request, http_handler, same_json, script_handler, wait_for_logs,
+    LogRow, WAIT,
 };
 
 fn decision(reply: &proto::EmitResponse) -> proto::Decision {
@@ -730,4 +731,40 @@ async fn before_chain_is_bounded_by_the_rpc_deadline() {
         "ran {} ms: not bounded by the 1 s deadline",
         rows[0].duration_ms
     );
+}
+
+/// Every event gets an id of its own: BEFORE events (whose ids a server takes from the
+/// sequence in blocks) and AFTER events, emitted concurrently through two servers on one
+/// database, over several blocks, never share one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_and_after_events_emitted_concurrently_on_two_servers_get_distinct_ids() {
+    let db = TestDatabase::new().await;
+    let servers = [spawn_server(&db).await, spawn_server(&db).await];
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..400u32 {
+        let client = servers[n as usize % 2].client.clone();
+        let phase = if n % 3 == 0 {
+            proto::Phase::After
+        } else {
+            proto::Phase::Before
+        };
+        calls.spawn(async move {
+            let reply = client
+                .emit(event_request(
+                    "clients.update",
+                    phase,
+                    &format!(r#"{{"n": {n}}}"#),
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("emit {n}: {e}"));
+            reply.event_id
+        });
+    }
+    let mut ids = std::collections::HashSet::new();
+    while let Some(id) = calls.join_next().await {
+        let id = id.expect("emit task");
+        assert!(id > 0);
+        assert!(ids.insert(id), "event id {id} given twice");
+    }
+    assert_eq!(ids.len(), 400);
 }
