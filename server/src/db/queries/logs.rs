@@ -198,7 +198,10 @@ fn filtered(filter: &LogFilter) -> LogQuery {
         query = query.filter(l::data_sent.contains(object.clone()));
     }
     if let Some(text) = &filter.error_contains {
-        query = query.filter(l::error.ilike(contains_pattern(text)));
+        // `error <> ''` is the predicate of the partial index `execution_logs_error_trgm_idx`.
+        query = query
+            .filter(l::error.ne(""))
+            .filter(l::error.ilike(contains_pattern(text)));
     }
     if let Some(from) = filter.from {
         query = query.filter(l::created_at.ge(from));
