@@ -32,7 +32,7 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 /// Largest EmitBatch.
 pub const MAX_BATCH_EVENTS: usize = 10_000;
 const MAX_GROUP_COMMIT: usize = 2_000;
-const COMMITS_IN_FLIGHT: usize = 4;
+const COMMITS_IN_FLIGHT: usize = 2;
 
 /// A validated event.
 #[derive(Debug, Clone)]
