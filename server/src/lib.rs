@@ -8,10 +8,11 @@
 //! # Layout
 //! - `config`: flags and environment, validated once.
 //! - `db`: pool, blocking helper, schema, row models, one query module per aggregate,
-//!   the embedded PostgreSQL cluster.
+//!   prepared hand-written statements, the embedded PostgreSQL cluster.
 //! - `domain`: rules per aggregate (handlers, events, logs) and transactions.
-//! - `dispatch`: the AFTER worker (claim → run → record), the BEFORE chain, the HTTP and
-//!   script executors, the pure retry policy, the batched log recorder.
+//! - `dispatch`: the AFTER worker (runs what ingest hands over and what it claims, then
+//!   records), the BEFORE chain, the HTTP and script executors, the pure retry policy,
+//!   the batched log recorder.
 //! - `listener`: the LISTEN connection that wakes dispatchers and tails across replicas.
 //! - `grpc`: one file per proto service; conversions; the error → status mapping.
 //! - `shutdown`, `telemetry`.

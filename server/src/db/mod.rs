@@ -40,6 +40,20 @@ pub enum DbError {
     Migration(String),
 }
 
+impl DbError {
+    /// Whether the database refused the statement itself (bad data, a violated
+    /// constraint): running it again cannot succeed. Lost connections, pool timeouts and
+    /// the like are transient.
+    pub fn is_rejection(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            DbError::Query(Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _)) => false,
+            DbError::Query(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// A cloneable handle on the connection pool.
 #[derive(Clone)]
 pub struct Db {
@@ -55,6 +69,10 @@ impl Db {
             .max_size(max_size)
             .min_idle(Some(2.min(max_size)))
             .connection_timeout(Duration::from_secs(10))
+            // No `SELECT 1` before every checkout: a round trip per query. A connection
+            // that broke fails its statement, is marked broken and is replaced; callers
+            // retry (the recorder) or get UNAVAILABLE.
+            .test_on_check_out(false)
             .build(ConnectionManager::new(url))
             .map_err(DbError::Pool)?;
         Ok(Db {

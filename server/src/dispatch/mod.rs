@@ -1,6 +1,7 @@
-//! Running handlers: the AFTER worker (`worker`: claim → run → record), the BEFORE
-//! chain (`before`), the executors (`http`, `script`), the pure retry policy (`retry`)
-//! and the batched writer of execution-log rows and delivery outcomes (`recorder`).
+//! Running handlers: the AFTER worker (`worker`: hand-over or claim → run → record),
+//! the BEFORE chain (`before`), the executors (`http`, `script`), the pure retry policy
+//! (`retry`) and the batched writer of execution-log rows and delivery outcomes
+//! (`recorder`).
 //!
 //! Attempt errors are recorded in the execution log; they are never returned to RPC
 //! callers.

@@ -137,7 +137,7 @@ async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) 
             .await
         {
             Ok(max_id) => return max_id,
-            Err(DbError::Query(error)) => {
+            Err(error) if error.is_rejection() => {
                 tracing::warn!(%error, rows = records.len(), "log batch rejected; writing rows one by one");
                 break;
             }
@@ -162,7 +162,7 @@ async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) 
                     written = written.max(max_id);
                     break;
                 }
-                Err(DbError::Query(error)) => {
+                Err(error) if error.is_rejection() => {
                     tracing::error!(%error, event.id = one[0].log.event_id, handler.id = one[0].log.handler_id,
                         "execution-log row rejected by the database; dropped");
                     break;

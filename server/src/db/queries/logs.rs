@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Int4, Nullable, Text, Timestamptz};
 
-use crate::db::prepared::prepared;
+use crate::db::prepared::{prepared, PlannedPerCall};
 
 use crate::db::models::LogRow;
 
@@ -254,9 +254,7 @@ pub fn search_page(
     before: Option<Position>,
     limit: i64,
 ) -> QueryResult<Vec<LogRow>> {
-    search_query(filter, before, limit)
-        .select(LogRow::as_select())
-        .load(conn)
+    PlannedPerCall(search_query(filter, before, limit).select(LogRow::as_select())).load(conn)
 }
 
 /// Positions of the newest `limit` matching rows, newest first (Tail's backlog: keys
@@ -267,9 +265,9 @@ pub fn newest_positions(
     limit: i64,
 ) -> QueryResult<Vec<Position>> {
     use crate::db::schema::execution_logs::dsl as l;
-    let keys: Vec<(DateTime<Utc>, i64)> = search_query(filter, None, limit)
-        .select((l::created_at, l::id))
-        .load(conn)?;
+    let keys: Vec<(DateTime<Utc>, i64)> =
+        PlannedPerCall(search_query(filter, None, limit).select((l::created_at, l::id)))
+            .load(conn)?;
     Ok(keys
         .into_iter()
         .map(|(created_at, id)| Position { created_at, id })
@@ -287,16 +285,18 @@ pub fn ascending_page(
     limit: i64,
 ) -> QueryResult<Vec<LogRow>> {
     use crate::db::schema::execution_logs::dsl as l;
-    filtered(filter)
-        .filter(l::created_at.ge(after.created_at))
-        .filter(l::created_at.le(last.created_at))
-        .filter(row_compare(">", after))
-        .filter(row_compare("<=", last))
-        .filter(l::id.le(max_id))
-        .order((l::created_at.asc(), l::id.asc()))
-        .limit(limit)
-        .select(LogRow::as_select())
-        .load(conn)
+    PlannedPerCall(
+        filtered(filter)
+            .filter(l::created_at.ge(after.created_at))
+            .filter(l::created_at.le(last.created_at))
+            .filter(row_compare(">", after))
+            .filter(row_compare("<=", last))
+            .filter(l::id.le(max_id))
+            .order((l::created_at.asc(), l::id.asc()))
+            .limit(limit)
+            .select(LogRow::as_select()),
+    )
+    .load(conn)
 }
 
 /// The query of [`rows_after_id`].
@@ -316,9 +316,7 @@ pub fn rows_after_id(
     after_id: i64,
     limit: i64,
 ) -> QueryResult<Vec<LogRow>> {
-    after_id_query(filter, after_id, limit)
-        .select(LogRow::as_select())
-        .load(conn)
+    PlannedPerCall(after_id_query(filter, after_id, limit).select(LogRow::as_select())).load(conn)
 }
 
 /// Ids of the matching rows in `(low, high]` (Tail's look-back for rows that committed
@@ -330,12 +328,14 @@ pub fn ids_between(
     high: i64,
 ) -> QueryResult<Vec<i64>> {
     use crate::db::schema::execution_logs::dsl as l;
-    filtered(filter)
-        .filter(l::id.gt(low))
-        .filter(l::id.le(high))
-        .order(l::id.asc())
-        .select(l::id)
-        .load(conn)
+    PlannedPerCall(
+        filtered(filter)
+            .filter(l::id.gt(low))
+            .filter(l::id.le(high))
+            .order(l::id.asc())
+            .select(l::id),
+    )
+    .load(conn)
 }
 
 /// The rows with these ids, in id order.
