@@ -265,16 +265,20 @@ fn store(
     };
     let mut leased_deliveries = 0;
     for row in rows {
-        let index = row.ord as usize - 1;
+        let index = (row.ord as usize).wrapping_sub(1);
+        let (Some(event), Some(key)) = (batch.get(index), keys.get(index)) else {
+            return Err(DomainError::Internal(
+                format!("stored event at position {} of {}", row.ord, batch.len()).into(),
+            ));
+        };
         if index == stored.accepted.len() {
-            stored.accepted.push(accepted(&row, keys[index], &earlier)?);
+            stored.accepted.push(accepted(&row, *key, &earlier)?);
             if row.delivery_id.is_some() {
                 stored.leased.push(Vec::new());
             }
         }
         if let (Some(id), Some(chain)) = (row.delivery_id, stored.leased.last_mut()) {
             leased_deliveries += 1;
-            let event = &batch[index];
             chain.push(ClaimedDelivery {
                 id,
                 event_id: row.id,
