@@ -171,9 +171,9 @@ pub struct Settings {
     pub results: PathBuf,
     /// Smoke run (tiny sizes).
     pub smoke: bool,
-    /// Offered rate of the latency run, events/s.
+    /// Offered rate of the paced latency runs, calls/s.
     pub rate: u32,
-    /// Length of the latency run.
+    /// Length of each paced latency run.
     pub latency_run: Duration,
     /// Length of the timed runs.
     pub timed_run: Duration,
