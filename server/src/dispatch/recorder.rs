@@ -212,17 +212,17 @@ fn write_batch(
         }
         columns.created_at.push(log.created_at);
         columns.phase.push(log.phase.as_str());
-        columns.event.push(log.event.clone());
+        columns.event.push(&log.event);
         columns.status.push(log.status.as_str());
         columns.handler_id.push(log.handler_id);
-        columns.handler_name.push(log.handler_name.clone());
+        columns.handler_name.push(&log.handler_name);
         columns.kind.push(log.kind.as_str());
-        columns.error.push(log.error.clone());
+        columns.error.push(&log.error);
         columns.duration_ms.push(log.duration_ms);
         columns.attempt.push(log.attempt);
-        columns.data_sent.push(log.data_sent.clone());
-        columns.data_returned.push(log.data_returned.clone());
-        columns.response.push(log.response.clone());
+        columns.data_sent.push(&log.data_sent);
+        columns.data_returned.push(log.data_returned.as_deref());
+        columns.response.push(&log.response);
         columns.http_status.push(log.http_status);
         columns.exit_code.push(log.exit_code);
         columns.event_id.push(log.event_id);

@@ -196,7 +196,7 @@ async fn run_delivery(runner: &Runner, config: &Config, delivery: ClaimedDeliver
             result: Err(refusal),
         };
         let record = after_record(
-            &delivery,
+            delivery,
             kind,
             attempt,
             &execution,
@@ -250,16 +250,16 @@ async fn run_delivery(runner: &Runner, config: &Config, delivery: ClaimedDeliver
             (error, DeliveryOutcome::Failed { retry_at })
         }
     };
-    let record = after_record(&delivery, kind, attempt, &execution, error, outcome);
+    let record = after_record(delivery, kind, attempt, &execution, error, outcome);
     if record.log.status == RunStatus::Fail {
-        tracing::debug!(delivery.id = delivery.id, handler.id = delivery.handler_id, attempt, error = %record.log.error, "delivery attempt failed");
+        tracing::debug!(delivery.id = record.log.delivery_id, handler.id = record.log.handler_id, attempt, error = %record.log.error, "delivery attempt failed");
     }
     runner.recorder.record(record).await;
 }
 
 /// The log row and settlement of one AFTER attempt; an empty `error` means success.
 fn after_record(
-    delivery: &ClaimedDelivery,
+    delivery: ClaimedDelivery,
     kind: HandlerKind,
     attempt: i32,
     execution: &Execution,
@@ -276,15 +276,15 @@ fn after_record(
         log: LogRecord {
             created_at: execution.started_at,
             phase: Phase::After,
-            event: delivery.event.clone(),
+            event: delivery.event,
             status,
             handler_id: delivery.handler_id,
-            handler_name: delivery.name.clone(),
+            handler_name: delivery.name,
             kind,
             error,
             duration_ms: execution.duration.as_millis().min(i32::MAX as u128) as i32,
             attempt,
-            data_sent: delivery.data.clone(),
+            data_sent: delivery.data,
             data_returned: None,
             response,
             http_status,

@@ -8,22 +8,23 @@ use crate::db::prepared::{prepared, PlannedPerCall};
 
 use crate::db::models::LogRow;
 
-/// Columns of a batch of new log rows, one vector per column, same length.
+/// Columns of a batch of new log rows, one vector per column, same length; the text is
+/// borrowed from the records being written.
 #[derive(Debug, Default)]
-pub struct NewLogColumns {
+pub struct NewLogColumns<'a> {
     pub created_at: Vec<DateTime<Utc>>,
     pub phase: Vec<&'static str>,
-    pub event: Vec<String>,
+    pub event: Vec<&'a str>,
     pub status: Vec<&'static str>,
     pub handler_id: Vec<i64>,
-    pub handler_name: Vec<String>,
+    pub handler_name: Vec<&'a str>,
     pub kind: Vec<&'static str>,
-    pub error: Vec<String>,
+    pub error: Vec<&'a str>,
     pub duration_ms: Vec<i32>,
     pub attempt: Vec<i32>,
-    pub data_sent: Vec<String>,
-    pub data_returned: Vec<Option<String>>,
-    pub response: Vec<String>,
+    pub data_sent: Vec<&'a str>,
+    pub data_returned: Vec<Option<&'a str>>,
+    pub response: Vec<&'a str>,
     pub http_status: Vec<Option<i32>>,
     pub exit_code: Vec<Option<i32>>,
     pub event_id: Vec<i64>,
@@ -42,7 +43,7 @@ struct MaxId {
 /// written.
 pub fn insert_batch(
     conn: &mut PgConnection,
-    rows: &NewLogColumns,
+    rows: &NewLogColumns<'_>,
     delivered: &[i64],
     succeeded: &[i64],
 ) -> QueryResult<Option<i64>> {
