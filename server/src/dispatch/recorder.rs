@@ -24,6 +24,8 @@ use crate::shutdown::Shutdown;
 
 const CHANNEL_CAPACITY: usize = 32 * 1024;
 const MAX_BATCH: usize = 2000;
+/// How long a small batch waits for more runs before it is written.
+const LINGER: Duration = Duration::from_millis(3);
 
 /// One execution-log row to write.
 #[derive(Debug, Clone)]
@@ -119,6 +121,18 @@ async fn write_loop(
     let disable_after_ms = config.disable_after.as_millis() as i64;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if batch.len() < MAX_BATCH / 4 {
+            // Runs arrive one by one: a moment's wait gathers those that follow into
+            // the same statement, far cheaper per row for the database than many small
+            // ones (each opens the log partition and its indexes, and commits).
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(_) => break,
+                }
+            }
+        }
         let records = std::mem::take(&mut batch);
         if let Some(max_id) = write_with_retry(&db, records, disable_after_ms).await {
             signals.announce_logs(max_id);
