@@ -5,11 +5,12 @@
 //! Work reaches it two ways. Fresh deliveries stored by this replica are leased to it
 //! in the same statement that stores them and handed over in memory ([`Worker::start`]),
 //! so they are never claimed back from the table. Everything else (retries, deliveries
-//! stored while every slot was busy, other replicas' expired leases) is claimed with
-//! `FOR UPDATE SKIP LOCKED` and a lease by the claim loop, which wakes at once on new
-//! work (in-process signal or NOTIFY from another replica) and otherwise polls at the
-//! configured interval.
+//! stored while every slot was busy and the fresh ones that queue behind them, other
+//! replicas' expired leases) is claimed with `FOR UPDATE SKIP LOCKED` and a lease by
+//! the claim loop, which wakes at once on new work (in-process signal or NOTIFY from
+//! another replica) and otherwise polls at the configured interval.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,10 @@ pub struct Worker {
     chains: TaskTracker,
     chain_done: Arc<Notify>,
     owner: Arc<str>,
+    /// Deliveries wait in the table for a run slot: fresh ones queue behind them (no
+    /// hand-over) until a claim finds less than it asked for, so under overload the
+    /// oldest work runs first and the claim loop is never starved of slots.
+    backlog: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -56,13 +61,21 @@ impl Worker {
     }
 
     /// Takes run slots for up to `chains` chains that can start now (fewer when fewer
-    /// are free); `None` when every slot is busy.
+    /// are free); `None` when every slot is busy or older deliveries wait in the table.
     pub fn reserve(&self, chains: usize) -> Option<OwnedSemaphorePermit> {
+        if self.backlog.load(Ordering::Relaxed) {
+            return None;
+        }
         let free = self.slots.available_permits().min(chains);
         if free == 0 {
             return None;
         }
         self.slots.clone().try_acquire_many_owned(free as u32).ok()
+    }
+
+    /// Records that deliveries were stored for the claim loop (no slot was free).
+    pub fn note_backlog(&self) {
+        self.backlog.store(true, Ordering::Relaxed);
     }
 
     /// Runs one event's deliveries, leased to this replica, in the given order; `slot`
@@ -94,6 +107,7 @@ pub fn spawn(
         chains: TaskTracker::new(),
         chain_done: Arc::new(Notify::new()),
         owner: format!("{}-{:08x}", std::process::id(), rand::rng().random::<u32>()).into(),
+        backlog: Arc::default(),
     };
     let shutdown_for_task = shutdown.clone();
     let claiming = worker.clone();
@@ -123,6 +137,11 @@ async fn claim_loop(db: Db, worker: Worker, signals: Signals, shutdown: Shutdown
                 deliveries::claim_due(conn, limit, lease_ms, &owner).map_err(DbError::from)
             })
             .await;
+        if let Ok(rows) = &claimed {
+            if (rows.len() as i64) < limit {
+                worker.backlog.store(false, Ordering::Relaxed);
+            }
+        }
         match claimed {
             Ok(rows) if !rows.is_empty() => {
                 let full = rows.len() as i64 >= limit;

@@ -7,9 +7,9 @@
 //! concurrency without giving up durability.
 //!
 //! Deliveries of fresh events are leased to this replica's worker in the statement that
-//! stores them, as far as it has free run slots, and handed to it in memory after the
-//! commit: no claim round trip, no second row version. The rest are announced and
-//! claimed from the table.
+//! stores them, as far as it has free run slots and nothing older waits in the table,
+//! and handed to it in memory after the commit: no claim round trip, no second row
+//! version. The rest are announced and claimed from the table, oldest first.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -218,6 +218,7 @@ impl Storage {
             }
         }
         if stored.unleased_deliveries {
+            self.worker.note_backlog();
             self.signals.announce_work();
         }
         Ok(stored.accepted)
