@@ -250,7 +250,11 @@ fn store(
     let duplicate_keys: Vec<&str> = rows
         .iter()
         .filter(|r| !r.inserted)
-        .filter_map(|r| keys.get(r.ord as usize - 1).copied().flatten())
+        .filter_map(|r| {
+            keys.get((r.ord as usize).wrapping_sub(1))
+                .copied()
+                .flatten()
+        })
         .collect();
     let earlier: HashMap<String, i64> = if duplicate_keys.is_empty() {
         HashMap::new()
