@@ -31,6 +31,7 @@
 mod args;
 mod baseline;
 mod database;
+mod load;
 mod report;
 mod scenarios;
 mod server;

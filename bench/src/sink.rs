@@ -24,6 +24,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::load::closed_loop;
+
 /// Header the server puts the event id in.
 const EVENT_ID_HEADER: &str = "x-provisioning-event-id";
 
@@ -203,25 +205,12 @@ pub async fn hammer(
     let client = PlainClient::new(url, body, connections)?;
     // Open the connections first so the figure is steady-state keep-alive.
     warm_up(&client, connections).await?;
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..connections {
+    let (posts, elapsed) = closed_loop(connections, duration, move |_, _| {
         let client = client.clone();
-        tasks.spawn(async move {
-            let mut done = 0u64;
-            while Instant::now() < deadline {
-                client.post().await?;
-                done += 1;
-            }
-            anyhow::Ok(done)
-        });
-    }
-    let mut total = 0;
-    while let Some(done) = tasks.join_next().await {
-        total += done??;
-    }
-    Ok(crate::report::per_second(total, start.elapsed()))
+        async move { client.post().await }
+    })
+    .await?;
+    Ok(crate::report::per_second(posts.len() as u64, elapsed))
 }
 
 /// Latency of `posts` sequential POSTs per sample, from `tasks` closed-loop tasks during
@@ -236,30 +225,16 @@ pub async fn sequential_latency(
 ) -> anyhow::Result<(Vec<Duration>, Duration)> {
     let client = PlainClient::new(url, body, tasks)?;
     warm_up(&client, tasks).await?;
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..tasks {
+    closed_loop(tasks, duration, move |_, _| {
         let client = client.clone();
-        set.spawn(async move {
-            let mut samples = Vec::new();
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                for _ in 0..posts {
-                    client.post().await?;
-                }
-                samples.push(t0.elapsed());
+        async move {
+            for _ in 0..posts {
+                client.post().await?;
             }
-            anyhow::Ok(samples)
-        });
-    }
-    let mut all = Vec::new();
-    while let Some(samples) = set.join_next().await {
-        all.extend(samples??);
-    }
-    let elapsed = start.elapsed();
-    all.sort_unstable();
-    Ok((all, elapsed))
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Opens `connections` keep-alive connections with one POST each.

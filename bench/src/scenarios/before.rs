@@ -9,11 +9,12 @@
 //! - at saturation, from `--before-tasks` closed-loop callers for `--duration-secs`:
 //!   calls/s, and latency that is mostly queueing for the two cores.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use provisioning_client::{proto, Client};
 
-use super::{clients, emit_request, event_data, http_handler, paced, Ctx};
+use super::{clients, emit_request, event_data, http_handler, Ctx};
+use crate::load::{closed_loop, paced, PacedCall};
 use crate::report::{per_second, percentile_ms, Metric};
 use crate::sink::{self, PlainClient};
 
@@ -69,7 +70,7 @@ async fn at_rate(
         }
     })
     .await?;
-    let sorted = |calls: Vec<super::PacedCall<()>>| {
+    let sorted = |calls: Vec<PacedCall<()>>| {
         let mut took: Vec<Duration> = calls.into_iter().map(|c| c.took).collect();
         took.sort_unstable();
         took
@@ -150,28 +151,11 @@ async fn run_chain(
     tasks: usize,
     duration: Duration,
 ) -> anyhow::Result<(Vec<Duration>, Duration)> {
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut set = tokio::task::JoinSet::new();
-    for task in 0..tasks {
+    let clients = clients.to_vec();
+    closed_loop(tasks, duration, move |task, n| {
         let client = clients[task % clients.len()].clone();
-        set.spawn(async move {
-            let mut samples = Vec::new();
-            let mut i = task as u64;
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                call_chain(&client, i).await?;
-                samples.push(t0.elapsed());
-                i += tasks as u64;
-            }
-            anyhow::Ok(samples)
-        });
-    }
-    let mut all = Vec::new();
-    while let Some(samples) = set.join_next().await {
-        all.extend(samples??);
-    }
-    let elapsed = start.elapsed();
-    all.sort_unstable();
-    Ok((all, elapsed))
+        // Task t emits events t, t + tasks, t + 2 * tasks, …
+        async move { call_chain(&client, task as u64 + n * tasks as u64).await }
+    })
+    .await
 }

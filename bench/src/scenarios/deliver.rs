@@ -12,22 +12,15 @@ use std::time::{Duration, Instant};
 
 use provisioning_client::proto;
 
-use super::{clients, emit_batches, emit_request, http_handler, paced, Ctx};
+use super::{clients_with_after_handler, emit_batches, emit_request, Ctx};
+use crate::load::paced;
 use crate::report::{per_second, percentile_ms, Metric};
 
 const NAME: &str = "deliver";
 
 /// Runs both parts.
 pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Metric>> {
-    let clients = clients(ctx.server).await?;
-    http_handler(
-        &clients[0],
-        "bench after",
-        proto::Phase::After,
-        0,
-        &ctx.sink.url(),
-    )
-    .await?;
+    let clients = clients_with_after_handler(ctx).await?;
     // Latency first, on the fresh server: after the saturation run the database is
     // busy for a while (autovacuum, checkpoint) with what that run left behind.
     let mut metrics = latency(ctx, &clients).await?;

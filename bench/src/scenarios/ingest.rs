@@ -13,22 +13,14 @@ use provisioning_client::proto;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{clients, emit_batches, emit_request, http_handler, Ctx};
+use super::{clients_with_after_handler, emit_batches, emit_request, Ctx};
 use crate::report::{per_second, percentile_ms, Metric};
 
 const STORAGE: &str = "storage limit: same rows via r2d2 + multi-row INSERT";
 
 /// `ingest-unary`: one Emit per event from `--concurrency` tasks.
 pub async fn unary(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Metric>> {
-    let clients = clients(ctx.server).await?;
-    http_handler(
-        &clients[0],
-        "bench after",
-        proto::Phase::After,
-        0,
-        &ctx.sink.url(),
-    )
-    .await?;
+    let clients = clients_with_after_handler(ctx).await?;
     let total = ctx.settings.events;
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -84,15 +76,7 @@ pub async fn unary(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Metric>> {
 
 /// `ingest-batch`: EmitBatch calls of 500 events from a few callers.
 pub async fn batch(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Metric>> {
-    let clients = clients(ctx.server).await?;
-    http_handler(
-        &clients[0],
-        "bench after",
-        proto::Phase::After,
-        0,
-        &ctx.sink.url(),
-    )
-    .await?;
+    let clients = clients_with_after_handler(ctx).await?;
     let s = ctx.settings;
     let start = Instant::now();
     let ids = emit_batches(&clients, s.events, s.batch_size, s.batch_callers).await?;
@@ -116,15 +100,7 @@ pub async fn batch(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Metric>> {
 
 /// `ingest-stream`: a few EmitStream calls, each keeping a window of events in flight.
 pub async fn stream(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Metric>> {
-    let clients = clients(ctx.server).await?;
-    http_handler(
-        &clients[0],
-        "bench after",
-        proto::Phase::After,
-        0,
-        &ctx.sink.url(),
-    )
-    .await?;
+    let clients = clients_with_after_handler(ctx).await?;
     let s = ctx.settings;
     let streams = s.streams.max(1) as u64;
     let start = Instant::now();

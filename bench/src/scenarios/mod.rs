@@ -10,13 +10,10 @@ pub mod deliver;
 pub mod ingest;
 pub mod search;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use provisioning_client::{proto, Client};
-use tokio::time::MissedTickBehavior;
 
 use crate::args::{Scenario, Settings};
 use crate::database::FreshDb;
@@ -91,6 +88,21 @@ pub async fn clients(server: &Server) -> anyhow::Result<Vec<Client>> {
     Ok(clients)
 }
 
+/// [`clients`] of the scenario's server, which gets one enabled AFTER HTTP handler on
+/// the sink: every AFTER event emitted creates one delivery.
+pub async fn clients_with_after_handler(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Client>> {
+    let clients = clients(ctx.server).await?;
+    http_handler(
+        &clients[0],
+        "bench after",
+        proto::Phase::After,
+        0,
+        &ctx.sink.url(),
+    )
+    .await?;
+    Ok(clients)
+}
+
 /// Registers an enabled HTTP handler of [`EVENT`] posting to `url`; returns its id.
 pub async fn http_handler(
     client: &Client,
@@ -159,55 +171,6 @@ pub async fn emit_batches(
         ids.extend(done??);
     }
     Ok(ids)
-}
-
-/// One call of a paced run: what it returned, when it started and how long it took.
-pub struct PacedCall<T> {
-    /// The call's output.
-    pub output: T,
-    /// Just before the call.
-    pub started: Instant,
-    /// Its latency.
-    pub took: Duration,
-}
-
-/// Open loop at a fixed offered rate: starts `call(i)` for `i` in `0..count`, `rate`
-/// times a second, each in its own task so a slow call does not delay the next. Returns
-/// every call (in completion order) and the rate actually offered.
-pub async fn paced<F, Fut, T>(
-    rate: u32,
-    count: u64,
-    call: F,
-) -> anyhow::Result<(Vec<PacedCall<T>>, f64)>
-where
-    F: Fn(u64) -> Fut,
-    Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
-    T: Send + 'static,
-{
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
-    // Burst: ticks missed by a late timer are caught up, so the offered total is exact.
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    let mut calls = tokio::task::JoinSet::new();
-    let start = Instant::now();
-    for i in 0..count {
-        ticker.tick().await;
-        let future = call(i);
-        calls.spawn(async move {
-            let started = Instant::now();
-            let output = future.await?;
-            anyhow::Ok(PacedCall {
-                output,
-                started,
-                took: started.elapsed(),
-            })
-        });
-    }
-    let offered = crate::report::per_second(count, start.elapsed());
-    let mut done = Vec::with_capacity(count as usize);
-    while let Some(call) = calls.join_next().await {
-        done.push(call??);
-    }
-    Ok((done, offered))
 }
 
 #[cfg(test)]
