@@ -468,70 +468,41 @@ async fn gone_410_disables_the_handler_with_a_visible_reason() {
 /// the (much shorter) schedule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_requests_with_retry_after_is_retried_after_the_given_delay() {
-    let db = TestDatabase::new().await;
-    let server = spawn_server(&db).await;
-    let receiver = Receiver::start().await;
-    receiver.route(
-        "/limited",
-        vec![Reply::status(429).retry_after(1), Reply::ok()],
-    );
-    create(
-        &server.client,
-        http_handler(
-            "rate limited",
-            "clients.update",
-            proto::Phase::After,
-            &receiver.url("/limited"),
-        ),
-    )
-    .await;
-    emit_after(&server.client, "clients.update", r#"{"id": 9}"#).await;
-
-    let requests = receiver.wait_for("/limited", 2, WAIT).await;
-    let gap = requests[1].arrived - requests[0].arrived;
-    // The schedule alone would retry after 100-120 ms.
-    assert!(
-        gap >= Duration::from_millis(950),
-        "retried after {gap:?}, before the 1 s Retry-After"
-    );
-    assert!(gap < Duration::from_secs(5), "retried only after {gap:?}");
-    let rows = wait_for_logs(&db, "the SUCCESS row", |rows| {
-        rows.iter().any(|r| r.status == "success")
-    })
-    .await;
-    assert_eq!(
-        rows.iter().map(|r| r.http_status).collect::<Vec<_>>(),
-        [Some(429), Some(200)]
-    );
+    let rows = retried_after_retry_after(Reply::status(429).retry_after(1), 429).await;
+    assert_eq!(rows[0].error, "HTTP 429");
 }
 
 /// 503 is the other status whose Retry-After the worker honours (RFC 9110): an endpoint
 /// in maintenance saying when to come back must not be hammered on the schedule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_unavailable_with_retry_after_is_retried_after_the_given_delay() {
+    let first = Reply::text(503, "back in a second").retry_after(1);
+    let rows = retried_after_retry_after(first, 503).await;
+    assert_eq!(rows[0].error, "HTTP 503");
+    assert_eq!(rows[0].response, "back in a second");
+}
+
+/// Delivers one event to a handler that answers `first` (HTTP `status` with
+/// `Retry-After: 1`), then 200: the retry must come after the second asked for, not on
+/// the schedule. Returns the two log rows.
+async fn retried_after_retry_after(first: Reply, status: i32) -> Vec<super::LogRow> {
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
     let receiver = Receiver::start().await;
-    receiver.route(
-        "/maintenance",
-        vec![
-            Reply::text(503, "back in a second").retry_after(1),
-            Reply::ok(),
-        ],
-    );
+    receiver.route("/slow-down", vec![first, Reply::ok()]);
     create(
         &server.client,
         http_handler(
-            "in maintenance",
+            "asks to slow down",
             "clients.update",
             proto::Phase::After,
-            &receiver.url("/maintenance"),
+            &receiver.url("/slow-down"),
         ),
     )
     .await;
-    emit_after(&server.client, "clients.update", r#"{"id": 10}"#).await;
+    emit_after(&server.client, "clients.update", r#"{"id": 9}"#).await;
 
-    let requests = receiver.wait_for("/maintenance", 2, WAIT).await;
+    let requests = receiver.wait_for("/slow-down", 2, WAIT).await;
     let gap = requests[1].arrived - requests[0].arrived;
     // The schedule alone would retry after 100-120 ms.
     assert!(
@@ -547,10 +518,9 @@ async fn service_unavailable_with_retry_after_is_retried_after_the_given_delay()
         rows.iter()
             .map(|r| (r.attempt, r.status.as_str(), r.http_status))
             .collect::<Vec<_>>(),
-        [(1, "fail", Some(503)), (2, "success", Some(200))]
+        [(1, "fail", Some(status)), (2, "success", Some(200))]
     );
-    assert_eq!(rows[0].error, "HTTP 503");
-    assert_eq!(rows[0].response, "back in a second");
+    rows
 }
 
 /// An `https://` URL goes through the TLS connector: with nothing listening, the attempt

@@ -278,37 +278,21 @@ async fn emit_batch_with_one_bad_event_is_rejected_whole_naming_its_index() {
     };
 
     let unknown = event_request("clients.explode", proto::Phase::After, "{}");
-    let message = invalid_argument(
-        server
-            .client
-            .emit_batch(proto::EmitBatchRequest {
-                events: vec![good(0), good(1), unknown, good(3)],
-            })
-            .await,
-    );
-    assert!(message.contains("events[2]"), "{message}");
-
     let not_object = event_request("clients.create", proto::Phase::After, "[1]");
-    let message = invalid_argument(
-        server
-            .client
-            .emit_batch(proto::EmitBatchRequest {
-                events: vec![good(0), good(1), not_object],
-            })
-            .await,
-    );
-    assert!(message.contains("events[2].data_json"), "{message}");
-
     let before = event_request("clients.create", proto::Phase::Before, "{}");
-    let message = invalid_argument(
-        server
-            .client
-            .emit_batch(proto::EmitBatchRequest {
-                events: vec![good(0), good(1), before],
-            })
-            .await,
-    );
-    assert!(message.contains("events[2]"), "{message}");
+    for (events, expected) in [
+        (vec![good(0), good(1), unknown, good(3)], "events[2]"),
+        (vec![good(0), good(1), not_object], "events[2].data_json"),
+        (vec![good(0), good(1), before], "events[2]"),
+    ] {
+        let message = invalid_argument(
+            server
+                .client
+                .emit_batch(proto::EmitBatchRequest { events })
+                .await,
+        );
+        assert!(message.contains(expected), "{message}");
+    }
 
     invalid_argument(
         server
