@@ -41,16 +41,22 @@ pub enum DbError {
 }
 
 impl DbError {
-    /// Whether the database refused the statement itself (bad data, a violated
-    /// constraint): running it again cannot succeed. Lost connections, pool timeouts and
-    /// the like are transient.
-    pub fn is_rejection(&self) -> bool {
+    /// Whether the database could not be reached (no connection, a lost one): the same
+    /// work may succeed a moment later.
+    pub fn is_unavailable(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};
-        match self {
-            DbError::Query(Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _)) => false,
-            DbError::Query(_) => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            DbError::Pool(_)
+                | DbError::Connect(_)
+                | DbError::Query(Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _))
+        )
+    }
+
+    /// Whether the database refused the statement itself (bad data, a violated
+    /// constraint): running it again cannot succeed.
+    pub fn is_rejection(&self) -> bool {
+        matches!(self, DbError::Query(_)) && !self.is_unavailable()
     }
 }
 

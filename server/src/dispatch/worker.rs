@@ -51,8 +51,8 @@ pub struct Worker {
 
 impl Worker {
     /// The name this replica writes into `deliveries.leased_by`.
-    pub fn owner(&self) -> &str {
-        &self.owner
+    pub fn owner(&self) -> Arc<str> {
+        self.owner.clone()
     }
 
     /// How long a lease lasts beyond the handlers' own timeouts.
@@ -131,7 +131,7 @@ async fn claim_loop(db: Db, worker: Worker, signals: Signals, shutdown: Shutdown
             continue;
         }
         let limit = free.min(MAX_CLAIM) as i64;
-        let owner = worker.owner.clone();
+        let owner = worker.owner();
         let claimed = db
             .run(move |conn| {
                 deliveries::claim_due(conn, limit, lease_ms, &owner).map_err(DbError::from)

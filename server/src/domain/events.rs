@@ -198,7 +198,7 @@ impl Storage {
     async fn store(&self, batch: Vec<NewEvent>) -> Result<Vec<Accepted>, DomainError> {
         let mut slots = self.worker.reserve(batch.len());
         let leased_events = slots.as_ref().map_or(0, |s| s.num_permits());
-        let owner: Arc<str> = self.worker.owner().into();
+        let owner = self.worker.owner();
         let lease_ms = self.worker.lease_ms();
         let stored = self
             .db

@@ -44,10 +44,7 @@ impl From<DbError> for DomainError {
     fn from(error: DbError) -> DomainError {
         use diesel::result::{DatabaseErrorKind, Error};
         match error {
-            DbError::Pool(_) | DbError::Connect(_) => DomainError::Unavailable(Box::new(error)),
-            DbError::Query(Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _)) => {
-                DomainError::Unavailable(Box::new(error))
-            }
+            error if error.is_unavailable() => DomainError::Unavailable(Box::new(error)),
             DbError::Query(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, ref info)) => {
                 DomainError::AlreadyExists(format!(
                     "already exists ({})",
