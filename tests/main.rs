@@ -7,3 +7,4 @@ mod cli_logs;
 mod dispatch;
 mod handlers;
 mod logs;
+mod untrusted;

@@ -108,7 +108,7 @@ pub async fn run(
     let registry = domain::handlers::HandlerRegistry::new(db.clone(), scripts_dir);
     let logs = domain::logs::LogStore::new(db.clone(), signals.clone())
         .with_shutdown(shutdown.token.clone());
-    let before = dispatch::before::BeforeChain::new(db.clone(), runner);
+    let before = dispatch::before::BeforeChain::new(db.clone(), runner, config.max_payload_bytes);
 
     // Both reflection versions, so every grpcurl works without proto files.
     let reflection_v1 = reflection().build_v1()?;

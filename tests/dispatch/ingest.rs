@@ -280,10 +280,12 @@ async fn emit_batch_with_one_bad_event_is_rejected_whole_naming_its_index() {
     let unknown = event_request("clients.explode", proto::Phase::After, "{}");
     let not_object = event_request("clients.create", proto::Phase::After, "[1]");
     let before = event_request("clients.create", proto::Phase::Before, "{}");
+    let no_phase = event_request("clients.create", proto::Phase::Unspecified, "{}");
     for (events, expected) in [
         (vec![good(0), good(1), unknown, good(3)], "events[2]"),
         (vec![good(0), good(1), not_object], "events[2].data_json"),
         (vec![good(0), good(1), before], "events[2]"),
+        (vec![good(0), no_phase], "events[1].phase: required"),
     ] {
         let message = invalid_argument(
             server
@@ -391,6 +393,7 @@ async fn emit_stream_acks_in_order_and_survives_a_bad_event() {
             let event = match sequence {
                 12 => event_request("clients.explode", proto::Phase::After, "{}"),
                 14 => event_request("clients.update", proto::Phase::After, "not json"),
+                15 => event_request("clients.update", proto::Phase::Unspecified, "{}"),
                 n => event_request(
                     "clients.update",
                     proto::Phase::After,
@@ -419,7 +422,7 @@ async fn emit_stream_acks_in_order_and_survives_a_bad_event() {
     let sequences: Vec<u64> = received.iter().map(|a| a.sequence).collect();
     assert_eq!(sequences, [10, 11, 12, 13, 14, 15]);
     for ack in &received {
-        if matches!(ack.sequence, 12 | 14) {
+        if matches!(ack.sequence, 12 | 14 | 15) {
             assert_eq!(ack.error_code, 3, "{ack:?}");
             assert_eq!(ack.event_id, 0);
             assert!(!ack.error_message.is_empty());
@@ -444,10 +447,15 @@ async fn emit_stream_acks_in_order_and_survives_a_bad_event() {
         .filter(|a| a.error_code == 0)
         .map(|a| a.event_id)
         .collect();
-    assert_eq!(ids.len(), 4, "each stored event has its own id");
-    assert_eq!(count(&db, "SELECT count(*) AS n FROM events"), 4);
-    let delivered = receiver.wait_for("/h", 4, WAIT).await;
+    assert!(
+        received[5].error_message.contains("event.phase: required"),
+        "the same rule as Emit: {:?}",
+        received[5]
+    );
+    assert_eq!(ids.len(), 3, "each stored event has its own id");
+    assert_eq!(count(&db, "SELECT count(*) AS n FROM events"), 3);
+    let delivered = receiver.wait_for("/h", 3, WAIT).await;
     let mut ns = numbers(&delivered);
     ns.sort_unstable();
-    assert_eq!(ns, [10, 11, 13, 15]);
+    assert_eq!(ns, [10, 11, 13]);
 }

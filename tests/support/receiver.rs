@@ -91,6 +91,14 @@ impl Reply {
         }
     }
 
+    /// The given status with a body of any bytes (not necessarily text).
+    pub fn bytes(status: u16, body: &[u8]) -> Reply {
+        Reply {
+            body: ReplyBody::Fixed(Bytes::copy_from_slice(body)),
+            ..Reply::status(status)
+        }
+    }
+
     /// Replaces the body.
     pub fn body(mut self, body: &str) -> Reply {
         self.body = ReplyBody::Fixed(Bytes::copy_from_slice(body.as_bytes()));

@@ -3,7 +3,10 @@
 //! converts explicitly.
 
 use chrono::{DateTime, Utc};
+use diesel::deserialize::{self, FromSql, FromSqlRow};
+use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
+use diesel::sql_types::Jsonb;
 
 use super::schema::{event_types, execution_logs, handlers};
 
@@ -95,11 +98,28 @@ pub struct LogRow {
     pub error: String,
     pub duration_ms: i32,
     pub attempt: i32,
-    pub data_sent: serde_json::Value,
-    pub data_returned: Option<serde_json::Value>,
+    pub data_sent: JsonText,
+    pub data_returned: Option<JsonText>,
     pub response: String,
     pub http_status: Option<i32>,
     pub exit_code: Option<i32>,
     pub event_id: i64,
     pub delivery_id: Option<i64>,
+}
+
+/// A `jsonb` value read as PostgreSQL prints it, without parsing: whatever a stored row
+/// holds (however deep, however large its numbers), reading it cannot fail, so one
+/// unusual row never breaks a page of the log.
+#[derive(Debug, Clone, PartialEq, Eq, FromSqlRow)]
+#[diesel(sql_type = Jsonb)]
+pub struct JsonText(pub String);
+
+impl FromSql<Jsonb, Pg> for JsonText {
+    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
+        // The binary form of jsonb is a version byte (1) followed by the JSON text.
+        match value.as_bytes().split_first() {
+            Some((1, text)) => Ok(JsonText(String::from_utf8_lossy(text).into_owned())),
+            _ => Err("unsupported jsonb binary format version".into()),
+        }
+    }
 }

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use super::recorder::{LogRecord, Record};
 use super::script::FORBID_EXIT_CODE;
 use super::worker::reply_fields;
-use super::{AttemptError, Execution, Invocation, Reply, RunTarget, Runner};
+use super::{AttemptError, Execution, Invocation, Reply, RunTarget, Runner, LOGGED_RESPONSE_BYTES};
 use crate::db::queries::{self, events};
 use crate::db::Db;
 use crate::domain::handlers::{handler_from_row, Handler, Target};
-use crate::domain::{DomainError, FailurePolicy, Phase, RunStatus};
+use crate::domain::{event_data, text, DomainError, FailurePolicy, Phase, RunStatus};
 
 /// The decision of a chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,15 +84,18 @@ pub struct BeforeChain {
     /// Event ids taken from the sequence and not used yet: BEFORE events get theirs
     /// without a round trip of their own (ids stay unique; a restart leaves a gap).
     spare_ids: Arc<Mutex<Vec<i64>>>,
+    /// Largest data a handler may return (the emit payload limit).
+    max_data: usize,
 }
 
 impl BeforeChain {
-    /// A chain runner over `db`.
-    pub fn new(db: Db, runner: Runner) -> BeforeChain {
+    /// A chain runner over `db`; handlers may return at most `max_data` bytes of data.
+    pub fn new(db: Db, runner: Runner, max_data: usize) -> BeforeChain {
         BeforeChain {
             db,
             runner,
             spare_ids: Arc::default(),
+            max_data,
         }
     }
 
@@ -146,7 +149,7 @@ impl BeforeChain {
                 Target::Script { path } => RunTarget::Script { path },
             };
             let execution = self.runner.execute(target, &invocation, timeout).await;
-            let verdict = judge_before(&execution.result, &data);
+            let verdict = judge_before(&execution.result, &data, self.max_data);
             let (outcome, error, new_data) = match verdict {
                 Verdict::Pass => (Outcome::Passed, String::new(), None),
                 Verdict::Modify(new) => (Outcome::Modified, String::new(), Some(new)),
@@ -297,18 +300,24 @@ fn skipped(handler: &Handler, why: &str) -> HandlerResult {
     }
 }
 
-enum Verdict {
+/// How a BEFORE handler's reply is read.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Data unchanged.
     Pass,
+    /// New data (acceptable event data).
     Modify(String),
+    /// Forbids the action, with the reason.
     Forbid(String),
+    /// The handler failed, with the reason; its failure policy decides.
     Fail(String),
 }
 
 /// Interprets a BEFORE handler's reply against the data it was sent.
-fn judge_before(result: &Result<Reply, AttemptError>, sent: &str) -> Verdict {
+fn judge_before(result: &Result<Reply, AttemptError>, sent: &str, max_data: usize) -> Verdict {
     match result {
         Ok(Reply::Http { status, body, .. }) if (200..300).contains(status) => {
-            data_verdict(body, sent)
+            data_verdict(body, sent, max_data)
         }
         Ok(Reply::Http { status, body, .. }) if (400..500).contains(status) => {
             Verdict::Forbid(forbid_reason(body, &format!("HTTP {status}")))
@@ -318,7 +327,7 @@ fn judge_before(result: &Result<Reply, AttemptError>, sent: &str) -> Verdict {
             exit_code: Some(0),
             stdout,
             ..
-        }) => data_verdict(stdout, sent),
+        }) => data_verdict(stdout, sent, max_data),
         Ok(Reply::Script {
             exit_code: Some(FORBID_EXIT_CODE),
             stdout,
@@ -343,29 +352,31 @@ fn judge_before(result: &Result<Reply, AttemptError>, sent: &str) -> Verdict {
     }
 }
 
-/// An empty body leaves the data unchanged; a JSON object replaces it.
-fn data_verdict(body: &[u8], sent: &str) -> Verdict {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.is_empty() {
+/// An empty body leaves the data unchanged; acceptable event data (see `event_data`)
+/// replaces it. Anything else is the handler's failure: bad data is never passed on.
+pub fn data_verdict(body: &[u8], sent: &str, max_data: usize) -> Verdict {
+    let body = body.trim_ascii();
+    if body.is_empty() {
         return Verdict::Pass;
     }
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(returned) if returned.is_object() => {
-            let unchanged =
-                serde_json::from_str::<serde_json::Value>(sent).is_ok_and(|s| s == returned);
-            if unchanged {
+    match event_data::check_object_bytes(body, max_data) {
+        Ok(text) => {
+            // Both are acceptable data, so within the depth serde_json reads.
+            let value = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();
+            if value(text).is_some_and(|returned| value(sent) == Some(returned)) {
                 Verdict::Pass
             } else {
                 Verdict::Modify(text.to_owned())
             }
         }
-        _ => Verdict::Fail("handler replied 2xx with a body that is not a JSON object".into()),
+        Err(error) => Verdict::Fail(format!(
+            "handler replied 2xx with data that is not acceptable: {error}"
+        )),
     }
 }
 
 fn forbid_reason(body: &[u8], fallback: &str) -> String {
-    let text = super::truncated_text(body);
+    let text = text::from_bytes(body, LOGGED_RESPONSE_BYTES);
     let text = text.trim();
     if text.is_empty() {
         fallback.to_owned()
@@ -391,33 +402,37 @@ mod tests {
     fn an_echo_passes_and_a_different_object_modifies() {
         let sent = r#"{"id": 9007199254740993, "amount": 12.50}"#;
         assert!(matches!(
-            judge_before(&http(200, sent), sent),
+            judge_before(&http(200, sent), sent, 1 << 20),
             Verdict::Pass
         ));
         assert!(matches!(
             judge_before(
                 &http(200, "{\"amount\":12.50,\"id\":9007199254740993}"),
-                sent
+                sent,
+                1 << 20
             ),
             Verdict::Pass
         ));
-        assert!(matches!(judge_before(&http(204, ""), sent), Verdict::Pass));
+        assert!(matches!(
+            judge_before(&http(204, ""), sent, 1 << 20),
+            Verdict::Pass
+        ));
         assert!(
-            matches!(judge_before(&http(200, r#"{"id": 1}"#), sent), Verdict::Modify(d) if d == r#"{"id": 1}"#)
+            matches!(judge_before(&http(200, r#"{"id": 1}"#), sent, 1 << 20), Verdict::Modify(d) if d == r#"{"id": 1}"#)
         );
     }
 
     #[test]
     fn client_errors_forbid_and_server_errors_fail() {
         assert!(
-            matches!(judge_before(&http(403, "no credit"), "{}"), Verdict::Forbid(r) if r == "no credit")
+            matches!(judge_before(&http(403, "no credit"), "{}", 1 << 20), Verdict::Forbid(r) if r == "no credit")
         );
         assert!(matches!(
-            judge_before(&http(500, "boom"), "{}"),
+            judge_before(&http(500, "boom"), "{}", 1 << 20),
             Verdict::Fail(_)
         ));
         assert!(matches!(
-            judge_before(&http(200, "[1]"), "{}"),
+            judge_before(&http(200, "[1]"), "{}", 1 << 20),
             Verdict::Fail(_)
         ));
     }

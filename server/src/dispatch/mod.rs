@@ -186,13 +186,3 @@ impl Runner {
         }
     }
 }
-
-/// The first `LOGGED_RESPONSE_BYTES` of a reply, as text.
-pub fn truncated_text(bytes: &[u8]) -> String {
-    let cut = &bytes[..bytes.len().min(LOGGED_RESPONSE_BYTES)];
-    let mut text = String::from_utf8_lossy(cut).into_owned();
-    if bytes.len() > LOGGED_RESPONSE_BYTES {
-        text.push_str("…[truncated]");
-    }
-    text
-}

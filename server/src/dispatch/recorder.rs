@@ -5,9 +5,11 @@
 //! updates, handler health (a batch of successes is a single statement). After the
 //! commit the new rows are announced to the tails of every replica. A failed batch is
 //! retried; if the database rejects the batch itself, rows are written one by one so a
-//! single bad row cannot hold the others back. The task ends when every sender is gone,
+//! single bad row cannot hold the others back, and a row refused on its own is repaired
+//! and written again: no run's row is ever dropped. The task ends when every sender is gone,
 //! after writing what was queued, so runs in flight at shutdown are kept.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,15 +17,18 @@ use chrono::{DateTime, Utc};
 use diesel::Connection;
 use tokio::sync::mpsc;
 
+use super::LOGGED_RESPONSE_BYTES;
 use crate::config::Config;
 use crate::db::queries::{deliveries, logs};
 use crate::db::{Db, DbError};
-use crate::domain::{HandlerKind, Phase, RunStatus};
+use crate::domain::{event_data, text, HandlerKind, Phase, RunStatus};
 use crate::listener::Signals;
 use crate::shutdown::Shutdown;
 
 const CHANNEL_CAPACITY: usize = 32 * 1024;
 const MAX_BATCH: usize = 2000;
+/// Longest text field kept when a refused row is repaired (bytes).
+const MAX_STORED_TEXT: usize = 64 * 1024;
 /// How long a small batch waits for more runs before it is written.
 const LINGER: Duration = Duration::from_millis(3);
 
@@ -164,32 +169,113 @@ async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) 
     }
     let mut written = None;
     for record in records.iter().cloned() {
-        let one = Arc::new(vec![record]);
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let row = one.clone();
-            match db
-                .run(move |conn| write_batch(conn, &row, disable_after_ms))
-                .await
-            {
-                Ok(max_id) => {
-                    written = written.max(max_id);
-                    break;
-                }
-                Err(error) if error.is_rejection() => {
-                    tracing::error!(%error, event.id = one[0].log.event_id, handler.id = one[0].log.handler_id,
-                        "execution-log row rejected by the database; dropped");
-                    break;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "database unavailable; retrying the log row");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
+        written = written.max(write_one(db, record, disable_after_ms).await);
+    }
+    written
+}
+
+/// Writes one record, retrying while the database is unreachable. A row the database
+/// refuses is repaired ([`repair`]) and written again; if it is still refused, every
+/// field that came from outside is replaced ([`strip`]): the run's row is never lost.
+async fn write_one(db: &Db, mut record: Record, disable_after_ms: i64) -> Option<i64> {
+    let mut delay = Duration::from_millis(100);
+    let mut refusals = 0;
+    loop {
+        let row = Arc::new(vec![record.clone()]);
+        match db
+            .run(move |conn| write_batch(conn, &row, disable_after_ms))
+            .await
+        {
+            Ok(max_id) => return max_id,
+            Err(error) if error.is_rejection() => {
+                refusals += 1;
+                let repaired = match refusals {
+                    1 => repair(&mut record.log),
+                    2 => strip(&mut record.log, &crate::telemetry::error_chain(&error)),
+                    _ => {
+                        tracing::error!(%error, event.id = record.log.event_id, handler.id = record.log.handler_id,
+                            "execution-log row refused even with every outside field replaced");
+                        return None;
+                    }
+                };
+                tracing::warn!(%error, event.id = record.log.event_id, handler.id = record.log.handler_id,
+                    repaired = ?repaired, "execution-log row refused by the database; writing it repaired");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "database unavailable; retrying the log row");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }
-    written
+}
+
+/// Makes a log row storable whatever it holds: text fields get NUL written as `\u0000`
+/// and are capped; data that is not acceptable event data (`event_data`) is replaced
+/// by a marker object saying why, with the original text as a string. Returns the
+/// fields changed.
+pub fn repair(log: &mut LogRecord) -> Vec<&'static str> {
+    let mut repaired = Vec::new();
+    for (field, value) in [
+        ("event", &mut log.event),
+        ("handler_name", &mut log.handler_name),
+        ("error", &mut log.error),
+        ("response", &mut log.response),
+    ] {
+        if let Cow::Owned(fixed) = text::capped(value, MAX_STORED_TEXT) {
+            *value = fixed;
+            repaired.push(field);
+        }
+    }
+    if let Err(error) = event_data::check_object(&log.data_sent, usize::MAX) {
+        log.data_sent = marker("data_sent", &error.to_string(), &log.data_sent);
+        repaired.push("data_sent");
+    }
+    if let Some(data) = &mut log.data_returned {
+        if let Err(error) = event_data::check_object(data, usize::MAX) {
+            *data = marker("data_returned", &error.to_string(), data);
+            repaired.push("data_returned");
+        }
+    }
+    repaired
+}
+
+/// Replaces every field of a log row that came from outside (data, response, error
+/// text, names) with plain markers, keeping the run's identity, outcome and timing.
+pub fn strip(log: &mut LogRecord, why: &str) -> Vec<&'static str> {
+    let why = text::capped(why, LOGGED_RESPONSE_BYTES).into_owned();
+    log.data_sent = marker("data_sent", &why, "");
+    log.data_returned = log
+        .data_returned
+        .as_ref()
+        .map(|_| marker("data_returned", &why, ""));
+    log.response = String::new();
+    log.error = format!(
+        "[log row repaired: {why}] {}",
+        text::capped(&log.error, 1000)
+    );
+    log.handler_name = text::capped(&log.handler_name, 200).into_owned();
+    log.event = text::capped(&log.event, 200).into_owned();
+    vec![
+        "data_sent",
+        "data_returned",
+        "response",
+        "error",
+        "handler_name",
+        "event",
+    ]
+}
+
+/// The object stored in place of data the database cannot hold.
+fn marker(field: &str, reason: &str, original: &str) -> String {
+    serde_json::json!({
+        "provisiond_repaired": {
+            "field": field,
+            "reason": text::storable(reason),
+            "original": text::capped(original, LOGGED_RESPONSE_BYTES),
+        }
+    })
+    .to_string()
 }
 
 fn write_batch(

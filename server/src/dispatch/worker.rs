@@ -21,11 +21,11 @@ use tokio_util::task::TaskTracker;
 
 use super::recorder::{DeliveryOutcome, LogRecord, Record};
 use super::retry::{next_step, NextStep};
-use super::{truncated_text, AttemptError, Execution, Invocation, Reply, RunTarget, Runner};
+use super::{AttemptError, Execution, Invocation, Reply, RunTarget, Runner, LOGGED_RESPONSE_BYTES};
 use crate::config::Config;
 use crate::db::queries::deliveries::{self, ClaimedDelivery};
 use crate::db::{Db, DbError};
-use crate::domain::{HandlerKind, Phase, RunStatus};
+use crate::domain::{text, HandlerKind, Phase, RunStatus};
 use crate::listener::Signals;
 use crate::shutdown::Shutdown;
 
@@ -381,20 +381,22 @@ pub(crate) fn reply_fields(
     result: &Result<Reply, AttemptError>,
 ) -> (String, Option<i32>, Option<i32>) {
     match result {
-        Ok(Reply::Http { status, body, .. }) => {
-            (truncated_text(body), Some(i32::from(*status)), None)
-        }
+        Ok(Reply::Http { status, body, .. }) => (
+            text::from_bytes(body, LOGGED_RESPONSE_BYTES),
+            Some(i32::from(*status)),
+            None,
+        ),
         Ok(Reply::Script {
             exit_code,
             stdout,
             stderr,
             ..
         }) => {
-            let mut text = truncated_text(stdout);
+            let mut text = text::from_bytes(stdout, LOGGED_RESPONSE_BYTES);
             if !stderr.is_empty() {
                 text.push_str(if text.is_empty() { "" } else { "\n" });
                 text.push_str("[stderr] ");
-                text.push_str(&truncated_text(stderr));
+                text.push_str(&text::from_bytes(stderr, LOGGED_RESPONSE_BYTES));
             }
             (text, None, *exit_code)
         }

@@ -14,10 +14,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::DomainError;
+use super::{event_data, text, DomainError};
 use crate::config::Config;
 use crate::db::queries::deliveries::ClaimedDelivery;
 use crate::db::queries::events::LeaseAtInsert;
@@ -115,8 +114,10 @@ impl Ingest {
         if event.is_empty() {
             return Err(DomainError::invalid(&format!("{field}event"), "required"));
         }
-        validate_data(&data, self.max_payload)
+        text::require_storable(&format!("{field}event"), &event)?;
+        event_data::check_object(&data, self.max_payload)
             .map_err(|e| DomainError::invalid(&format!("{field}data_json"), e))?;
+        text::require_storable(&format!("{field}idempotency_key"), &key)?;
         if key.chars().count() > MAX_IDEMPOTENCY_KEY {
             return Err(DomainError::invalid(
                 &format!("{field}idempotency_key"),
@@ -171,25 +172,6 @@ impl Ingest {
     pub async fn emit_batch(&self, batch: Vec<NewEvent>) -> Result<Vec<Accepted>, DomainError> {
         self.storage.store(batch).await
     }
-}
-
-/// Data must be a JSON object within the size limit. Escaped NUL characters are
-/// refused because PostgreSQL's jsonb (the execution log) cannot hold them.
-pub fn validate_data(data: &str, max_payload: usize) -> Result<(), String> {
-    if data.len() > max_payload {
-        return Err(format!(
-            "{} bytes exceed the limit of {max_payload} bytes",
-            data.len()
-        ));
-    }
-    let raw: &RawValue = serde_json::from_str(data).map_err(|e| format!("not valid JSON: {e}"))?;
-    if !raw.get().starts_with('{') {
-        return Err("must be a JSON object".into());
-    }
-    if data.contains("\\u0000") {
-        return Err("\\u0000 is not supported in event data".into());
-    }
-    Ok(())
 }
 
 impl Storage {
@@ -375,25 +357,5 @@ async fn commit_loop(storage: Storage, mut receiver: mpsc::Receiver<Pending>) {
                 }
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn data_must_be_a_json_object_within_the_limit() {
-        assert!(validate_data(r#"{"id": 9007199254740993}"#, 100).is_ok());
-        assert!(validate_data("[1,2]", 100)
-            .unwrap_err()
-            .contains("JSON object"));
-        assert!(validate_data("{", 100)
-            .unwrap_err()
-            .contains("not valid JSON"));
-        assert!(validate_data(r#"{"a": "xxxxxxxxxx"}"#, 5)
-            .unwrap_err()
-            .contains("exceed"));
-        assert!(validate_data(r#"{"a": "\u0000"}"#, 100).is_err());
     }
 }

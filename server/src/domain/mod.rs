@@ -1,10 +1,14 @@
 //! Business rules, one module per aggregate: handlers (and the event catalogue), events
-//! (ingestion), execution logs. Transactions open here. Nothing in this module knows
-//! about tonic or prost; the gRPC layer converts to and from these types.
+//! (ingestion), execution logs; plus what acceptable data and storable text are
+//! (`event_data`, `text`), shared by every entry point. Transactions open here. Nothing
+//! in this module knows about tonic or prost; the gRPC layer converts to and from these
+//! types.
 
+pub mod event_data;
 pub mod events;
 pub mod handlers;
 pub mod logs;
+pub mod text;
 
 use std::fmt;
 

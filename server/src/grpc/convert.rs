@@ -8,6 +8,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use provisioning_api::v1 as pb;
 use tonic::Status;
 
+use crate::domain::event_data::DataError;
 use crate::domain::handlers::{EventType, Handler, HandlerPatch, HandlerSpec, Target, TargetSpec};
 use crate::domain::{FailurePolicy, HandlerKind, HandlerStatus, Phase, RunStatus};
 
@@ -85,15 +86,14 @@ fn filter(text: &str) -> Result<Option<serde_json::Value>, Status> {
     if text.trim().is_empty() {
         return Ok(None);
     }
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| invalid("filter_json", format!("not valid JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(invalid(
+    match crate::domain::event_data::parse_object(text) {
+        Ok(value) => Ok(Some(value)),
+        Err(DataError::NotAnObject) => Err(invalid(
             "filter_json",
             "must be a JSON object such as {\"id_clients\": 15}",
-        ));
+        )),
+        Err(error) => Err(invalid("filter_json", error)),
     }
-    Ok(Some(value))
 }
 
 fn http_target(target: pb::HttpTarget) -> TargetSpec {

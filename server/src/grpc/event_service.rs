@@ -180,13 +180,11 @@ impl EventApi {
             data_json,
             idempotency_key,
         } = request;
-        match convert::optional_phase(phase, &format!("{field}phase"))? {
-            Some(Phase::After) | None => {}
-            Some(Phase::Before) => {
-                return Err(Status::invalid_argument(format!(
+        // The same rule as Emit: the phase is required, and only AFTER can be batched.
+        if convert::required_phase(phase, &format!("{field}phase"))? == Phase::Before {
+            return Err(Status::invalid_argument(format!(
                 "{field}phase: only AFTER events can be batched or streamed; use Emit for BEFORE"
-            )))
-            }
+            )));
         }
         self.ingest
             .validate(field, event, data_json, idempotency_key)

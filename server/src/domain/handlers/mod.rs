@@ -23,7 +23,7 @@ pub use validation::{
     MAX_PRIORITY, MAX_TIMEOUT_MS,
 };
 
-use super::{DomainError, HandlerKind, HandlerStatus, Phase};
+use super::{text, DomainError, HandlerKind, HandlerStatus, Phase};
 use crate::db::models::{EventTypeRow, HandlerChangeset, NewHandlerRow};
 use crate::db::queries::{deliveries, event_types, handlers};
 use crate::db::Db;
@@ -101,6 +101,9 @@ impl HandlerRegistry {
             }
             n => n,
         };
+        if let Some(event) = &query.event {
+            text::require_storable("event", event)?;
+        }
         let after = if query.page_token.is_empty() {
             None
         } else {
@@ -268,6 +271,7 @@ impl HandlerRegistry {
         description: String,
     ) -> Result<EventType, DomainError> {
         validate_event_type_name(&name)?;
+        text::require_storable("description", &description)?;
         if description.chars().count() > 1000 {
             return Err(DomainError::invalid(
                 "description",
@@ -310,7 +314,9 @@ fn decode_page_token(token: &str) -> Option<handlers::ListPosition> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .ok()?;
-    let text = String::from_utf8(bytes).ok()?;
+    let text = String::from_utf8(bytes)
+        .ok()
+        .filter(|t| !t.contains('\0'))?;
     let mut parts = text.split('\n');
     let position = handlers::ListPosition {
         event: parts.next()?.to_owned(),

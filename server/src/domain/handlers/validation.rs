@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use super::{HandlerSpec, TargetSpec};
-use crate::domain::DomainError;
+use crate::domain::{text, DomainError};
 
 /// Longest handler name, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
@@ -48,9 +48,11 @@ pub(super) fn validate_spec(spec: &mut HandlerSpec, scripts_dir: &Path) -> Resul
             format!("must be at most {MAX_NAME_CHARS} characters"),
         ));
     }
+    text::require_storable("name", &spec.name)?;
     if spec.event.is_empty() {
         return Err(DomainError::invalid("event", "must not be empty"));
     }
+    text::require_storable("event", &spec.event)?;
     if !(0..=MAX_PRIORITY).contains(&spec.priority) {
         return Err(DomainError::invalid(
             "priority",

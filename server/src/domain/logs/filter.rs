@@ -7,7 +7,8 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 
 use crate::db::queries::logs::{self, Position};
-use crate::domain::{DomainError, Phase, RunStatus};
+use crate::domain::event_data::{self, DataError};
+use crate::domain::{text, DomainError, Phase, RunStatus};
 
 /// What a search or tail matches; every field is optional and they combine with AND.
 #[derive(Debug, Clone, Default)]
@@ -67,22 +68,26 @@ impl LogFilter {
         }
         let data_json_contains = match data_json_contains.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(text) => {
-                let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-                    DomainError::invalid(
-                        "filter.data_json_contains",
-                        format!("not valid JSON: {e}"),
-                    )
-                })?;
-                if !value.is_object() {
+            Some(text) => match event_data::parse_object(text) {
+                Ok(value) => Some(value),
+                Err(DataError::NotAnObject) => {
                     return Err(DomainError::invalid(
                         "filter.data_json_contains",
                         "must be a JSON object such as {\"accname\": \"1\"}",
-                    ));
+                    ))
                 }
-                Some(value)
-            }
+                Err(error) => return Err(DomainError::invalid("filter.data_json_contains", error)),
+            },
         };
+        for event in &events {
+            text::require_storable("filter.events", event)?;
+        }
+        for (field, value) in [
+            ("filter.data_contains", &data_contains),
+            ("filter.error_contains", &error_contains),
+        ] {
+            text::require_storable(field, value.as_deref().unwrap_or_default())?;
+        }
         let attempt = attempt
             .map(|a| {
                 i32::try_from(a).map_err(|_| DomainError::invalid("filter.attempt", "out of range"))
