@@ -1737,12 +1737,61 @@ fn partition_names(conn: &mut PgConnection) -> BTreeSet<String> {
     .collect()
 }
 
+/// Run times are stored to the microsecond; `from` and `to` with a sub-microsecond part
+/// are rounded up to the next microsecond, for Search and for Stats alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_bounds_between_microseconds_round_up() {
+    let db = TestDatabase::new().await;
+    let server = spawn_server(&db).await;
+    let at = DateTime::from_timestamp(1_764_115_200, 670_717_000).unwrap();
+    let id = with_conn(&db, |conn| {
+        diesel::sql_query(
+            "INSERT INTO execution_logs (created_at, phase, event, status, handler_id, handler_name, \
+                 kind, duration_ms, attempt, data_sent, event_id) \
+             VALUES ($1, 'after', 'clients.create', 'success', 1, 'h', 'http', 1, 1, '{}', 1) RETURNING id",
+        )
+        .bind::<Timestamptz, _>(at)
+        .get_result::<Id>(conn)
+        .expect("inserting a row")
+        .id
+    });
+    let nanos = |n: i64| at + chrono::Duration::nanoseconds(n);
+    for (from, to, found) in [
+        (Some(nanos(0)), None, true),
+        (Some(nanos(1)), None, false),
+        (None, Some(nanos(999)), true),
+        (None, Some(nanos(0)), false),
+        (Some(nanos(-999)), Some(nanos(1)), true),
+    ] {
+        let filter = proto::LogFilter {
+            from: from.map(ts),
+            to: to.map(ts),
+            ..Default::default()
+        };
+        let page = search(&server.client, filter, 10, "").await.unwrap();
+        let expected = if found { vec![id] } else { vec![] };
+        assert_eq!(ids(&page), expected, "from {from:?} to {to:?}");
+        let stats = server
+            .client
+            .log_stats(proto::LogStatsRequest {
+                handler_id: 0,
+                from: Some(ts(from.unwrap_or(nanos(-1_000_000)))),
+                to: Some(ts(to.unwrap_or(nanos(1_000_000)))),
+            })
+            .await
+            .unwrap();
+        let total: u64 = stats.handlers.iter().map(|h| h.total).sum();
+        assert_eq!(total, u64::from(found), "stats from {from:?} to {to:?}");
+    }
+}
+
 /// Purge deletes exactly the runs older than the cutoff, across daily partitions (whole
 /// old ones dropped), the partition straddling the cutoff and the default partition,
-/// reports how many, and removes old events no delivery needs. A second purge finds
-/// nothing. The same function is what the hourly retention calls.
+/// reports how many, and leaves events alone; event retention then removes the old
+/// events no delivery needs. A second purge finds nothing. The same functions are what
+/// the hourly retention calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn purge_deletes_exactly_the_older_runs_across_partitions_and_old_events() {
+async fn purge_deletes_exactly_the_older_runs_across_partitions_but_no_event() {
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
     let today: NaiveDate = Utc::now().date_naive();
@@ -1849,6 +1898,27 @@ SELECT t, 'after', 'clients.create', 'success', 1, 'h', 'http', 1, 1, '{}', 1 FR
             "{straddling} straddles the cutoff and stays"
         );
         assert!(partitions.contains("execution_logs_default"));
+        let events: BTreeSet<i64> = diesel::sql_query("SELECT id FROM events")
+            .load::<Id>(conn)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert!(
+            events.contains(&old_event)
+                && events.contains(&needed_event)
+                && events.contains(&new_event),
+            "Purge deletes runs only: events (and their idempotency keys) stay"
+        );
+    });
+
+    // Event retention, as the hourly upkeep runs it: old events no delivery needs go.
+    let store = provisioning_server::domain::logs::LogStore::new(
+        provisioning_server::db::Db::connect(&db.url, 2).expect("a pool"),
+        provisioning_server::listener::Signals::detached(),
+    );
+    assert_eq!(store.expire_events(cutoff).await.expect("expire"), 1);
+    with_conn(&db, |conn| {
         let events: BTreeSet<i64> = diesel::sql_query("SELECT id FROM events")
             .load::<Id>(conn)
             .unwrap()

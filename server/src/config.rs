@@ -68,9 +68,14 @@ pub struct Config {
     #[arg(long, env = "PROVISIOND_LEASE", default_value = "30s", value_parser = parse_duration)]
     pub lease: Duration,
 
-    /// Execution-log rows (and delivered events) older than this are removed.
+    /// Execution-log rows older than this are removed.
     #[arg(long, env = "PROVISIOND_LOG_RETENTION", default_value = "30d", value_parser = parse_duration)]
     pub log_retention: Duration,
+
+    /// Events older than this, once no delivery needs them, are removed, and with them
+    /// the memory of their idempotency keys. Independent of the log and of Purge.
+    #[arg(long, env = "PROVISIOND_EVENT_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub event_retention: Duration,
 
     /// Deliveries run at once by this replica.
     #[arg(long, env = "PROVISIOND_CONCURRENCY", default_value_t = 512)]

@@ -47,6 +47,15 @@ pub fn spawn(db: Db, config: Arc<Config>, shutdown: &Shutdown) {
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "log retention failed"),
             }
+            let retention = chrono::Duration::from_std(config.event_retention)
+                .unwrap_or(chrono::Duration::days(30));
+            match logs.expire_events(Utc::now() - retention).await {
+                Ok(deleted) if deleted > 0 => {
+                    tracing::info!(deleted, "retention removed old delivered events")
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "event retention failed"),
+            }
         }
     });
 }

@@ -459,3 +459,46 @@ async fn emit_stream_acks_in_order_and_survives_a_bad_event() {
     ns.sort_unstable();
     assert_eq!(ns, [10, 11, 13]);
 }
+
+/// Purge deletes execution-log rows only: an idempotency key used before a Purge of the
+/// whole log still answers the first event, and nothing is delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_still_deduplicates_after_a_purge() {
+    let db = TestDatabase::new().await;
+    let server = spawn_server(&db).await;
+    let receiver = Receiver::start().await;
+    create(
+        &server.client,
+        http_handler(
+            "once",
+            "clients.create",
+            proto::Phase::After,
+            &receiver.url("/once"),
+        ),
+    )
+    .await;
+    let keyed = proto::EmitRequest {
+        idempotency_key: "K".into(),
+        ..event_request("clients.create", proto::Phase::After, r#"{"n": 1}"#)
+    };
+    let first = server.client.emit(keyed.clone()).await.expect("first emit");
+    receiver.wait_for("/once", 1, WAIT).await;
+    crate::dispatch::wait_for_logs(&db, "the run", |rows| rows.len() == 1).await;
+    let in_a_minute = chrono::Utc::now() + chrono::Duration::minutes(1);
+    let purged = server
+        .client
+        .purge(proto::PurgeRequest {
+            older_than: Some(prost_types::Timestamp {
+                seconds: in_a_minute.timestamp(),
+                nanos: 0,
+            }),
+        })
+        .await
+        .expect("purge");
+    assert_eq!(purged.deleted, 1);
+    let again = server.client.emit(keyed).await.expect("emit after purge");
+    assert!(again.duplicate, "{again:?}");
+    assert_eq!(again.event_id, first.event_id);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(receiver.count("/once"), 1, "delivered once");
+}

@@ -304,8 +304,8 @@ impl LogStore {
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
     ) -> Result<Vec<HandlerStats>, DomainError> {
-        let to = to.unwrap_or_else(Utc::now);
-        let from = from.unwrap_or(to - chrono::Duration::hours(24));
+        let to = filter::ceil_micros(to.unwrap_or_else(Utc::now));
+        let from = filter::ceil_micros(from.unwrap_or(to - chrono::Duration::hours(24)));
         if from > to {
             return Err(DomainError::invalid(
                 "from",
@@ -352,12 +352,22 @@ impl LogStore {
     }
 
     /// Deletes runs that started before `cutoff`; returns how many. Whole daily
-    /// partitions older than the cutoff are dropped, the rest is deleted in batches; old
-    /// events without deliveries go too. Also what automatic retention calls.
+    /// partitions older than the cutoff are dropped, the rest is deleted in batches.
+    /// Events and their idempotency keys stay (see [`LogStore::expire_events`]).
     pub async fn purge_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64, DomainError> {
         let deleted = self
             .db
             .run(move |conn| purge::older_than(conn, cutoff))
+            .await?;
+        Ok(deleted)
+    }
+
+    /// Event retention: deletes events created before `cutoff` that no delivery needs;
+    /// their idempotency keys are forgotten with them. Returns how many.
+    pub async fn expire_events(&self, cutoff: DateTime<Utc>) -> Result<u64, DomainError> {
+        let deleted = self
+            .db
+            .run(move |conn| purge::events_older_than(conn, cutoff))
             .await?;
         Ok(deleted)
     }

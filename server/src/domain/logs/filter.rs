@@ -54,6 +54,10 @@ impl LogFilter {
             attempt,
             event_id,
         } = self;
+        // Rows are stored to the microsecond: a bound between two microseconds means
+        // the next one (`from` is inclusive, `to` exclusive), so nanoseconds are never
+        // silently dropped in the caller's disfavour.
+        let (from, to) = (from.map(ceil_micros), to.map(ceil_micros));
         if let (Some(from), Some(to)) = (from, to) {
             if from > to {
                 return Err(DomainError::invalid(
@@ -106,6 +110,16 @@ impl LogFilter {
             attempt,
             event_id,
         })
+    }
+}
+
+/// `time` rounded up to the next whole microsecond (PostgreSQL's precision).
+pub(crate) fn ceil_micros(time: DateTime<Utc>) -> DateTime<Utc> {
+    let sub_micro = time.timestamp_subsec_nanos() % 1000;
+    if sub_micro == 0 {
+        time
+    } else {
+        time + chrono::Duration::nanoseconds(i64::from(1000 - sub_micro))
     }
 }
 
@@ -195,6 +209,18 @@ mod tests {
         assert_eq!(
             good.data_json_contains,
             Some(serde_json::json!({"accname": "1"}))
+        );
+    }
+
+    #[test]
+    fn bounds_between_microseconds_round_up() {
+        let at = |nanos: u32| DateTime::from_timestamp(1_764_115_200, nanos).unwrap();
+        assert_eq!(ceil_micros(at(670_717_000)), at(670_717_000));
+        assert_eq!(ceil_micros(at(670_717_001)), at(670_718_000));
+        assert_eq!(ceil_micros(at(670_717_999)), at(670_718_000));
+        assert_eq!(
+            ceil_micros(at(999_999_999)),
+            at(0) + chrono::Duration::seconds(1)
         );
     }
 

@@ -7,9 +7,11 @@
 //! and queueing behind a long query would stall every writer. A partition that cannot be
 //! dropped now is emptied by the batched delete below instead, and dropped next time.
 //! Rows older than the cutoff in the partition that straddles it, or in the default
-//! partition, are deleted in small batches (short transactions, row locks only). Old
-//! events that no delivery needs any more go the same way. Every step is idempotent and
-//! safe to run on several replicas at once.
+//! partition, are deleted in small batches (short transactions, row locks only).
+//!
+//! Events (and their idempotency keys) have a retention of their own: old events that
+//! no delivery needs any more are deleted in batches too, but never by Purge. Every step
+//! is idempotent and safe to run on several replicas at once.
 
 use chrono::{DateTime, Utc};
 use diesel::{Connection, PgConnection};
@@ -22,8 +24,8 @@ const LOCK_TIMEOUT_MS: u32 = 1_000;
 /// Rows per DELETE statement.
 const DELETE_BATCH: i64 = 10_000;
 
-/// Deletes log rows that started before `cutoff` and old events without deliveries;
-/// returns the number of log rows deleted.
+/// Deletes log rows that started before `cutoff`; returns how many. Events are not
+/// touched: they follow their own retention ([`events_older_than`]).
 pub(super) fn older_than(conn: &mut PgConnection, cutoff: DateTime<Utc>) -> Result<u64, DbError> {
     let mut deleted: u64 = 0;
     for partition in logs::partitions(conn)? {
@@ -57,8 +59,19 @@ pub(super) fn older_than(conn: &mut PgConnection, cutoff: DateTime<Utc>) -> Resu
             break;
         }
     }
+    Ok(deleted)
+}
+
+/// Deletes events created before `cutoff` that no delivery needs any more (and with them
+/// the memory of their idempotency keys); returns how many.
+pub(super) fn events_older_than(
+    conn: &mut PgConnection,
+    cutoff: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    let mut deleted: u64 = 0;
     loop {
         let events = logs::delete_old_events_batch(conn, cutoff, DELETE_BATCH)?;
+        deleted += events as u64;
         if (events as i64) < DELETE_BATCH {
             break;
         }
