@@ -1581,7 +1581,10 @@ async fn retry_runs_a_failed_delivery_again_and_refuses_what_cannot_be_retried()
         .unwrap();
 
     let retried = client
-        .retry(proto::RetryRequest { log_id: failed.id })
+        .retry(proto::RetryRequest {
+            log_id: failed.id,
+            resend: false,
+        })
         .await
         .unwrap();
     assert_eq!(
@@ -1613,7 +1616,14 @@ async fn retry_runs_a_failed_delivery_again_and_refuses_what_cannot_be_retried()
     assert_eq!(receiver.count("/flaky"), 2);
 
     // A successful run.
-    let status = status_of(client.retry(proto::RetryRequest { log_id: new.id }).await);
+    let status = status_of(
+        client
+            .retry(proto::RetryRequest {
+                log_id: new.id,
+                resend: false,
+            })
+            .await,
+    );
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     // A BEFORE run.
     let before_handler = create(
@@ -1646,6 +1656,7 @@ async fn retry_runs_a_failed_delivery_again_and_refuses_what_cannot_be_retried()
         client
             .retry(proto::RetryRequest {
                 log_id: before_run.id,
+                resend: false,
             })
             .await,
     );
@@ -1660,6 +1671,7 @@ async fn retry_runs_a_failed_delivery_again_and_refuses_what_cannot_be_retried()
         client
             .retry(proto::RetryRequest {
                 log_id: new.id + 10_000,
+                resend: false,
             })
             .await,
     );
@@ -1685,12 +1697,22 @@ RETURNING id
             insert(conn, emitted.event_id, 987_654_321),
         )
     });
-    let status = status_of(client.retry(proto::RetryRequest { log_id: no_event }).await);
+    let status = status_of(
+        client
+            .retry(proto::RetryRequest {
+                log_id: no_event,
+                resend: false,
+            })
+            .await,
+    );
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert!(status.message().contains("event"), "{:?}", status.message());
     let status = status_of(
         client
-            .retry(proto::RetryRequest { log_id: no_handler })
+            .retry(proto::RetryRequest {
+                log_id: no_handler,
+                resend: false,
+            })
             .await,
     );
     assert_eq!(status.code(), tonic::Code::NotFound);
@@ -1709,7 +1731,10 @@ RETURNING id
         .unwrap();
     let status = status_of(
         client
-            .retry(proto::RetryRequest { log_id: failed.id })
+            .retry(proto::RetryRequest {
+                log_id: failed.id,
+                resend: false,
+            })
             .await,
     );
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");

@@ -252,6 +252,14 @@ impl Client {
         Ok(self.logs.clone().retry(request).await?.into_inner())
     }
 
+    /// `ExecutionLogService.RetryFailed`: every failed delivery of a handler, due now.
+    pub async fn retry_failed(
+        &self,
+        request: proto::RetryFailedRequest,
+    ) -> Result<proto::RetryFailedResponse, ClientError> {
+        Ok(self.logs.clone().retry_failed(request).await?.into_inner())
+    }
+
     /// `ExecutionLogService.Purge`: deletes runs older than a date.
     pub async fn purge(
         &self,

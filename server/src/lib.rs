@@ -105,7 +105,7 @@ pub async fn run(
     );
     maintenance::spawn(db.clone(), config.clone(), &shutdown);
 
-    let registry = domain::handlers::HandlerRegistry::new(db.clone(), scripts_dir);
+    let registry = domain::handlers::HandlerRegistry::new(db.clone(), scripts_dir, signals.clone());
     let logs = domain::logs::LogStore::new(db.clone(), signals.clone())
         .with_shutdown(shutdown.token.clone());
     let before = dispatch::before::BeforeChain::new(db.clone(), runner, config.max_payload_bytes);

@@ -1,6 +1,7 @@
 //! Deliveries of handlers that change after the event was accepted: disabled
-//! automatically after failing for too long, disabled by hand while a delivery waits,
-//! deleted while their delivery heads an event's chain. A delivery runs against the
+//! automatically after failing for too long, disabled by hand while a delivery waits
+//! (paused, resumed when enabled), archived (ended with a log row), deleted while their
+//! delivery heads an event's chain. A delivery runs against the
 //! handler as it is when it runs, and no other handler's delivery of the event is lost.
 //!
 //! To catch deliveries before the worker takes them, some tests start the server with a
@@ -150,26 +151,20 @@ async fn handler_failing_longer_than_disable_after_is_disabled_until_enabled_aga
         "disabled only after failing for {failing_for:?}"
     );
 
-    // The retry that was already scheduled finds the handler disabled: it is not sent.
-    let rows = wait_for_logs(&db, "the retry refused as disabled", |rows| {
-        rows.iter().any(|r| r.error.contains("handler is disabled"))
-    })
-    .await;
-    let calls = rows.iter().filter(|r| r.http_status.is_some()).count();
+    // The retry that was already scheduled finds the handler disabled: it is not sent,
+    // not logged, not counted as a failure: the delivery is paused.
+    wait_for_paused(&db, first_event.event_id).await;
+    let rows = log_rows(&db);
+    assert!(
+        rows.iter().all(|r| r.http_status == Some(500)),
+        "a row without a request: {rows:#?}"
+    );
     assert_eq!(
         receiver.count("/broken"),
-        calls,
+        rows.len(),
         "the endpoint was called after the handler was disabled"
     );
-    let deliveries = delivery_rows(&db);
-    assert_eq!(
-        deliveries
-            .iter()
-            .map(|d| (d.event_id, d.state))
-            .collect::<Vec<_>>(),
-        [(first_event.event_id, 3)],
-        "{deliveries:#?}"
-    );
+    let calls_while_disabled = rows.len();
 
     let enabled = set_status(&server.client, handler.id, proto::HandlerStatus::Enabled).await;
     assert_eq!(enabled.status, i32::from(proto::HandlerStatus::Enabled));
@@ -178,6 +173,11 @@ async fn handler_failing_longer_than_disable_after_is_disabled_until_enabled_aga
     assert_eq!(got.status, i32::from(proto::HandlerStatus::Enabled));
     assert_eq!(got.disabled_reason, "");
 
+    // The paused delivery resumes: it is attempted again.
+    wait_for_logs(&db, "the resumed delivery's attempt", |rows| {
+        rows.len() > calls_while_disabled
+    })
+    .await;
     // The failing clock starts again: one more failure does not disable it at once.
     let second_event = emit_after(&server.client, "clients.update", r#"{"n": 2}"#).await;
     assert_eq!(second_event.deliveries, 1);
@@ -195,10 +195,10 @@ async fn handler_failing_longer_than_disable_after_is_disabled_until_enabled_aga
 }
 
 /// A delivery runs against the handler as it is when it runs: a handler disabled after
-/// the event was accepted gets nothing, and its delivery is kept dead with a log row
-/// saying why, so it can be retried once the handler is enabled again.
+/// the event was accepted gets nothing, its delivery is paused (no log row, not a
+/// failure, shown as paused by Stats), and enabling the handler resumes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disabling_a_handler_after_the_event_was_accepted_keeps_its_delivery_dead_unsent() {
+async fn disabling_a_handler_pauses_its_delivery_and_enabling_resumes_it() {
     let db = TestDatabase::new().await;
     let server = spawn_server_with(&db, |config| config.concurrency = 1).await;
     let receiver = Receiver::start().await;
@@ -221,39 +221,95 @@ async fn disabling_a_handler_after_the_event_was_accepted_keeps_its_delivery_dea
         "the worker was free before the handler was disabled"
     );
 
-    let rows = wait_for_logs(&db, "the handler's FAIL row", |rows| {
+    wait_for_paused(&db, reply.event_id).await;
+    assert!(
+        log_rows(&db).iter().all(|r| r.handler_id != handler.id),
+        "a paused delivery is not logged"
+    );
+    assert_eq!(receiver.count("/late"), 0, "a disabled handler was called");
+    let stats = handler_stats(&server.client, handler.id).await;
+    assert_eq!(
+        (stats.paused, stats.fail, stats.total),
+        (1, 0, 0),
+        "{stats:?}"
+    );
+
+    set_status(&server.client, handler.id, proto::HandlerStatus::Enabled).await;
+    let delivered = receiver.wait_for("/late", 1, WAIT).await;
+    assert_eq!(delivered[0].json()["id"], 13);
+    let rows = wait_for_logs(&db, "the resumed delivery's row", |rows| {
         rows.iter().any(|r| r.handler_id == handler.id)
     })
     .await;
+    let row = rows.iter().find(|r| r.handler_id == handler.id).unwrap();
+    assert_eq!(
+        (row.status.as_str(), row.attempt),
+        ("success", 1),
+        "{row:#?}"
+    );
+    assert_eq!(handler_stats(&server.client, handler.id).await.paused, 0);
+}
+
+/// Archiving a handler ends its paused deliveries, each with a failed log row saying
+/// why; nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archiving_a_handler_ends_its_paused_deliveries_with_a_log_row() {
+    let db = TestDatabase::new().await;
+    let server = spawn_server_with(&db, |config| config.concurrency = 1).await;
+    let receiver = Receiver::start().await;
+    occupy_the_only_worker_slot(&server.client, &receiver).await;
+    let handler = create(
+        &server.client,
+        http_handler(
+            "archived",
+            "clients.create",
+            proto::Phase::After,
+            &receiver.url("/never"),
+        ),
+    )
+    .await;
+    let reply = emit_after(&server.client, "clients.create", r#"{"id": 14}"#).await;
+    set_status(&server.client, handler.id, proto::HandlerStatus::Disabled).await;
+    wait_for_paused(&db, reply.event_id).await;
+    set_status(&server.client, handler.id, proto::HandlerStatus::Archived).await;
+    let rows = log_rows(&db);
     let row = rows
         .iter()
         .find(|r| r.handler_id == handler.id)
-        .expect("the row");
+        .expect("a row for the ended delivery");
     assert_eq!(
-        (
-            row.status.as_str(),
-            row.attempt,
-            row.http_status,
-            row.event_id
-        ),
-        ("fail", 1, None, reply.event_id),
-        "{row:#?}"
+        (row.status.as_str(), row.attempt, row.event_id),
+        ("fail", 0, reply.event_id)
     );
-    assert!(row.error.contains("handler is disabled"), "{}", row.error);
-    let dead: Vec<_> = delivery_rows(&db)
+    assert!(row.error.contains("handler archived"), "{}", row.error);
+    assert!(delivery_states(&db, reply.event_id).is_empty());
+    assert_eq!(receiver.count("/never"), 0);
+}
+
+/// Waits until the only delivery of `event_id` is paused (state 2), with no attempt
+/// counted for the pause itself.
+async fn wait_for_paused(db: &TestDatabase, event_id: i64) {
+    eventually(WAIT, "the delivery paused", || {
+        let states = delivery_states(db, event_id);
+        std::future::ready((states.len() == 1 && states[0].1 == 2).then_some(()))
+    })
+    .await;
+}
+
+/// One handler's Stats over the last day.
+async fn handler_stats(client: &Client, id: i64) -> proto::HandlerStats {
+    let reply = client
+        .log_stats(proto::LogStatsRequest {
+            handler_id: id,
+            ..Default::default()
+        })
+        .await
+        .expect("stats");
+    reply
+        .handlers
         .into_iter()
-        .filter(|d| d.event_id == reply.event_id)
-        .collect();
-    assert_eq!(dead.len(), 1, "{dead:#?}");
-    assert_eq!((dead[0].state, dead[0].attempts), (3, 1), "{dead:#?}");
-    assert!(
-        dead[0]
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.contains("disabled")),
-        "{dead:#?}"
-    );
-    assert_eq!(receiver.count("/late"), 0, "a disabled handler was called");
+        .find(|h| h.handler_id == id)
+        .unwrap_or_default()
 }
 
 /// Deleting the handler whose delivery heads an event's chain before the worker took it
@@ -426,11 +482,8 @@ async fn enabling_a_disabled_handler_through_update_restarts_the_failing_clock()
         ),
     )
     .await;
-    emit_after(&server.client, "clients.update", r#"{"n": 1}"#).await;
-    wait_for_logs(&db, "the retry refused as disabled", |rows| {
-        rows.iter().any(|r| r.error.contains("handler is disabled"))
-    })
-    .await;
+    let first = emit_after(&server.client, "clients.update", r#"{"n": 1}"#).await;
+    wait_for_paused(&db, first.event_id).await;
 
     let enabled = server
         .client

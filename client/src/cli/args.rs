@@ -266,10 +266,21 @@ pub enum LogsCommand {
     },
     /// Print matching runs as they happen, until Ctrl-C.
     Tail(TailArgs),
-    /// Run a failed AFTER delivery again now.
+    /// Run a failed AFTER delivery again now (`logs retry LOG_ID`), or every failed
+    /// delivery of a handler (`logs retry --handler ID [--since 1h]`).
     Retry {
         /// Log id of the failed run.
-        log_id: i64,
+        #[arg(required_unless_present = "handler", conflicts_with = "handler")]
+        log_id: Option<i64>,
+        /// Send the event again even though it was delivered (same `webhook-id`).
+        #[arg(long, requires = "log_id")]
+        resend: bool,
+        /// Retry every failed, undelivered delivery of this handler.
+        #[arg(long, value_name = "ID")]
+        handler: Option<i64>,
+        /// With --handler: only events since this age (30d, 12h, 15m) or date.
+        #[arg(long, value_name = "AGE", value_parser = parse::time, requires = "handler")]
+        since: Option<DateTime<Utc>>,
     },
     /// Delete old runs.
     Purge {

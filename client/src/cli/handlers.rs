@@ -294,8 +294,9 @@ async fn stats(ctx: &mut Context, args: StatsArgs) -> Result<(), CliError> {
         "p50",
         "p95",
         "p99",
+        "Paused",
     ])
-    .right_align(&[0, 2, 3, 4, 5, 6, 7, 8]);
+    .right_align(&[0, 2, 3, 4, 5, 6, 7, 8, 9]);
     for s in &reply.handlers {
         match ctx.output {
             Output::Table => table.row(vec![
@@ -312,6 +313,7 @@ async fn stats(ctx: &mut Context, args: StatsArgs) -> Result<(), CliError> {
                 millis_f64(s.p50_ms),
                 millis_f64(s.p95_ms),
                 millis_f64(s.p99_ms),
+                s.paused.to_string(),
             ]),
             Output::Json => ctx.line(
                 &JsonObject::new()
@@ -324,6 +326,7 @@ async fn stats(ctx: &mut Context, args: StatsArgs) -> Result<(), CliError> {
                     .float("p50_ms", s.p50_ms)
                     .float("p95_ms", s.p95_ms)
                     .float("p99_ms", s.p99_ms)
+                    .uint("paused", s.paused)
                     .to_line(),
             )?,
         }

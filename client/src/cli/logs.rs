@@ -40,11 +40,35 @@ pub async fn run(ctx: &mut Context, command: LogsCommand) -> Result<(), CliError
             }
         }
         LogsCommand::Tail(args) => tail(ctx, args).await,
-        LogsCommand::Retry { log_id } => {
+        LogsCommand::Retry {
+            log_id: None,
+            handler: Some(handler_id),
+            since,
+            ..
+        } => {
+            let request = proto::RetryFailedRequest {
+                handler_id,
+                since: since.map(to_timestamp),
+            };
+            let reply = ctx.client().await?.retry_failed(request).await?;
+            match ctx.output {
+                Output::Table => ctx.line(&format!(
+                    "retry scheduled: {} deliveries of handler {handler_id}",
+                    reply.scheduled
+                )),
+                Output::Json => ctx.line(
+                    &JsonObject::new()
+                        .uint("scheduled", reply.scheduled)
+                        .to_line(),
+                ),
+            }
+        }
+        LogsCommand::Retry { log_id, resend, .. } => {
+            let log_id = log_id.unwrap_or_default();
             let reply = ctx
                 .client()
                 .await?
-                .retry(proto::RetryRequest { log_id })
+                .retry(proto::RetryRequest { log_id, resend })
                 .await?;
             match ctx.output {
                 Output::Table => {

@@ -106,9 +106,9 @@ pub enum AttemptError {
     /// The script path is no longer acceptable.
     #[error("script refused: {0}")]
     ScriptRefused(String),
-    /// The handler was disabled or archived after the event was accepted.
-    #[error("handler is {0}: delivery kept as dead; retry it once the handler is enabled")]
-    HandlerNotEnabled(String),
+    /// The handler was archived after the event was accepted.
+    #[error("handler archived: delivery ended before it succeeded")]
+    HandlerArchived,
 }
 
 impl AttemptError {
@@ -116,7 +116,7 @@ impl AttemptError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            AttemptError::ScriptRefused(_) | AttemptError::HandlerNotEnabled(_)
+            AttemptError::ScriptRefused(_) | AttemptError::HandlerArchived
         )
     }
 }

@@ -37,6 +37,7 @@ const CLAIM_COALESCE: Duration = Duration::from_millis(5);
 /// handed over by the ingest committer.
 #[derive(Clone)]
 pub struct Worker {
+    db: Db,
     runner: Runner,
     config: Arc<Config>,
     slots: Arc<Semaphore>,
@@ -84,7 +85,7 @@ impl Worker {
         let worker = self.clone();
         self.chains.spawn(async move {
             for delivery in chain {
-                run_delivery(&worker.runner, &worker.config, delivery).await;
+                run_delivery(&worker.db, &worker.runner, &worker.config, delivery).await;
             }
             drop(slot);
             worker.chain_done.notify_one();
@@ -101,6 +102,7 @@ pub fn spawn(
     shutdown: &Shutdown,
 ) -> Worker {
     let worker = Worker {
+        db: db.clone(),
         runner,
         slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
         config,
@@ -192,7 +194,7 @@ fn split_by_event(rows: Vec<ClaimedDelivery>) -> Vec<Vec<ClaimedDelivery>> {
 }
 
 /// Runs one attempt of a delivery and records it.
-async fn run_delivery(runner: &Runner, config: &Config, delivery: ClaimedDelivery) {
+async fn run_delivery(db: &Db, runner: &Runner, config: &Config, delivery: ClaimedDelivery) {
     let attempt = delivery.attempts.saturating_add(1);
     let kind = HandlerKind::parse(&delivery.kind).unwrap_or(HandlerKind::Http);
     let invocation = Invocation {
@@ -201,28 +203,37 @@ async fn run_delivery(runner: &Runner, config: &Config, delivery: ClaimedDeliver
         phase: Phase::After,
         event_id: delivery.event_id,
         attempt: attempt as u32,
-        message_id: format!("dlv_{}", delivery.id),
+        // Stable for the event and handler: across retries, Retry and deliberate
+        // re-sends, so receivers can deduplicate on `webhook-id`.
+        message_id: format!("evt_{}_{}", delivery.event_id, delivery.handler_id),
         data: &delivery.data,
     };
-    if delivery.status != "enabled" {
-        // Disabled after the event was accepted: the delivery is kept, dead, so it can
-        // be retried once the handler is enabled again.
-        let refusal = AttemptError::HandlerNotEnabled(delivery.status.clone());
+    if delivery.status == "archived" {
+        // Archived after the event was accepted (while this delivery was running or
+        // leased): the delivery ends, with a log row saying why.
+        let refusal = AttemptError::HandlerArchived;
         let error = refusal.to_string();
         let execution = Execution {
             started_at: Utc::now(),
             duration: Duration::ZERO,
             result: Err(refusal),
         };
-        let record = after_record(
-            delivery,
-            kind,
-            attempt,
-            &execution,
-            error,
-            DeliveryOutcome::Failed { retry_at: None },
-        );
+        let outcome = DeliveryOutcome::Failed { retry_at: None };
+        let record = after_record(delivery, kind, attempt - 1, &execution, error, outcome);
         runner.recorder.record(record).await;
+        return;
+    }
+    if delivery.status != "enabled" {
+        // Disabled after the event was accepted: no request is made and nothing is
+        // logged; the delivery is paused and resumes when the handler is enabled again.
+        let id = delivery.id;
+        if let Err(error) = db
+            .run(move |conn| deliveries::pause(conn, &[id]).map_err(DbError::from))
+            .await
+        {
+            // The lease expires and the delivery is claimed (and paused) again.
+            tracing::warn!(%error, delivery.id = id, "pausing a delivery failed");
+        }
         return;
     }
     let target = match (&delivery.url, &delivery.script_path) {

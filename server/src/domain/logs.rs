@@ -172,7 +172,7 @@ impl LogEntry {
 }
 
 /// Statistics of one handler over a window.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HandlerStats {
     /// Handler id.
     pub handler_id: i64,
@@ -192,6 +192,8 @@ pub struct HandlerStats {
     pub p95_ms: f64,
     /// 99th percentile, ms.
     pub p99_ms: f64,
+    /// Deliveries waiting for the handler to be enabled again.
+    pub paused: u64,
 }
 
 /// Where a tail starts.
@@ -312,11 +314,19 @@ impl LogStore {
                 format!("{} is after to ({})", from.to_rfc3339(), to.to_rfc3339()),
             ));
         }
-        let rows = self
+        let (rows, paused) = self
             .db
-            .run(move |conn| logs::stats(conn, handler_id, from, to).map_err(DomainError::from))
+            .run(move |conn| {
+                let rows = logs::stats(conn, handler_id, from, to)?;
+                let paused = deliveries::paused_counts(conn, handler_id)?;
+                Ok::<_, DomainError>((rows, paused))
+            })
             .await?;
-        Ok(rows
+        let mut paused: std::collections::BTreeMap<i64, (String, i64)> = paused
+            .into_iter()
+            .map(|(id, name, count)| (id, (name, count)))
+            .collect();
+        let mut stats: Vec<HandlerStats> = rows
             .into_iter()
             .map(|row| {
                 let total = u64::try_from(row.total).unwrap_or(0);
@@ -335,20 +345,60 @@ impl LogStore {
                     p50_ms: row.p50,
                     p95_ms: row.p95,
                     p99_ms: row.p99,
+                    paused: paused
+                        .remove(&row.handler_id)
+                        .map_or(0, |(_, n)| u64::try_from(n).unwrap_or(0)),
                 }
             })
-            .collect())
+            .collect();
+        // Paused handlers without runs in the window are listed too.
+        stats.extend(
+            paused
+                .into_iter()
+                .map(|(handler_id, (handler_name, n))| HandlerStats {
+                    handler_id,
+                    handler_name,
+                    paused: u64::try_from(n).unwrap_or(0),
+                    ..HandlerStats::default()
+                }),
+        );
+        stats.sort_by_key(|s| s.handler_id);
+        Ok(stats)
     }
 
     /// Runs the delivery of a failed AFTER run again now and returns the delivery id.
-    /// The old row stays as it is; the new attempt gets its own row.
-    pub async fn retry(&self, log_id: i64) -> Result<i64, DomainError> {
+    /// The old row stays as it is; the new attempt gets its own row. A delivery that
+    /// succeeded (that run or a later one) is sent again only when `resend` is set.
+    pub async fn retry(&self, log_id: i64, resend: bool) -> Result<i64, DomainError> {
         let delivery_id = self
             .db
-            .run(move |conn| schedule_retry(conn, log_id))
+            .run(move |conn| schedule_retry(conn, log_id, resend))
             .await?;
         self.signals.announce_work();
         Ok(delivery_id)
+    }
+
+    /// Makes every failed, undelivered delivery of an enabled handler for events since
+    /// `since` (all when `None`) due now; returns how many.
+    pub async fn retry_failed(
+        &self,
+        handler_id: i64,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<u64, DomainError> {
+        let since = since.unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let scheduled = self
+            .db
+            .run(move |conn| {
+                conn.transaction::<_, DomainError, _>(|conn| {
+                    require_enabled(conn, handler_id)?;
+                    Ok(deliveries::retry_failed(conn, handler_id, since)?)
+                })
+            })
+            .await?;
+        if scheduled > 0 {
+            self.signals.announce_work();
+        }
+        Ok(scheduled as u64)
     }
 
     /// Deletes runs that started before `cutoff`; returns how many. Whole daily
@@ -374,7 +424,11 @@ impl LogStore {
 }
 
 /// Checks that run `log_id` can be retried and schedules its delivery now.
-fn schedule_retry(conn: &mut diesel::PgConnection, log_id: i64) -> Result<i64, DomainError> {
+fn schedule_retry(
+    conn: &mut diesel::PgConnection,
+    log_id: i64,
+    resend: bool,
+) -> Result<i64, DomainError> {
     let row = logs::find(conn, log_id)
         .optional()?
         .ok_or_else(|| DomainError::NotFound(format!("execution log {log_id} not found")))?;
@@ -384,9 +438,12 @@ fn schedule_retry(conn: &mut diesel::PgConnection, log_id: i64) -> Result<i64, D
              and cannot be retried"
         )));
     }
-    if parse_stored(RunStatus::parse, &row.status, "execution_logs.status")? == RunStatus::Success {
+    let succeeded =
+        parse_stored(RunStatus::parse, &row.status, "execution_logs.status")? == RunStatus::Success;
+    if succeeded && !resend {
         return Err(DomainError::FailedPrecondition(format!(
-            "execution log {log_id} succeeded: only failed runs can be retried"
+            "execution log {log_id} succeeded: only failed runs can be retried \
+             (set resend to send the event again)"
         )));
     }
     let (event_id, handler_id) = (row.event_id, row.handler_id);
@@ -396,22 +453,36 @@ fn schedule_retry(conn: &mut diesel::PgConnection, log_id: i64) -> Result<i64, D
                 "event {event_id} of execution log {log_id} no longer exists (removed by retention)"
             )));
         }
-        let (priority, status) =
-            logs::handler_priority_and_status(conn, handler_id)?.ok_or_else(|| {
-                DomainError::NotFound(format!(
-                    "handler {handler_id} of execution log {log_id} no longer exists"
-                ))
-            })?;
-        let status = parse_stored(HandlerStatus::parse, &status, "handlers.status")?;
-        if status != HandlerStatus::Enabled {
-            return Err(DomainError::FailedPrecondition(format!(
-                "handler {handler_id} is {status}: enable it before retrying"
-            )));
+        let (priority, _) = require_enabled(conn, handler_id)?;
+        if !resend {
+            if let Some(at) = logs::delivered_at(conn, event_id, handler_id)? {
+                return Err(DomainError::FailedPrecondition(format!(
+                    "event {event_id} was delivered to handler {handler_id} at {} \
+                     (execution log {log_id} is an earlier attempt); set resend to send it again",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                )));
+            }
         }
         Ok(deliveries::schedule_now(
             conn, event_id, handler_id, priority,
         )?)
     })
+}
+
+/// The priority and status of a handler that must exist and be enabled for a retry.
+fn require_enabled(
+    conn: &mut diesel::PgConnection,
+    handler_id: i64,
+) -> Result<(i32, HandlerStatus), DomainError> {
+    let (priority, status) = logs::handler_priority_and_status(conn, handler_id)?
+        .ok_or_else(|| DomainError::NotFound(format!("handler {handler_id} no longer exists")))?;
+    let status = parse_stored(HandlerStatus::parse, &status, "handlers.status")?;
+    if status != HandlerStatus::Enabled {
+        return Err(DomainError::FailedPrecondition(format!(
+            "handler {handler_id} is {status}: enable it before retrying"
+        )));
+    }
+    Ok((priority, status))
 }
 
 /// Sends the last item of a stream; the reader may already have gone.

@@ -190,17 +190,22 @@ pub fn handler_patch(request: pb::UpdateHandlerRequest) -> Result<(i64, HandlerP
             "timeout_ms" => patch.timeout_ms = Some(timeout_ms),
             "failure_policy" => patch.failure_policy = Some(failure_policy(policy)?),
             "filter_json" => patch.filter = Some(filter(&filter_json)?),
-            "http" | "http.url" | "http.headers" => match &target {
-                Some(pb::handler::Target::Http(http)) => {
-                    patch.target = Some(http_target(http.clone()))
-                }
-                _ => {
+            "http" | "http.url" | "http.headers" => {
+                let Some(pb::handler::Target::Http(http)) = &target else {
                     return Err(invalid(
                         "handler.http",
-                        "update_mask names http but handler.http is not set",
-                    ))
+                        format!("update_mask names {path} but handler.http is not set"),
+                    ));
+                };
+                match path.as_str() {
+                    "http" => patch.target = Some(http_target(http.clone())),
+                    "http.url" => patch.http_url = Some(http.url.trim().to_owned()),
+                    _ => {
+                        patch.http_headers =
+                            Some(http.headers.clone().into_iter().collect::<BTreeMap<_, _>>())
+                    }
                 }
-            },
+            }
             "script" | "script.path" => match &target {
                 Some(pb::handler::Target::Script(script)) => {
                     patch.target = Some(TargetSpec::Script {

@@ -120,9 +120,24 @@ impl ExecutionLogService for LogApi {
         &self,
         request: Request<pb::RetryRequest>,
     ) -> Result<Response<pb::RetryResponse>, Status> {
-        let pb::RetryRequest { log_id } = request.into_inner();
-        let delivery_id = self.logs.retry(log_id).await?;
+        let pb::RetryRequest { log_id, resend } = request.into_inner();
+        let delivery_id = self.logs.retry(log_id, resend).await?;
         Ok(Response::new(pb::RetryResponse { delivery_id }))
+    }
+
+    async fn retry_failed(
+        &self,
+        request: Request<pb::RetryFailedRequest>,
+    ) -> Result<Response<pb::RetryFailedResponse>, Status> {
+        let pb::RetryFailedRequest { handler_id, since } = request.into_inner();
+        if handler_id == 0 {
+            return Err(Status::invalid_argument("handler_id: required"));
+        }
+        let since = since
+            .map(|t| convert::from_timestamp(&t, "since"))
+            .transpose()?;
+        let scheduled = self.logs.retry_failed(handler_id, since).await?;
+        Ok(Response::new(pb::RetryFailedResponse { scheduled }))
     }
 
     async fn purge(
@@ -246,6 +261,7 @@ fn handler_stats(stats: HandlerStats) -> pb::HandlerStats {
         p50_ms,
         p95_ms,
         p99_ms,
+        paused,
     } = stats;
     pb::HandlerStats {
         handler_id,
@@ -257,6 +273,7 @@ fn handler_stats(stats: HandlerStats) -> pb::HandlerStats {
         p50_ms,
         p95_ms,
         p99_ms,
+        paused,
     }
 }
 

@@ -253,3 +253,126 @@ pub fn disable_handler(
     .bind::<Text, _>(reason)
     .execute(conn)
 }
+
+/// Pauses these deliveries (their handler is not enabled): no longer claimed, attempts
+/// and due time kept. Only rows still pending are touched.
+pub fn pause(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE deliveries SET state = 2, leased_by = NULL WHERE id = ANY($1) AND state = 1",
+    )
+    .bind::<Array<BigInt>, _>(ids)
+    .execute(conn)
+}
+
+/// Makes a handler's paused deliveries pending again; they keep their due times, so
+/// the oldest run first. Returns how many.
+pub fn resume_handler(conn: &mut PgConnection, handler_id: i64) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE deliveries SET state = 1, leased_by = NULL WHERE handler_id = $1 AND state = 2",
+    )
+    .bind::<BigInt, _>(handler_id)
+    .execute(conn)
+}
+
+/// What ending a handler's deliveries did.
+#[derive(Debug, Default)]
+pub struct Ended {
+    /// Events whose delivery to the handler was ended.
+    pub event_ids: Vec<i64>,
+    /// Highest execution-log id written (one row per ended delivery).
+    pub max_log_id: Option<i64>,
+}
+
+/// Ends every unfinished delivery (waiting, pending, paused) of a handler: each gets a
+/// failed execution-log row carrying `reason` (attempt = the attempts made so far) and is
+/// deleted. Dead deliveries are left as they are, and so are deliveries running now
+/// under a live lease: their attempt logs its own row (the worker ends them afterwards
+/// if the handler is archived; a delete removes them with the handler).
+pub fn end_for_handler(
+    conn: &mut PgConnection,
+    handler_id: i64,
+    reason: &str,
+) -> QueryResult<Ended> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        event_id: i64,
+        #[diesel(sql_type = BigInt)]
+        log_id: i64,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        r#"
+WITH ended AS (
+    DELETE FROM deliveries
+    WHERE handler_id = $1 AND state IN (0, 1, 2)
+      AND NOT (state = 1 AND leased_by IS NOT NULL AND next_attempt_at > now())
+    RETURNING id, event_id, attempts
+)
+INSERT INTO execution_logs (created_at, phase, event, status, handler_id, handler_name, kind, error,
+    duration_ms, attempt, data_sent, event_id, delivery_id)
+SELECT now(), 'after', e.event, 'fail', h.id, h.name, h.kind, $2, 0, x.attempts, e.data::jsonb, x.event_id, x.id
+FROM ended x
+JOIN events e ON e.id = x.event_id
+JOIN handlers h ON h.id = $1
+RETURNING event_id, id AS log_id
+"#,
+    )
+    .bind::<BigInt, _>(handler_id)
+    .bind::<Text, _>(reason)
+    .load(conn)?;
+    Ok(Ended {
+        max_log_id: rows.iter().map(|r| r.log_id).max(),
+        event_ids: rows.into_iter().map(|r| r.event_id).collect(),
+    })
+}
+
+/// Makes every failed, undelivered delivery of a handler (dead, or waiting for its next
+/// retry) for events created at or after `since` due now. Deliveries leased to a replica
+/// right now are left to it. Returns how many.
+pub fn retry_failed(
+    conn: &mut PgConnection,
+    handler_id: i64,
+    since: DateTime<Utc>,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        r#"
+UPDATE deliveries SET state = 1, next_attempt_at = now(), leased_by = NULL
+WHERE handler_id = $1 AND attempts > 0 AND state IN (1, 3) AND leased_by IS NULL
+  AND created_at >= $2
+"#,
+    )
+    .bind::<BigInt, _>(handler_id)
+    .bind::<Timestamptz, _>(since)
+    .execute(conn)
+}
+
+/// Deliveries of handlers that are not enabled, not dead, per handler: `(handler id,
+/// handler name, count)`; one handler only when `handler_id` is given.
+pub fn paused_counts(
+    conn: &mut PgConnection,
+    handler_id: Option<i64>,
+) -> QueryResult<Vec<(i64, String, i64)>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        handler_id: i64,
+        #[diesel(sql_type = Text)]
+        name: String,
+        #[diesel(sql_type = BigInt)]
+        paused: i64,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        r#"
+SELECT h.id AS handler_id, h.name, count(*) AS paused
+FROM deliveries d JOIN handlers h ON h.id = d.handler_id
+WHERE h.status <> 'enabled' AND d.state IN (0, 1, 2) AND ($1::bigint IS NULL OR h.id = $1)
+GROUP BY h.id, h.name
+"#,
+    )
+    .bind::<Nullable<BigInt>, _>(handler_id)
+    .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.handler_id, r.name, r.paused))
+        .collect())
+}

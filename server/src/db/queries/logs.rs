@@ -498,6 +498,23 @@ pub fn event_exists(conn: &mut PgConnection, event_id: i64) -> QueryResult<bool>
     diesel::select(diesel::dsl::exists(e::events.filter(e::id.eq(event_id)))).get_result(conn)
 }
 
+/// When the event was last delivered to the handler (its latest successful AFTER run
+/// still in the log), if it was.
+pub fn delivered_at(
+    conn: &mut PgConnection,
+    event_id: i64,
+    handler_id: i64,
+) -> QueryResult<Option<DateTime<Utc>>> {
+    use crate::db::schema::execution_logs::dsl as l;
+    l::execution_logs
+        .filter(l::event_id.eq(event_id))
+        .filter(l::handler_id.eq(handler_id))
+        .filter(l::phase.eq("after"))
+        .filter(l::status.eq("success"))
+        .select(diesel::dsl::max(l::created_at))
+        .first(conn)
+}
+
 /// A handler's priority and status, if it still exists.
 pub fn handler_priority_and_status(
     conn: &mut PgConnection,

@@ -23,10 +23,11 @@ pub use validation::{
     MAX_PRIORITY, MAX_TIMEOUT_MS,
 };
 
-use super::{text, DomainError, HandlerKind, HandlerStatus, Phase};
+use super::{parse_stored, text, DomainError, HandlerKind, HandlerStatus, Phase};
 use crate::db::models::{EventTypeRow, HandlerChangeset, NewHandlerRow};
 use crate::db::queries::{deliveries, event_types, handlers};
 use crate::db::Db;
+use crate::listener::Signals;
 
 /// Default and largest page of List.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -37,12 +38,29 @@ const MAX_PAGE_SIZE: u32 = 1000;
 pub struct HandlerRegistry {
     db: Db,
     scripts_dir: PathBuf,
+    /// Wakes the workers when deliveries resume and the tails when rows are logged.
+    signals: Signals,
 }
 
 impl HandlerRegistry {
     /// A registry storing in `db`, with script paths resolved under `scripts_dir`.
-    pub fn new(db: Db, scripts_dir: PathBuf) -> HandlerRegistry {
-        HandlerRegistry { db, scripts_dir }
+    pub fn new(db: Db, scripts_dir: PathBuf, signals: Signals) -> HandlerRegistry {
+        HandlerRegistry {
+            db,
+            scripts_dir,
+            signals,
+        }
+    }
+
+    /// Tells workers and tails what a status change did to the deliveries.
+    fn announce(&self, settled: Settled) {
+        if settled.resumed {
+            self.signals.announce_work();
+        }
+        if let Some(max_id) = settled.max_log_id {
+            self.signals.announce_logs(max_id);
+            self.signals.announce_work();
+        }
     }
 
     /// Validates and stores a new handler; HTTP handlers get a fresh secret.
@@ -164,7 +182,7 @@ impl HandlerRegistry {
                     let current = handler_from_row(row)?;
                     let (mut spec, old_secret) = spec_of(&current);
                     let reenabled = patch.status == Some(HandlerStatus::Enabled);
-                    apply_patch(&mut spec, patch);
+                    apply_patch(&mut spec, patch)?;
                     validate_spec(&mut spec, &scripts_dir)?;
                     ensure_event_exists(conn, &spec.event)?;
                     let (kind, url, headers, script_path) = target_columns(&spec.target);
@@ -192,46 +210,63 @@ impl HandlerRegistry {
                         // A fresh start: the failing clock restarts, like SetStatus does.
                         row = handlers::set_status(conn, id, HandlerStatus::Enabled.as_str())?;
                     }
-                    Ok((row, secret_created))
+                    let new_status =
+                        parse_stored(HandlerStatus::parse, &row.status, "handlers.status")?;
+                    let settled = settle_deliveries(conn, id, current.status, new_status)?;
+                    Ok((row, secret_created, settled))
                 })
             })
             .await
-            .and_then(|(row, secret_created)| Ok((handler_from_row(row)?, secret_created)))
+            .and_then(|(row, secret_created, settled)| {
+                self.announce(settled);
+                Ok((handler_from_row(row)?, secret_created))
+            })
     }
 
     /// Sets the status chosen by an operator: any automatic-disable reason is cleared
     /// and the failing clock restarts.
+    ///
+    /// Disabling pauses the handler: its unfinished deliveries wait (not attempted, not
+    /// counted as failures) and resume in order when it is enabled again. Archiving ends
+    /// them, each with a failed log row saying why.
     pub async fn set_status(&self, id: i64, status: HandlerStatus) -> Result<Handler, DomainError> {
-        self.db
+        let (row, settled) = self
+            .db
             .run(move |conn| {
-                handlers::set_status(conn, id, status.as_str())
-                    .optional()
-                    .map_err(DomainError::from)
+                conn.transaction(|conn| {
+                    let old = handlers::find_for_update(conn, id)
+                        .optional()?
+                        .ok_or_else(|| not_found(id))?;
+                    let old = parse_stored(HandlerStatus::parse, &old.status, "handlers.status")?;
+                    let row = handlers::set_status(conn, id, status.as_str())?;
+                    let settled = settle_deliveries(conn, id, old, status)?;
+                    Ok::<_, DomainError>((row, settled))
+                })
             })
-            .await?
-            .ok_or_else(|| not_found(id))
-            .and_then(handler_from_row)
+            .await?;
+        self.announce(settled);
+        handler_from_row(row)
     }
 
-    /// Deletes a handler (its pending deliveries go with it; its log rows stay). Events
-    /// whose next delivery in priority order was this handler's move on to the next one.
+    /// Deletes a handler. Its unfinished deliveries end, each with a failed log row saying
+    /// why; its log rows stay. Events whose next delivery in priority order was this
+    /// handler's move on to the next one.
     pub async fn delete(&self, id: i64) -> Result<(), DomainError> {
         let deleted = self
             .db
             .run(move |conn| {
                 conn.transaction(|conn| {
-                    let events = deliveries::event_ids_of_handler(conn, id)?;
+                    let ended = end_deliveries(conn, id, "handler deleted")?;
                     let deleted = handlers::delete(conn, id)?;
-                    if !events.is_empty() {
-                        deliveries::promote_orphaned_waiting(conn, &events)?;
-                    }
-                    Ok::<_, DomainError>(deleted)
+                    Ok::<_, DomainError>((deleted, ended))
                 })
             })
             .await?;
+        let (deleted, settled) = deleted;
         if deleted == 0 {
             return Err(not_found(id));
         }
+        self.announce(settled);
         Ok(())
     }
 
@@ -327,6 +362,54 @@ fn decode_page_token(token: &str) -> Option<handlers::ListPosition> {
     parts.next().is_none().then_some(position)
 }
 
+/// What a status change did to a handler's deliveries, to announce after the commit.
+#[derive(Debug, Default)]
+struct Settled {
+    /// Paused deliveries became pending.
+    resumed: bool,
+    /// Log rows were written for ended deliveries, up to this id.
+    max_log_id: Option<i64>,
+}
+
+/// Applies a status change to the handler's unfinished deliveries: enabling resumes the
+/// paused ones, archiving ends them all (disabling needs nothing now: the workers pause
+/// each delivery as it comes due).
+fn settle_deliveries(
+    conn: &mut diesel::PgConnection,
+    id: i64,
+    old: HandlerStatus,
+    new: HandlerStatus,
+) -> Result<Settled, DomainError> {
+    match new {
+        HandlerStatus::Enabled => Ok(Settled {
+            resumed: deliveries::resume_handler(conn, id)? > 0,
+            max_log_id: None,
+        }),
+        HandlerStatus::Archived if old != HandlerStatus::Archived => {
+            end_deliveries(conn, id, "handler archived")
+        }
+        HandlerStatus::Archived | HandlerStatus::Disabled => Ok(Settled::default()),
+    }
+}
+
+/// Ends a handler's unfinished deliveries with a log row each; the events they were
+/// holding up move on to their next handler.
+fn end_deliveries(
+    conn: &mut diesel::PgConnection,
+    id: i64,
+    why: &str,
+) -> Result<Settled, DomainError> {
+    let reason = format!("{why}: delivery ended before it succeeded");
+    let ended = deliveries::end_for_handler(conn, id, &reason)?;
+    if !ended.event_ids.is_empty() {
+        deliveries::promote_orphaned_waiting(conn, &ended.event_ids)?;
+    }
+    Ok(Settled {
+        resumed: false,
+        max_log_id: ended.max_log_id,
+    })
+}
+
 fn not_found(id: i64) -> DomainError {
     DomainError::NotFound(format!("handler {id} not found"))
 }
@@ -403,7 +486,9 @@ fn spec_of(handler: &Handler) -> (HandlerSpec, Option<String>) {
     (spec, secret)
 }
 
-fn apply_patch(spec: &mut HandlerSpec, patch: HandlerPatch) {
+/// Applies the fields a patch names; `http.url` and `http.headers` change only what
+/// they name and need an HTTP handler (after a whole-target change, if any).
+fn apply_patch(spec: &mut HandlerSpec, patch: HandlerPatch) -> Result<(), DomainError> {
     let HandlerPatch {
         name,
         event,
@@ -412,6 +497,8 @@ fn apply_patch(spec: &mut HandlerSpec, patch: HandlerPatch) {
         priority,
         timeout_ms,
         target,
+        http_url,
+        http_headers,
         failure_policy,
         filter,
     } = patch;
@@ -436,12 +523,28 @@ fn apply_patch(spec: &mut HandlerSpec, patch: HandlerPatch) {
     if let Some(v) = target {
         spec.target = v;
     }
+    if http_url.is_some() || http_headers.is_some() {
+        let TargetSpec::Http { url, headers } = &mut spec.target else {
+            return Err(DomainError::invalid(
+                "update_mask",
+                "http.url and http.headers change an HTTP handler; this is a script \
+                 handler: name `http` to turn it into one",
+            ));
+        };
+        if let Some(v) = http_url {
+            *url = v;
+        }
+        if let Some(v) = http_headers {
+            *headers = v;
+        }
+    }
     if let Some(v) = failure_policy {
         spec.failure_policy = v;
     }
     if let Some(v) = filter {
         spec.filter = v;
     }
+    Ok(())
 }
 
 /// A new Standard Webhooks secret: `whsec_` and 32 random bytes in base64.

@@ -125,6 +125,10 @@ pub struct HandlerPatch {
     pub timeout_ms: Option<u32>,
     /// New target (the secret is kept when both are HTTP).
     pub target: Option<TargetSpec>,
+    /// New URL of an HTTP handler, its headers kept (`http.url`).
+    pub http_url: Option<String>,
+    /// New headers of an HTTP handler, its URL kept (`http.headers`).
+    pub http_headers: Option<BTreeMap<String, String>>,
     /// New failure policy.
     pub failure_policy: Option<FailurePolicy>,
     /// New filter (`Some(None)` removes it).
