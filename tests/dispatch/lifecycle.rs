@@ -17,10 +17,7 @@ use provisioning_server::config::Schedule;
 use provisioning_tests::receiver::{Receiver, Reply};
 use provisioning_tests::{eventually, spawn_server, spawn_server_with, TestDatabase};
 
-use super::{
-    count, create, delivery_rows, emit_after, http_handler, log_rows, wait_for_logs, with_conn,
-    WAIT,
-};
+use super::{count, create, emit_after, http_handler, log_rows, wait_for_logs, with_conn, WAIT};
 
 /// How long the blocker holds the only worker slot: ample time for the few RPCs a test
 /// makes meanwhile, even on a loaded machine.
