@@ -488,6 +488,82 @@ async fn update_of_the_http_url_keeps_the_secret() {
     assert_eq!(stored_secret(&db, created.id), Some(secret));
 }
 
+/// `http.url` changes the URL and keeps the headers; `http.headers` changes the headers
+/// and keeps the URL; neither applies to a script handler. No configuration is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_masks_http_url_and_http_headers_change_only_what_they_name() {
+    let db = TestDatabase::new().await;
+    let server = spawn_server(&db).await;
+    let mut request = http_handler("crm", "clients.create", Phase::After, HOOK);
+    if let Some(proto::create_handler_request::Target::Http(http)) = &mut request.target {
+        http.headers
+            .insert("Authorization".into(), "Bearer abc".into());
+    }
+    let created = create(&server, request).await;
+    let with_target = |url: &str, headers: &[(&str, &str)]| {
+        let mut edit = created.clone();
+        edit.target = Some(proto::handler::Target::Http(proto::HttpTarget {
+            url: url.into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }));
+        edit
+    };
+
+    let updated = server
+        .client
+        .update_handler(update_request(
+            with_target("https://crm.example/v2", &[]),
+            &["http.url"],
+        ))
+        .await
+        .expect("update http.url");
+    assert_eq!(http_target(&updated).url, "https://crm.example/v2");
+    assert_eq!(
+        http_target(&updated).headers.get("Authorization").map(String::as_str),
+        Some("Bearer abc"),
+        "http.url keeps the headers"
+    );
+
+    let updated = server
+        .client
+        .update_handler(update_request(
+            with_target("", &[("X-Tenant", "7")]),
+            &["http.headers"],
+        ))
+        .await
+        .expect("update http.headers");
+    let stored = get(&server, created.id).await.expect("get");
+    for handler in [&updated, &stored] {
+        assert_eq!(http_target(handler).url, "https://crm.example/v2");
+        assert_eq!(
+            http_target(handler).headers.keys().collect::<Vec<_>>(),
+            ["X-Tenant"],
+            "http.headers replaces the headers and keeps the URL"
+        );
+    }
+
+    let script = create(
+        &server,
+        script_handler("local", "clients.create", Phase::After, "ok.sh"),
+    )
+    .await;
+    let mut edit = with_target("https://crm.example/x", &[]);
+    edit.id = script.id;
+    assert_error(
+        server
+            .client
+            .update_handler(update_request(edit, &["http.url"]))
+            .await,
+        Code::InvalidArgument,
+        "script handler",
+    );
+    assert_eq!(script_path(&get(&server, script.id).await.expect("get")), "ok.sh");
+}
+
 /// A handler can change kind: HTTP → script drops the URL and the secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_switches_an_http_handler_to_a_script() {

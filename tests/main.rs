@@ -7,4 +7,5 @@ mod cli_logs;
 mod dispatch;
 mod handlers;
 mod logs;
+mod retry;
 mod untrusted;

@@ -457,7 +457,7 @@ fn schedule_retry(
         if !resend {
             if let Some(at) = logs::delivered_at(conn, event_id, handler_id)? {
                 return Err(DomainError::FailedPrecondition(format!(
-                    "event {event_id} was delivered to handler {handler_id} at {} \
+                    "event {event_id} was delivered at {} to handler {handler_id} \
                      (execution log {log_id} is an earlier attempt); set resend to send it again",
                     at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
                 )));
