@@ -523,7 +523,10 @@ async fn update_masks_http_url_and_http_headers_change_only_what_they_name() {
         .expect("update http.url");
     assert_eq!(http_target(&updated).url, "https://crm.example/v2");
     assert_eq!(
-        http_target(&updated).headers.get("Authorization").map(String::as_str),
+        http_target(&updated)
+            .headers
+            .get("Authorization")
+            .map(String::as_str),
         Some("Bearer abc"),
         "http.url keeps the headers"
     );
@@ -561,7 +564,10 @@ async fn update_masks_http_url_and_http_headers_change_only_what_they_name() {
         Code::InvalidArgument,
         "script handler",
     );
-    assert_eq!(script_path(&get(&server, script.id).await.expect("get")), "ok.sh");
+    assert_eq!(
+        script_path(&get(&server, script.id).await.expect("get")),
+        "ok.sh"
+    );
 }
 
 /// A handler can change kind: HTTP → script drops the URL and the secret.

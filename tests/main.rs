@@ -8,4 +8,5 @@ mod dispatch;
 mod handlers;
 mod logs;
 mod retry;
+mod search_folding;
 mod untrusted;

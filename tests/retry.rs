@@ -50,7 +50,12 @@ async fn retry_of_a_delivered_event_needs_resend_and_keeps_the_webhook_id() {
     receiver.route("/h", vec![Reply::status(500), Reply::ok()]);
     let handler = create(
         &server.client,
-        http_handler("h", "clients.create", proto::Phase::After, &receiver.url("/h")),
+        http_handler(
+            "h",
+            "clients.create",
+            proto::Phase::After,
+            &receiver.url("/h"),
+        ),
     )
     .await;
     emit_after(&server.client, "clients.create", r#"{"id": 1}"#).await;
@@ -105,12 +110,22 @@ async fn retry_failed_brings_back_every_failed_delivery_of_a_handler() {
     let receiver = Receiver::start().await;
     receiver.route(
         "/h",
-        vec![Reply::status(500), Reply::status(500), Reply::status(500), Reply::ok()],
+        vec![
+            Reply::status(500),
+            Reply::status(500),
+            Reply::status(500),
+            Reply::ok(),
+        ],
     );
     receiver.route("/other", vec![Reply::status(500), Reply::ok()]);
     let handler = create(
         &server.client,
-        http_handler("h", "clients.update", proto::Phase::After, &receiver.url("/h")),
+        http_handler(
+            "h",
+            "clients.update",
+            proto::Phase::After,
+            &receiver.url("/h"),
+        ),
     )
     .await;
     let other = create(
@@ -124,11 +139,17 @@ async fn retry_failed_brings_back_every_failed_delivery_of_a_handler() {
     )
     .await;
     for n in 0..3 {
-        emit_after(&server.client, "clients.update", &format!(r#"{{"n": {n}}}"#)).await;
+        emit_after(
+            &server.client,
+            "clients.update",
+            &format!(r#"{{"n": {n}}}"#),
+        )
+        .await;
     }
     emit_after(&server.client, "clients.delete", "{}").await;
     wait_for_logs(&db, "four failures", |rows| rows.len() == 4).await;
-    let dead = || crate::dispatch::count(&db, "SELECT count(*) AS n FROM deliveries WHERE state = 3");
+    let dead =
+        || crate::dispatch::count(&db, "SELECT count(*) AS n FROM deliveries WHERE state = 3");
     assert_eq!(dead(), 4, "every delivery is dead after its one attempt");
 
     let none = server
@@ -183,7 +204,10 @@ async fn retry_failed_brings_back_every_failed_delivery_of_a_handler() {
             Code::NotFound,
         ),
     ] {
-        assert_eq!(status_of(server.client.retry_failed(request).await).code(), code);
+        assert_eq!(
+            status_of(server.client.retry_failed(request).await).code(),
+            code
+        );
     }
     server
         .client

@@ -77,6 +77,12 @@ impl TestDatabase {
         &self.name
     }
 
+    /// The URL of another database `name` on the same cluster (one a test creates; its
+    /// name should start with this database's, so leftovers are swept like it).
+    pub fn url_of(&self, name: &str) -> String {
+        self.url.replacen(&self.name, name, 1)
+    }
+
     /// A direct connection for SQL in tests. It blocks: call it from `spawn_blocking`
     /// or `tokio::task::block_in_place` (multi-thread runtime) inside async tests.
     pub fn conn(&self) -> PgConnection {

@@ -107,7 +107,8 @@ pub struct LogFilter {
     pub events: Vec<String>,
     /// Handler id.
     pub handler_id: Option<i64>,
-    /// Case-insensitive substring of `data_sent::text`, as typed (escaped here).
+    /// Case-insensitive substring of `data_sent::text`, as typed (escaped here); folded
+    /// the same way whatever the database's locale.
     pub data_contains: Option<String>,
     /// JSON object `data_sent` must contain (`@>`).
     pub data_json_contains: Option<serde_json::Value>,
@@ -168,11 +169,22 @@ pub fn contains_pattern(text: &str) -> String {
     pattern
 }
 
+/// `<column> contains <text>`, case-insensitively with the same folding whatever the
+/// database's locale: both sides lower-cased in the `provisioning_fold` collation (see
+/// the migration `search_case_folding`), as the trigram indexes are.
+fn folded_like(column: &'static str, text: &str) -> BoxedCondition {
+    Box::new(
+        diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+            "lower({column} COLLATE provisioning_fold) LIKE lower("
+        ))
+        .bind::<Text, _>(contains_pattern(text))
+        .sql(" COLLATE provisioning_fold)"),
+    )
+}
+
 /// `execution_logs` with every filter applied; no order, no limit.
 fn filtered(filter: &LogFilter) -> LogQuery {
     use crate::db::schema::execution_logs::dsl as l;
-    use diesel::dsl::sql;
-    use diesel::sql_types::Bool;
 
     let mut query = l::execution_logs.into_boxed();
     if let Some(status) = filter.status {
@@ -191,9 +203,7 @@ fn filtered(filter: &LogFilter) -> LogQuery {
     }
     if let Some(text) = &filter.data_contains {
         // The exact expression of the trigram index `execution_logs_data_trgm_idx`.
-        query = query.filter(
-            sql::<Bool>("(data_sent::text) ILIKE ").bind::<Text, _>(contains_pattern(text)),
-        );
+        query = query.filter(folded_like("data_sent::text", text));
     }
     if let Some(object) = &filter.data_json_contains {
         query = query.filter(l::data_sent.contains(object.clone()));
@@ -202,7 +212,7 @@ fn filtered(filter: &LogFilter) -> LogQuery {
         // `error <> ''` is the predicate of the partial index `execution_logs_error_trgm_idx`.
         query = query
             .filter(l::error.ne(""))
-            .filter(l::error.ilike(contains_pattern(text)));
+            .filter(folded_like("error", text));
     }
     if let Some(from) = filter.from {
         query = query.filter(l::created_at.ge(from));
