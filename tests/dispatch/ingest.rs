@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use provisioning_client::proto;
+use provisioning_client::{proto, ClientError};
 use provisioning_tests::receiver::Receiver;
 use provisioning_tests::{spawn_server, spawn_server_with, TestDatabase};
 
@@ -140,18 +140,11 @@ async fn repeated_idempotency_key_returns_the_first_event_and_delivers_once() {
         .emit(keyed(r#"{"n": 1}"#))
         .await
         .expect("second emit");
-    let changed = server
-        .client
-        .emit(keyed(r#"{"n": 2}"#))
-        .await
-        .expect("third emit");
     assert!(!first.duplicate);
     assert_eq!(first.deliveries, 1);
-    for repeat in [&second, &changed] {
-        assert_eq!(repeat.event_id, first.event_id);
-        assert!(repeat.duplicate);
-        assert_eq!(repeat.deliveries, 0);
-    }
+    assert_eq!(second.event_id, first.event_id);
+    assert!(second.duplicate);
+    assert_eq!(second.deliveries, 0);
     let other = server
         .client
         .emit(proto::EmitRequest {
@@ -164,16 +157,12 @@ async fn repeated_idempotency_key_returns_the_first_event_and_delivers_once() {
     assert_ne!(other.event_id, first.event_id);
 
     // Concurrent repeats share group-committed transactions: still one event.
-    let burst = futures_util::future::join_all((0..10).map(|n| {
+    let burst = futures_util::future::join_all((0..10).map(|_| {
         let client = server.client.clone();
         async move {
             let request = proto::EmitRequest {
                 idempotency_key: "burst".into(),
-                ..event_request(
-                    "clients.create",
-                    proto::Phase::After,
-                    &format!(r#"{{"n": {}}}"#, 100 + n),
-                )
+                ..event_request("clients.create", proto::Phase::After, r#"{"n": 100}"#)
             };
             client.emit(request).await.expect("burst emit")
         }
@@ -501,4 +490,94 @@ async fn idempotency_key_still_deduplicates_after_a_purge() {
     assert_eq!(again.event_id, first.event_id);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(receiver.count("/once"), 1, "delivered once");
+}
+
+/// A key reused with different content (other data, or another event) is a client bug:
+/// FAILED_PRECONDITION naming the key and the first event, from Emit, EmitBatch (the
+/// whole batch refused, nothing stored) and EmitStream (an error ack); the same content
+/// is still a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_reused_with_different_content_is_refused_everywhere() {
+    let db = TestDatabase::new().await;
+    let server = spawn_server(&db).await;
+    let keyed = |event: &str, data: &str| proto::EmitRequest {
+        idempotency_key: "k1".into(),
+        ..event_request(event, proto::Phase::After, data)
+    };
+    let first = server
+        .client
+        .emit(keyed("clients.create", r#"{"id":1}"#))
+        .await
+        .expect("first emit");
+    let same = server
+        .client
+        .emit(keyed("clients.create", r#"{"id":1}"#))
+        .await
+        .expect("a true repeat");
+    assert!(same.duplicate && same.event_id == first.event_id);
+    let refused = |result: Result<proto::EmitResponse, ClientError>| match result {
+        Err(error) if error.code() == Some(tonic::Code::FailedPrecondition) => error
+            .status()
+            .map(|s| s.message().to_owned())
+            .unwrap_or_default(),
+        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+    };
+    for (event, data) in [
+        ("clients.create", r#"{"id":2}"#),
+        ("clients.create", r#"{"id": 1}"#),
+        ("accounts.create", r#"{"id":1}"#),
+    ] {
+        let message = refused(server.client.emit(keyed(event, data)).await);
+        assert!(
+            message.contains("\"k1\"") && message.contains(&format!("event {}", first.event_id)),
+            "{message}"
+        );
+    }
+
+    let batch = proto::EmitBatchRequest {
+        events: vec![
+            event_request("clients.update", proto::Phase::After, r#"{"new": true}"#),
+            keyed("clients.create", r#"{"id":2}"#),
+        ],
+    };
+    match server.client.emit_batch(batch).await {
+        Err(error) if error.code() == Some(tonic::Code::FailedPrecondition) => {
+            let message = error
+                .status()
+                .map(|s| s.message().to_owned())
+                .unwrap_or_default();
+            assert!(message.starts_with("events[1]:"), "{message}");
+        }
+        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+    }
+    assert_eq!(
+        count(&db, "SELECT count(*) AS n FROM events"),
+        1,
+        "the refused batch stored nothing"
+    );
+    let repeat_in_batch = server
+        .client
+        .emit_batch(proto::EmitBatchRequest {
+            events: vec![keyed("clients.create", r#"{"id":1}"#)],
+        })
+        .await
+        .expect("a true repeat in a batch");
+    assert!(repeat_in_batch.acks[0].duplicate);
+
+    let mut acks = server
+        .client
+        .emit_stream(tokio_stream::iter(vec![proto::EmitStreamRequest {
+            sequence: 1,
+            event: Some(keyed("clients.create", r#"{"id":3}"#)),
+        }]))
+        .await
+        .expect("stream");
+    let ack = acks.message().await.expect("ack").expect("one ack");
+    assert_eq!(
+        ack.error_code,
+        tonic::Code::FailedPrecondition as i32,
+        "{ack:?}"
+    );
+    assert!(ack.error_message.contains("\"k1\""), "{ack:?}");
+    assert_eq!(count(&db, "SELECT count(*) AS n FROM events"), 1);
 }

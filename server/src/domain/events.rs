@@ -168,16 +168,25 @@ impl Ingest {
             .map_err(|_| DomainError::Unavailable("the server is shutting down".into()))?
     }
 
-    /// Stores a batch in one transaction: all or nothing.
+    /// Stores a batch in one transaction: all or nothing (an idempotency key reused
+    /// with different content rejects the whole batch).
     pub async fn emit_batch(&self, batch: Vec<NewEvent>) -> Result<Vec<Accepted>, DomainError> {
-        self.storage.store(batch).await
+        self.storage
+            .store(batch, Atomicity::AllOrNothing)
+            .await?
+            .into_iter()
+            .collect()
     }
 }
 
 impl Storage {
-    /// Stores a batch (all or nothing), starts the deliveries leased to this replica and
-    /// announces the others.
-    async fn store(&self, batch: Vec<NewEvent>) -> Result<Vec<Accepted>, DomainError> {
+    /// Stores a batch, starts the deliveries leased to this replica and announces the
+    /// others. One answer per event, in input order.
+    async fn store(
+        &self,
+        batch: Vec<NewEvent>,
+        atomicity: Atomicity,
+    ) -> Result<Vec<Result<Accepted, DomainError>>, DomainError> {
         let mut slots = self.worker.reserve(batch.len());
         let leased_events = slots.as_ref().map_or(0, |s| s.num_permits());
         let owner = self.worker.owner();
@@ -190,7 +199,7 @@ impl Storage {
                     owner: &owner,
                     lease_ms,
                 };
-                store(conn, batch, lease)
+                store(conn, batch, lease, atomicity)
             })
             .await?;
         for chain in stored.leased {
@@ -207,20 +216,59 @@ impl Storage {
     }
 }
 
+/// Whether one event's refusal refuses the others stored with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Atomicity {
+    /// EmitBatch: every event is stored, or none.
+    AllOrNothing,
+    /// A group commit of independent callers: each event stands alone.
+    EachEvent,
+}
+
 /// What storing a batch produced.
 struct Stored {
-    /// One per event, in input order.
-    accepted: Vec<Accepted>,
+    /// One per event, in input order: accepted, or refused (a reused idempotency key
+    /// with different content).
+    accepted: Vec<Result<Accepted, DomainError>>,
     /// The deliveries leased to this replica, one chain per event in run order.
     leased: Vec<Vec<ClaimedDelivery>>,
     /// Some deliveries were stored for any replica to claim.
     unleased_deliveries: bool,
 }
 
-/// Stores events and their deliveries, all or nothing: one statement, so it commits on
-/// its own (no BEGIN/COMMIT round trips). Duplicates are then answered with the id of
-/// the event that holds their key.
+/// Stores events and their deliveries: one statement, so it commits on its own (no
+/// BEGIN/COMMIT round trips). Duplicates are then answered with the id of the event
+/// that holds their key, or refused when their content differs from it. An all-or-nothing
+/// batch holding keys runs in a transaction, so such a refusal leaves nothing stored.
 fn store(
+    conn: &mut diesel::PgConnection,
+    batch: Vec<NewEvent>,
+    lease: LeaseAtInsert<'_>,
+    atomicity: Atomicity,
+) -> Result<Stored, DomainError> {
+    let keyed = batch.iter().any(|e| e.idempotency_key.is_some());
+    if atomicity == Atomicity::AllOrNothing && keyed {
+        use diesel::Connection;
+        conn.transaction(|conn| {
+            let stored = store_statement(conn, batch, lease)?;
+            match stored.accepted.iter().position(Result::is_err) {
+                Some(index) => Err(match stored.accepted.into_iter().nth(index) {
+                    Some(Err(DomainError::FailedPrecondition(message))) => {
+                        DomainError::FailedPrecondition(format!("events[{index}]: {message}"))
+                    }
+                    Some(Err(error)) => error,
+                    _ => DomainError::Internal("a refused event vanished".into()),
+                }),
+                None => Ok(stored),
+            }
+        })
+    } else {
+        store_statement(conn, batch, lease)
+    }
+}
+
+/// The statement of [`store`] and the answers it gives each event.
+fn store_statement(
     conn: &mut diesel::PgConnection,
     batch: Vec<NewEvent>,
     lease: LeaseAtInsert<'_>,
@@ -238,11 +286,12 @@ fn store(
                 .flatten()
         })
         .collect();
-    let earlier: HashMap<String, i64> = if duplicate_keys.is_empty() {
+    let earlier: HashMap<String, events::KeyedEvent> = if duplicate_keys.is_empty() {
         HashMap::new()
     } else {
-        events::ids_by_keys(conn, &duplicate_keys)?
+        events::by_keys(conn, &duplicate_keys)?
             .into_iter()
+            .map(|e| (e.idempotency_key.clone(), e))
             .collect()
     };
     let mut stored = Stored {
@@ -259,7 +308,7 @@ fn store(
             ));
         };
         if index == stored.accepted.len() {
-            stored.accepted.push(accepted(&row, *key, &earlier)?);
+            stored.accepted.push(accepted(&row, event, *key, &earlier)?);
             if row.delivery_id.is_some() {
                 stored.leased.push(Vec::new());
             }
@@ -284,33 +333,42 @@ fn store(
             });
         }
     }
-    let deliveries: u32 = stored.accepted.iter().map(|a| a.deliveries).sum();
+    let deliveries: u32 = stored.accepted.iter().flatten().map(|a| a.deliveries).sum();
     stored.unleased_deliveries = deliveries > leased_deliveries;
     Ok(stored)
 }
 
-/// The answer for one stored (or duplicate) event.
+/// The answer for one stored (or duplicate) event: the outer error is a bug of ours,
+/// the inner one a refusal of this event alone.
 fn accepted(
     row: &events::StoredEvent,
+    event: &NewEvent,
     key: Option<&str>,
-    earlier: &HashMap<String, i64>,
-) -> Result<Accepted, DomainError> {
+    earlier: &HashMap<String, events::KeyedEvent>,
+) -> Result<Result<Accepted, DomainError>, DomainError> {
     if row.inserted {
-        return Ok(Accepted {
+        return Ok(Ok(Accepted {
             event_id: row.id,
             duplicate: false,
             deliveries: row.deliveries as u32,
-        });
+        }));
     }
     let key = key.unwrap_or_default();
-    let id = earlier.get(key).copied().ok_or_else(|| {
+    let first = earlier.get(key).ok_or_else(|| {
         DomainError::Internal(format!("event with idempotency key {key:?} vanished").into())
     })?;
-    Ok(Accepted {
-        event_id: id,
+    if first.event != event.event || first.data != event.data {
+        return Ok(Err(DomainError::FailedPrecondition(format!(
+            "idempotency_key {key:?} was already used by event {} ({}) with different \
+             content; a key names one event: use a new key for a new event",
+            first.id, first.event
+        ))));
+    }
+    Ok(Ok(Accepted {
+        event_id: first.id,
         duplicate: true,
         deliveries: 0,
-    })
+    }))
 }
 
 async fn commit_loop(storage: Storage, mut receiver: mpsc::Receiver<Pending>) {
@@ -333,13 +391,13 @@ async fn commit_loop(storage: Storage, mut receiver: mpsc::Receiver<Pending>) {
         tokio::spawn(async move {
             let (events, replies): (Vec<NewEvent>, Vec<_>) =
                 pending.into_iter().map(|p| (p.event, p.reply)).unzip();
-            let result = storage.store(events).await;
+            let result = storage.store(events, Atomicity::EachEvent).await;
             drop(permit);
             match result {
-                Ok(accepted) => {
-                    for (reply, accepted) in replies.into_iter().zip(accepted) {
+                Ok(answers) => {
+                    for (reply, answer) in replies.into_iter().zip(answers) {
                         // The caller may have gone (cancelled RPC): the event is stored anyway.
-                        let _caller_gone = reply.send(Ok(accepted));
+                        let _caller_gone = reply.send(answer);
                     }
                 }
                 Err(error) => {

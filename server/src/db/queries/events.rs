@@ -124,24 +124,30 @@ ORDER BY input.ord, l.priority, l.handler_id
     .load(conn)
 }
 
-#[derive(QueryableByName)]
-struct KeyedId {
+/// A stored event found by its idempotency key.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct KeyedEvent {
+    /// The key.
     #[diesel(sql_type = Text)]
-    idempotency_key: String,
+    pub idempotency_key: String,
+    /// Event id.
     #[diesel(sql_type = BigInt)]
-    id: i64,
+    pub id: i64,
+    /// Event name.
+    #[diesel(sql_type = Text)]
+    pub event: String,
+    /// Data as emitted.
+    #[diesel(sql_type = Text)]
+    pub data: String,
 }
 
-/// Ids of the stored events holding these idempotency keys.
-pub fn ids_by_keys(conn: &mut PgConnection, keys: &[&str]) -> QueryResult<Vec<(String, i64)>> {
-    let rows: Vec<KeyedId> =
-        prepared("SELECT idempotency_key, id FROM events WHERE idempotency_key = ANY($1::text[])")
-            .bind::<Array<Text>, _>(keys)
-            .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.idempotency_key, r.id))
-        .collect())
+/// The stored events holding these idempotency keys.
+pub fn by_keys(conn: &mut PgConnection, keys: &[&str]) -> QueryResult<Vec<KeyedEvent>> {
+    prepared(
+        "SELECT idempotency_key, id, event, data FROM events WHERE idempotency_key = ANY($1::text[])",
+    )
+    .bind::<Array<Text>, _>(keys)
+    .load(conn)
 }
 
 /// `n` fresh event ids for BEFORE events (which are logged, not stored).
