@@ -5,6 +5,7 @@ mod before;
 mod cli;
 mod cli_logs;
 mod dispatch;
+mod edges;
 mod handlers;
 mod logs;
 mod retry;

@@ -264,7 +264,8 @@ pub enum LogsCommand {
         /// Log id.
         id: i64,
     },
-    /// Print matching runs as they happen, until Ctrl-C.
+    /// Print matching runs as they happen, until Ctrl-C. Columns have fixed widths
+    /// (longer names, events and errors are cut with …); `--output json` prints whole rows.
     Tail(TailArgs),
     /// Run a failed AFTER delivery again now (`logs retry LOG_ID`), or every failed
     /// delivery of a handler (`logs retry --handler ID [--since 1h]`).

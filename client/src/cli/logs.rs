@@ -22,7 +22,10 @@ const DEFAULT_LIMIT: u32 = 100;
 const ERROR_WIDTH: usize = 60;
 
 /// Column widths of `logs tail`, which cannot measure rows that have not come yet.
-const TAIL_WIDTHS: [usize; 8] = [8, 25, 10, 24, 7, 20, 40, 8];
+/// Fixed column widths of the live tail (ID, Date, Event type, Event, Status, Name,
+/// Error, Duration): the header is printed once, so every cell is cut to its width with
+/// an ellipsis and the columns never drift.
+const TAIL_WIDTHS: [usize; 8] = [10, 25, 10, 24, 7, 20, 40, 8];
 
 /// Runs one `logs` subcommand.
 pub async fn run(ctx: &mut Context, command: LogsCommand) -> Result<(), CliError> {
@@ -170,11 +173,7 @@ async fn tail(ctx: &mut Context, args: TailArgs) -> Result<(), CliError> {
                 Ok(Some(entry)) => {
                     let log = entry.log.unwrap_or_default();
                     match ctx.output {
-                        Output::Table => {
-                            let mut row = log_row(&log);
-                            row[6] = truncate(&log.error, TAIL_WIDTHS[6]);
-                            ctx.line(&table.row_line(&row, &TAIL_WIDTHS))?;
-                        }
+                        Output::Table => ctx.line(&tail_line(&table, &log))?,
                         Output::Json => {
                             ctx.line(&log_json(&log).str("cursor", &entry.cursor).to_line())?
                         }
@@ -226,6 +225,16 @@ fn log_filter(args: LogFilterArgs) -> proto::LogFilter {
         attempt: attempt.unwrap_or(0),
         event_id: event_id.unwrap_or(0),
     }
+}
+
+/// One live-tail line: every cell cut to its [`TAIL_WIDTHS`] width.
+fn tail_line(table: &Table, log: &proto::ExecutionLog) -> String {
+    let row: Vec<String> = log_row(log)
+        .iter()
+        .zip(TAIL_WIDTHS)
+        .map(|(cell, width)| truncate(cell, width))
+        .collect();
+    table.row_line(&row, &TAIL_WIDTHS)
 }
 
 fn log_table() -> Table {
@@ -320,6 +329,42 @@ mod tests {
             kind: proto::HandlerKind::Script.into(),
             ..proto::ExecutionLog::default()
         }
+    }
+
+    #[test]
+    fn tail_lines_keep_the_header_columns_with_long_names() {
+        let table = log_table();
+        let header = table.header_line(&TAIL_WIDTHS);
+        let mut log = seed_log();
+        log.handler_name = "Create the client in the CRM and the switch".into();
+        log.event = "clients.custom_fields_update".into();
+        log.error = "e".repeat(300);
+        let line = tail_line(&table, &log);
+        let chars: Vec<char> = line.chars().collect();
+        let mut column_end = 0;
+        for (i, width) in TAIL_WIDTHS.iter().enumerate().take(TAIL_WIDTHS.len() - 1) {
+            column_end += width;
+            // The gap after each column is blank in the header and in the row: no cell
+            // runs into the next column.
+            for text in [&header.chars().collect::<Vec<_>>(), &chars] {
+                let gap: String = text.iter().skip(column_end).take(2).collect();
+                assert_eq!(gap, "  ", "column {i} overflows: {line}");
+            }
+            column_end += 2;
+        }
+        let name_start: usize = TAIL_WIDTHS[..5].iter().map(|w| w + 2).sum();
+        let name: String = line.chars().skip(name_start).take(TAIL_WIDTHS[5]).collect();
+        assert_eq!(name, "Create the client i…", "{line}");
+        let error_start: usize = TAIL_WIDTHS[..6].iter().map(|w| w + 2).sum();
+        assert_eq!(
+            line.chars()
+                .skip(error_start + TAIL_WIDTHS[6])
+                .take(2)
+                .collect::<String>(),
+            "  ",
+            "the error stays in its column: {line}"
+        );
+        assert!(line.chars().count() <= TAIL_WIDTHS.iter().sum::<usize>() + 2 * 7);
     }
 
     #[test]

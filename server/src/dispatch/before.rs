@@ -394,6 +394,7 @@ mod tests {
         Ok(Reply::Http {
             status,
             body: Bytes::from(body.to_owned()),
+            truncated: false,
             retry_after: None,
         })
     }

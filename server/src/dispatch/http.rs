@@ -4,15 +4,16 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
 
-use super::{AttemptError, Invocation, Reply};
+use super::{AttemptError, Invocation, Reply, LOGGED_RESPONSE_BYTES};
+use crate::domain::Phase;
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -92,17 +93,49 @@ impl HttpExecutor {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = Limited::new(response.into_body(), self.max_body)
-            .collect()
-            .await
-            .map_err(|e| AttemptError::Request(format!("reading the response: {e}")))?
-            .to_bytes();
+        // AFTER: the status decides; only what the log keeps is read. BEFORE: the body
+        // is the new data, so all of it up to the payload limit, and more is a failure.
+        let limit = match invocation.phase {
+            Phase::After => LOGGED_RESPONSE_BYTES,
+            Phase::Before => self.max_body,
+        };
+        let (body, truncated) = read_capped(response.into_body(), limit).await?;
+        if truncated && invocation.phase == Phase::Before {
+            return Err(AttemptError::Request(format!(
+                "response body over the limit of {} bytes",
+                self.max_body
+            )));
+        }
         Ok(Reply::Http {
             status,
             body,
+            truncated,
             retry_after,
         })
     }
+}
+
+/// Reads at most `limit` bytes of a body and stops there (the rest is never read: the
+/// connection is dropped, not drained); also says whether there was more.
+async fn read_capped(
+    mut body: hyper::body::Incoming,
+    limit: usize,
+) -> Result<(Bytes, bool), AttemptError> {
+    let mut kept = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| AttemptError::Request(format!("reading the response: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let room = limit - kept.len();
+        if data.len() > room {
+            kept.extend_from_slice(&data[..room]);
+            return Ok((kept.freeze(), true));
+        }
+        kept.extend_from_slice(&data);
+    }
+    Ok((kept.freeze(), false))
 }
 
 /// `v1,<base64 HMAC-SHA256(key, "id.timestamp.body")>` where the key is the base64

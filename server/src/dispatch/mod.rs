@@ -70,8 +70,11 @@ pub enum Reply {
     Http {
         /// Status code.
         status: u16,
-        /// Body (capped).
+        /// Body: for AFTER the first `LOGGED_RESPONSE_BYTES`, for BEFORE all of it
+        /// (at most the payload limit).
         body: Bytes,
+        /// The body was longer than what was read.
+        truncated: bool,
         /// `Retry-After` in seconds, when given.
         retry_after: Option<Duration>,
     },

@@ -2,6 +2,11 @@
 //! a clean environment, the data on stdin, in its own process group so a timeout kills
 //! everything it started.
 //!
+//! A run ends when the script process exits (or at the timeout): its output is what it
+//! wrote until then, read for at most [`OUTPUT_GRACE`] more, and whatever it left
+//! running in its process group (background children) is killed. A background child
+//! holding stdout open therefore never makes the run wait.
+//!
 //! Protocol: exit 0 = success (for BEFORE, a JSON object on stdout is the modified data;
 //! empty stdout = unchanged); exit [`FORBID_EXIT_CODE`] = forbid (BEFORE; reason on
 //! stdout or stderr); any other exit code, a signal or a timeout = failure.
@@ -12,12 +17,15 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 
 use super::{AttemptError, Invocation, Reply};
 use crate::domain::handlers::resolve_script;
 
 /// Exit code by which a BEFORE script forbids the action.
 pub const FORBID_EXIT_CODE: i32 = 10;
+/// How long output still in the pipes is read after the script exited.
+const OUTPUT_GRACE: Duration = Duration::from_millis(100);
 
 /// Runs scripts from one directory.
 #[derive(Clone)]
@@ -67,43 +75,50 @@ impl ScriptExecutor {
         })?;
         let pgid = child.id().map(|id| id as i32);
         let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
         let data = invocation.data.as_bytes().to_vec();
-        let max = self.max_output;
-        let work = async move {
-            let feed = async move {
-                if let Some(mut stdin) = stdin {
-                    // A script that does not read its input closes the pipe early: fine.
-                    let _script_may_ignore_stdin = stdin.write_all(&data).await;
-                }
-            };
-            let (_, out, err, status) = tokio::join!(
-                feed,
-                read_capped(stdout, max),
-                read_capped(stderr, max),
-                child.wait()
-            );
-            (out, err, status)
-        };
-        match tokio::time::timeout(timeout, work).await {
-            Ok((stdout, stderr, status)) => {
-                let status = status.map_err(|e| {
-                    AttemptError::ScriptSpawn(format!("waiting for the script: {e}"))
-                })?;
-                kill_group(pgid); // leftovers the script started in the background
-                Ok(Reply::Script {
-                    exit_code: status.code(),
-                    signal: std::os::unix::process::ExitStatusExt::signal(&status),
-                    stdout,
-                    stderr,
-                })
+        tokio::spawn(async move {
+            if let Some(mut stdin) = stdin {
+                // A script that does not read its input closes the pipe early: fine.
+                let _script_may_ignore_stdin = stdin.write_all(&data).await;
             }
+        });
+        let stop_reading = CancellationToken::new();
+        let max = self.max_output;
+        let stdout = tokio::spawn(read_capped(child.stdout.take(), max, stop_reading.clone()));
+        let stderr = tokio::spawn(read_capped(child.stderr.take(), max, stop_reading.clone()));
+        let deadline = tokio::time::Instant::now() + timeout;
+
+        // The run ends when the script process exits, not when its output closes: a child
+        // it left in the background may hold the pipes open for much longer.
+        let status = match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(status) => status,
             Err(_) => {
                 kill_group(pgid);
-                Err(AttemptError::Timeout(timeout))
+                stop_reading.cancel();
+                return Err(AttemptError::Timeout(timeout));
             }
-        }
+        };
+        // What it wrote before exiting may still be in the pipes: read it for a moment,
+        // then kill what is left of its process group and keep what was read.
+        let grace = (tokio::time::Instant::now() + OUTPUT_GRACE).min(deadline);
+        let outputs = async { (stdout.await, stderr.await) };
+        tokio::pin!(outputs);
+        let (stdout, stderr) = tokio::select! {
+            outputs = &mut outputs => outputs,
+            _ = tokio::time::sleep_until(grace) => {
+                stop_reading.cancel();
+                outputs.await
+            }
+        };
+        kill_group(pgid);
+        let status = status
+            .map_err(|e| AttemptError::ScriptSpawn(format!("waiting for the script: {e}")))?;
+        Ok(Reply::Script {
+            exit_code: status.code(),
+            signal: std::os::unix::process::ExitStatusExt::signal(&status),
+            stdout: stdout.unwrap_or_default(),
+            stderr: stderr.unwrap_or_default(),
+        })
     }
 }
 
@@ -116,14 +131,22 @@ fn kill_group(pgid: Option<i32>) {
     }
 }
 
-/// Reads a pipe to the end, keeping at most `max` bytes (the rest is drained so the
-/// script never blocks on a full pipe).
-async fn read_capped<R: AsyncRead + Unpin>(pipe: Option<R>, max: usize) -> Vec<u8> {
+/// Reads a pipe until its end or until `stop`, keeping at most `max` bytes (the rest is
+/// drained so the script never blocks on a full pipe).
+async fn read_capped<R: AsyncRead + Unpin>(
+    pipe: Option<R>,
+    max: usize,
+    stop: CancellationToken,
+) -> Vec<u8> {
     let mut kept = Vec::new();
     let Some(mut pipe) = pipe else { return kept };
     let mut buf = [0u8; 8192];
     loop {
-        match pipe.read(&mut buf).await {
+        let read = tokio::select! {
+            read = pipe.read(&mut buf) => read,
+            _ = stop.cancelled() => break,
+        };
+        match read {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 let room = max.saturating_sub(kept.len());

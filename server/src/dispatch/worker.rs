@@ -392,11 +392,18 @@ pub(crate) fn reply_fields(
     result: &Result<Reply, AttemptError>,
 ) -> (String, Option<i32>, Option<i32>) {
     match result {
-        Ok(Reply::Http { status, body, .. }) => (
-            text::from_bytes(body, LOGGED_RESPONSE_BYTES),
-            Some(i32::from(*status)),
-            None,
-        ),
+        Ok(Reply::Http {
+            status,
+            body,
+            truncated,
+            ..
+        }) => {
+            let mut text = text::from_bytes(body, LOGGED_RESPONSE_BYTES);
+            if *truncated && !text.ends_with(text::TRUNCATED_MARK) {
+                text.push_str(text::TRUNCATED_MARK);
+            }
+            (text, Some(i32::from(*status)), None)
+        }
         Ok(Reply::Script {
             exit_code,
             stdout,
