@@ -4,7 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use provisioning_server::domain::event_data::{check_object, check_object_bytes, DataError};
+use provisioning_server::domain::event_data::{
+    check_object, check_object_bytes, parse_object, DataError,
+};
 
 fn has_nul(value: &serde_json::Value) -> bool {
     match value {
@@ -23,6 +25,15 @@ fuzz_target!(|bytes: &[u8]| {
     };
     let ours = check_object(text, usize::MAX);
     assert_eq!(ours.is_ok(), checked.is_ok());
+    if text.contains("$serde_json::private::") {
+        // serde_json reads an object keyed by one of its private markers as something
+        // else (a number, raw JSON): no agreement to check, but `parse_object` must
+        // never hand out such a value as an object.
+        if let Ok(value) = parse_object(text) {
+            assert!(value.is_object());
+        }
+        return;
+    }
     let theirs = serde_json::from_str::<serde_json::Value>(text);
     match (&ours, &theirs) {
         (Ok(()), Ok(value)) => {

@@ -68,6 +68,9 @@ pub enum DataError {
         /// Byte offset of the escape.
         at: usize,
     },
+    /// A key the JSON reader reserves for itself.
+    #[error("keys starting with $serde_json::private:: are reserved")]
+    ReservedKey,
     /// A number PostgreSQL's `numeric` cannot hold.
     #[error("number at byte {at} is out of range (exponent at most ±{MAX_EXPONENT}, at most {MAX_INTEGER_DIGITS} digits before the decimal point and {MAX_SCALE} after)")]
     NumberOutOfRange {
@@ -119,10 +122,12 @@ pub fn check_object_bytes(bytes: &[u8], max_bytes: usize) -> Result<&str, DataEr
 /// Checks `text` (a filter, at most [`MAX_FILTER_BYTES`]) and parses it into a value.
 pub fn parse_object(text: &str) -> Result<serde_json::Value, DataError> {
     check_object(text, MAX_FILTER_BYTES)?;
-    serde_json::from_str(text).map_err(|_| DataError::Syntax {
-        what: "unreadable JSON",
-        at: 0,
-    })
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(value) if value.is_object() => Ok(value),
+        // serde_json reads an object whose only key is one of its private markers
+        // (`$serde_json::private::Number`, `...::RawValue`) as something else.
+        _ => Err(DataError::ReservedKey),
+    }
 }
 
 /// A single forward pass over JSON text.
@@ -496,6 +501,11 @@ mod tests {
             check_object(r#"{"a": "xxxxxxxxxx"}"#, 5),
             Err(DataError::TooLarge { size: 19, limit: 5 })
         );
+        assert_eq!(
+            parse_object(r#"{"$serde_json::private::Number": "1"}"#),
+            Err(DataError::ReservedKey)
+        );
+        assert!(parse_object(r#"{"a": {"b": 1}}"#).is_ok_and(|v| v["a"]["b"] == 1));
         assert_eq!(
             check_object_bytes(b"{\"a\": \"\xff\"}", 100),
             Err(DataError::NotUtf8 { at: 7 })
