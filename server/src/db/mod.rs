@@ -104,6 +104,28 @@ impl Db {
         .map_err(DbError::Join)?
     }
 
+    /// Runs a trivial statement on every idle pooled connection, so that connections
+    /// the server closed (the embedded cluster restarted) are discarded now instead of
+    /// failing the next requests; returns how many were discarded. Connections in use
+    /// are left alone: a broken one fails its statement once and is replaced.
+    pub async fn discard_broken(&self) -> Result<usize, DbError> {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            use diesel::connection::SimpleConnection;
+            // Held together, so each checkout returns a different idle connection;
+            // `try_get` never waits for or opens a connection.
+            let idle: Vec<_> = (0..pool.state().idle_connections)
+                .map_while(|_| pool.try_get())
+                .collect();
+            // A failed statement marks its connection broken: r2d2 drops it on return.
+            Ok(idle
+                .into_iter()
+                .filter_map(|mut conn| conn.batch_execute("SELECT 1").err())
+                .count())
+        })
+        .await?
+    }
+
     /// Opens a connection outside the pool (for LISTEN, which holds its connection).
     pub fn dedicated(&self) -> Result<PgConnection, DbError> {
         use diesel::Connection;
