@@ -5,6 +5,7 @@ mod before;
 mod cli;
 mod cli_logs;
 mod dispatch;
+mod embedded_ownership;
 mod handlers;
 mod logs;
 mod untrusted;
