@@ -129,12 +129,17 @@ pub async fn run(
     // Shared with the supervisor, whose task ends (shutdown) before the cluster stops.
     let embedded = embedded.map(Arc::new);
     if let Some(pg) = &embedded {
-        let status = supervisor::spawn(pg.clone(), db.clone(), &shutdown);
-        shutdown.spawn(follow_cluster(
-            health_reporter.clone(),
-            status,
-            shutdown.token.clone(),
-        ));
+        let reporter = health_reporter.clone();
+        supervisor::spawn(pg.clone(), db.clone(), &shutdown, move |status| {
+            let reporter = reporter.clone();
+            async move {
+                let serving = match status {
+                    ClusterStatus::Up => tonic_health::ServingStatus::Serving,
+                    ClusterStatus::Down => tonic_health::ServingStatus::NotServing,
+                };
+                set_health(&reporter, serving).await
+            }
+        });
     }
     let local_addr = listener.local_addr().ok();
     tracing::info!(listen = ?local_addr, database = if embedded.is_some() { "embedded" } else { "external" }, "provisiond serving");
@@ -181,25 +186,6 @@ async fn set_health(
 ) {
     for service in HEALTH_SERVICES {
         reporter.set_service_status(service, status).await;
-    }
-}
-
-/// Mirrors the embedded cluster's status in the health service until shutdown.
-async fn follow_cluster(
-    reporter: tonic_health::server::HealthReporter,
-    mut status: tokio::sync::watch::Receiver<ClusterStatus>,
-    token: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = token.cancelled() => return,
-            changed = status.changed() => if changed.is_err() { return },
-        }
-        let serving = match *status.borrow_and_update() {
-            ClusterStatus::Up => tonic_health::ServingStatus::Serving,
-            ClusterStatus::Down => tonic_health::ServingStatus::NotServing,
-        };
-        set_health(&reporter, serving).await;
     }
 }
 

@@ -42,14 +42,18 @@ pub enum DbError {
 
 impl DbError {
     /// Whether the database could not be reached (no connection, a lost one): the same
-    /// work may succeed a moment later.
+    /// work may succeed a moment later. A statement libpq could not even send counts:
+    /// that is how a pooled connection to a server that died (or restarted) fails.
     pub fn is_unavailable(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};
         matches!(
             self,
             DbError::Pool(_)
                 | DbError::Connect(_)
-                | DbError::Query(Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _))
+                | DbError::Query(Error::DatabaseError(
+                    DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                    _
+                ))
         )
     }
 
@@ -146,5 +150,35 @@ impl Db {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    use super::*;
+
+    fn query_error(kind: DatabaseErrorKind) -> DbError {
+        DbError::Query(Error::DatabaseError(kind, Box::new(String::from("x"))))
+    }
+
+    #[test]
+    fn a_lost_or_unsendable_connection_is_unavailable_and_a_refused_statement_is_a_rejection() {
+        for kind in [
+            DatabaseErrorKind::ClosedConnection,
+            DatabaseErrorKind::UnableToSendCommand,
+        ] {
+            let error = query_error(kind);
+            assert!(error.is_unavailable() && !error.is_rejection(), "{error:?}");
+        }
+        for kind in [
+            DatabaseErrorKind::UniqueViolation,
+            DatabaseErrorKind::CheckViolation,
+            DatabaseErrorKind::Unknown,
+        ] {
+            let error = query_error(kind);
+            assert!(!error.is_unavailable() && error.is_rejection(), "{error:?}");
+        }
     }
 }

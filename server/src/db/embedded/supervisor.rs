@@ -1,11 +1,11 @@
 //! Keeps an owned embedded cluster running under its server.
 //!
 //! Every [`CHECK_INTERVAL`] the supervisor asks whether the postmaster is alive. When it
-//! is gone (killed, crashed) the supervisor reports the cluster [`ClusterStatus::Down`]
-//! (the server turns that into health NOT_SERVING), logs it, starts the cluster again
-//! with the routine used at start-up, retrying with a backoff while that fails, drops
-//! the pool's idle connections to the dead server so that no request meets one, and
-//! reports [`ClusterStatus::Up`].
+//! is gone (killed, crashed) the supervisor logs it, reports the cluster
+//! [`ClusterStatus::Down`] (the server sets health NOT_SERVING) and waits for that
+//! report to complete, starts the cluster again with the routine used at start-up,
+//! retrying with a backoff while that fails, drops the pool's idle connections to the
+//! dead server so that no request meets one, and reports [`ClusterStatus::Up`].
 //!
 //! Nothing accepted is lost: what a request saw committed was fsynced, and PostgreSQL's
 //! crash recovery replays it. Meanwhile requests fail with UNAVAILABLE, the recorder
@@ -15,10 +15,10 @@
 //! The supervisor ends on shutdown, before the server stops the cluster: it never
 //! restarts a cluster that is being stopped.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::EmbeddedPostgres;
@@ -42,24 +42,26 @@ pub enum ClusterStatus {
     Down,
 }
 
-/// Starts supervising `pg` (whose pool is `db`) until shutdown; the receiver follows
-/// the cluster's status, [`ClusterStatus::Up`] at first.
-pub fn spawn(
-    pg: Arc<EmbeddedPostgres>,
-    db: Db,
-    shutdown: &Shutdown,
-) -> watch::Receiver<ClusterStatus> {
-    let (status, receiver) = watch::channel(ClusterStatus::Up);
-    shutdown.spawn(supervise(pg, db, status, shutdown.token.clone()));
-    receiver
+/// Starts supervising `pg` (whose pool is `db`) until shutdown. `report` is awaited at
+/// every change of the cluster's status, before the supervisor goes on: the server says
+/// it is not serving before the restart begins, and serving again only once it is over.
+pub fn spawn<R, Fut>(pg: Arc<EmbeddedPostgres>, db: Db, shutdown: &Shutdown, report: R)
+where
+    R: FnMut(ClusterStatus) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    shutdown.spawn(supervise(pg, db, report, shutdown.token.clone()));
 }
 
-async fn supervise(
+async fn supervise<R, Fut>(
     pg: Arc<EmbeddedPostgres>,
     db: Db,
-    status: watch::Sender<ClusterStatus>,
+    mut report: R,
     token: CancellationToken,
-) {
+) where
+    R: FnMut(ClusterStatus) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let mut ticks = tokio::time::interval(CHECK_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -81,7 +83,7 @@ async fn supervise(
             cluster_dir = %pg.cluster_dir().display(),
             "the embedded PostgreSQL is not running (its postmaster died); not serving until it is restarted"
         );
-        status.send_replace(ClusterStatus::Down);
+        report(ClusterStatus::Down).await;
         if !restart(&pg, &token).await {
             return;
         }
@@ -98,7 +100,7 @@ async fn supervise(
             pool.discarded = discarded,
             "the embedded PostgreSQL was restarted; serving again"
         );
-        status.send_replace(ClusterStatus::Up);
+        report(ClusterStatus::Up).await;
     }
 }
 
