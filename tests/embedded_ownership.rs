@@ -7,15 +7,17 @@
 use std::collections::HashSet;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use provisioning_client::{proto, Client};
 use provisioning_tests::receiver::{Receiver, Reply};
 use provisioning_tests::{
-    data_dir, embedded_command, eventually, health_status, is_serving, postmaster_pid,
-    prepare_scripts_dir, run_command, start_embedded, PostmasterGuard, ServerProcess, TempDir,
+    data_dir, embedded_command, eventually, is_serving, postmaster_pid, prepare_scripts_dir,
+    run_command, start_embedded, PostmasterGuard, ServerProcess, TempDir,
 };
 use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use crate::dispatch::{create, emit_after, http_handler, numbers, process_gone, WAIT};
 
@@ -272,17 +274,29 @@ async fn restart_after_postmaster_killed(reaping: Reaping) {
     hook(&server.client, &receiver, "/hook").await;
     let mut ids = emit_numbers(&server.client, 0..BEFORE).await;
 
+    // Watched, not polled: the server pushes every change of its health, so even a
+    // quick restart cannot slip between two polls.
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .expect("the server URL")
+        .connect()
+        .await
+        .expect("connecting to the health service");
+    let mut health = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watching the health")
+        .into_inner();
+    next_health(&server, &mut health, WAIT, ServingStatus::Serving).await;
     let postmaster = postmaster_pid(&pgdata).expect("the cluster runs");
     // SAFETY: signalling the postmaster the pid file names.
     assert_eq!(unsafe { libc::kill(postmaster, libc::SIGKILL) }, 0);
-    eventually(WAIT, "health NOT_SERVING", || async {
-        (health_status(&server.url, "").await == Some(ServingStatus::NotServing)).then_some(())
-    })
-    .await;
-    eventually(RESTART_WAIT, "health SERVING again", || async {
-        is_serving(&server.url).await.then_some(())
-    })
-    .await;
+    next_health(&server, &mut health, WAIT, ServingStatus::NotServing).await;
+    next_health(&server, &mut health, RESTART_WAIT, ServingStatus::Serving).await;
+    // An open Watch would hold up the graceful stop at the end.
+    drop(health);
+    assert!(is_serving(&server.url).await, "Check agrees with Watch");
     let restarted = postmaster_pid(&pgdata).expect("the cluster runs again");
     assert_ne!(restarted, postmaster, "a new postmaster");
     assert!(process_gone(postmaster), "the old postmaster is gone");
@@ -306,16 +320,58 @@ async fn restart_after_postmaster_killed(reaping: Reaping) {
         log.contains("the embedded PostgreSQL was restarted; serving again"),
         "{log}"
     );
-    eventually(WAIT, "the LISTEN connection re-established", || {
-        std::future::ready(
-            server
-                .log()
-                .contains("LISTEN connection re-established")
-                .then_some(()),
-        )
-    })
+    // The outage is not mistaken for rows the database refused (which the recorder
+    // rewrites with markers, and drops if still refused).
+    assert!(!log.contains("log batch rejected"), "{log}");
+    assert!(!log.contains("row refused"), "{log}");
+    until(
+        &server,
+        WAIT,
+        "the LISTEN connection re-established",
+        || std::future::ready(server.log().contains("LISTEN connection re-established")),
+    )
     .await;
     stop_cleanly(&mut server, data.path()).await;
+}
+
+/// Reads `health` (a `Health/Watch` stream) until it says `wanted`; a timeout or the
+/// stream's end shows `server`'s log.
+async fn next_health(
+    server: &ServerProcess,
+    health: &mut tonic::Streaming<HealthCheckResponse>,
+    timeout: Duration,
+    wanted: ServingStatus,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let status = match tokio::time::timeout_at(deadline, health.message()).await {
+            Ok(Ok(Some(reply))) => ServingStatus::try_from(reply.status).ok(),
+            other => panic!(
+                "no health {wanted:?} within {timeout:?} ({other:?}); server log:\n{}",
+                server.log()
+            ),
+        };
+        if status == Some(wanted) {
+            return;
+        }
+    }
+}
+
+/// Polls `check` until it holds, like [`eventually`]; a timeout shows `server`'s log.
+async fn until<F, Fut>(server: &ServerProcess, timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; server log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Whether `pid` is a zombie (exited, not reaped).
