@@ -2,12 +2,12 @@
 //! exit codes, one-line errors), and `provisiond` as an operator runs it, on
 //! `DATABASE_URL` and on its own embedded cluster (the path CI takes as root).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use provisioning_client::proto;
 use provisioning_tests::{
-    free_addr, prepare_scripts_dir, provctl, provisiond, run_command, spawn_server,
-    spawn_server_process, ServerProcess, TempDir, TestDatabase,
+    data_dir, free_addr, prepare_scripts_dir, provctl, run_command, spawn_server,
+    spawn_server_process, start_embedded, PostmasterGuard, TempDir, TestDatabase,
 };
 
 const HOOK: &str = "http://127.0.0.1:9/hook";
@@ -433,24 +433,6 @@ async fn server_process_serves_on_database_url_and_stops_on_sigterm() {
     );
 }
 
-/// Stops a cluster left running by a failed test (SIGQUIT = immediate shutdown), so a
-/// dropped data directory never leaves a postmaster behind.
-struct PostmasterGuard {
-    pgdata: PathBuf,
-}
-
-impl Drop for PostmasterGuard {
-    fn drop(&mut self) {
-        let Ok(text) = std::fs::read_to_string(self.pgdata.join("postmaster.pid")) else {
-            return;
-        };
-        if let Some(Ok(pid)) = text.lines().next().map(|l| l.trim().parse::<i32>()) {
-            // SAFETY: signalling the postmaster the pid file names.
-            unsafe { libc::kill(pid, libc::SIGQUIT) };
-        }
-    }
-}
-
 fn owner_uid(path: &Path) -> u32 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path)
@@ -458,28 +440,15 @@ fn owner_uid(path: &Path) -> u32 {
         .uid()
 }
 
-async fn start_embedded(data_dir: &Path, scripts_dir: &Path) -> ServerProcess {
-    let addr = free_addr();
-    let mut command = provisiond(addr, scripts_dir);
-    command
-        .env_remove("DATABASE_URL")
-        .arg("--data-dir")
-        .arg(data_dir);
-    ServerProcess::start(command, addr).await
-}
-
 /// With no database configured the server must create, run and stop its own
 /// PostgreSQL (as the postgres account when root), keeping data across restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_without_database_url_runs_its_own_cluster_across_restarts() {
-    // Short parent: the cluster's socket lives in the data directory.
-    let data = TempDir::new_in(Path::new("/tmp"), "provisiond-embedded");
+    let data = data_dir("provisiond-embedded");
     let scripts = TempDir::new("provisiond-scripts");
     prepare_scripts_dir(scripts.path());
     let pgdata = data.path().join("pgdata");
-    let _guard = PostmasterGuard {
-        pgdata: pgdata.clone(),
-    };
+    let _guard = PostmasterGuard::new(data.path());
 
     let mut first = start_embedded(data.path(), scripts.path()).await;
     assert!(

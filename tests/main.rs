@@ -6,6 +6,7 @@ mod cli;
 mod cli_logs;
 mod dispatch;
 mod edges;
+mod embedded_ownership;
 mod handlers;
 mod logs;
 mod retry;

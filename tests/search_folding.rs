@@ -146,6 +146,40 @@ async fn search_folds_german_cyrillic_and_greek_on_the_embedded_default() {
     command.arg("--data-dir").arg(root.path().join("data"));
     let mut server = ServerProcess::start(command, addr).await;
     check_folding(&server.client).await;
+
+    // The cluster is created UTF-8 through and through, whatever the environment.
+    let url = format!(
+        "postgres://provisioning@localhost/provisioning?host={}",
+        root.path().join("data/pgdata").display()
+    );
+    let (encoding, ctype) = tokio::task::spawn_blocking(move || {
+        use diesel::Connection;
+        #[derive(diesel::QueryableByName)]
+        struct Locale {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            encoding: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            ctype: String,
+        }
+        let mut conn = diesel::PgConnection::establish(&url).expect("connecting to the cluster");
+        let locale: Locale = diesel::sql_query(
+            "SELECT pg_encoding_to_char(encoding)::text AS encoding, datctype::text AS ctype \
+             FROM pg_database WHERE datname = current_database()",
+        )
+        .get_result(&mut conn)
+        .expect("reading the locale");
+        (locale.encoding, locale.ctype)
+    })
+    .await
+    .expect("the locale query");
+    assert_eq!(encoding, "UTF8");
+    assert!(
+        ctype
+            .to_ascii_lowercase()
+            .replace('-', "")
+            .ends_with(".utf8"),
+        "LC_CTYPE {ctype}"
+    );
     let status = server.stop().await;
     assert!(status.success(), "{status}; log:\n{}", server.log());
 }

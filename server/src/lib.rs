@@ -8,7 +8,8 @@
 //! # Layout
 //! - `config`: flags and environment, validated once.
 //! - `db`: pool, blocking helper, schema, row models, one query module per aggregate,
-//!   prepared hand-written statements, the embedded PostgreSQL cluster.
+//!   prepared hand-written statements, the embedded PostgreSQL cluster (one owning
+//!   process per data directory, restarted by its supervisor if it dies).
 //! - `domain`: rules per aggregate (handlers, events, logs) and transactions.
 //! - `dispatch`: the AFTER worker (runs what ingest hands over and what it claims, then
 //!   records), the BEFORE chain, the HTTP and script executors, the pure retry policy,
@@ -35,6 +36,7 @@ use provisioning_api::v1::handler_service_server::HandlerServiceServer;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::db::embedded::supervisor::{self, ClusterStatus};
 use crate::db::embedded::{EmbeddedError, EmbeddedPostgres};
 use crate::db::{Db, DbError};
 use crate::shutdown::Shutdown;
@@ -59,8 +61,17 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+/// The services the health service reports on (`""` = the whole server).
+const HEALTH_SERVICES: [&str; 4] = [
+    "provisioning.v1.HandlerService",
+    "provisioning.v1.EventService",
+    "provisioning.v1.ExecutionLogService",
+    "",
+];
+
 /// Serves the API on `listener` until `shutdown` is requested, then stops accepting,
 /// lets background tasks finish and stops the embedded database if it started one.
+/// While an embedded cluster that died is being restarted, health says NOT_SERVING.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -114,15 +125,21 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    for service in [
-        "provisioning.v1.HandlerService",
-        "provisioning.v1.EventService",
-        "provisioning.v1.ExecutionLogService",
-        "",
-    ] {
-        health_reporter
-            .set_service_status(service, tonic_health::ServingStatus::Serving)
-            .await;
+    set_health(&health_reporter, tonic_health::ServingStatus::Serving).await;
+    // Shared with the supervisor, whose task ends (shutdown) before the cluster stops.
+    let embedded = embedded.map(Arc::new);
+    if let Some(pg) = &embedded {
+        let reporter = health_reporter.clone();
+        supervisor::spawn(pg.clone(), db.clone(), &shutdown, move |status| {
+            let reporter = reporter.clone();
+            async move {
+                let serving = match status {
+                    ClusterStatus::Up => tonic_health::ServingStatus::Serving,
+                    ClusterStatus::Down => tonic_health::ServingStatus::NotServing,
+                };
+                set_health(&reporter, serving).await
+            }
+        });
     }
     let local_addr = listener.local_addr().ok();
     tracing::info!(listen = ?local_addr, database = if embedded.is_some() { "embedded" } else { "external" }, "provisiond serving");
@@ -162,6 +179,16 @@ pub async fn run(
     Ok(served?)
 }
 
+/// Sets every service's health.
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    for service in HEALTH_SERVICES {
+        reporter.set_service_status(service, status).await;
+    }
+}
+
 /// A reflection builder knowing our API and the health service.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
@@ -177,7 +204,7 @@ async fn open_database(config: &Config) -> Result<(Db, Option<EmbeddedPostgres>)
     let opened = tokio::task::spawn_blocking(move || match url {
         Some(url) => Ok((Db::connect(&url, pool_size)?, None)),
         None => {
-            tracing::info!(data_dir = %data_dir.display(), "starting the embedded PostgreSQL");
+            tracing::info!(data_dir = %data_dir.display(), "taking the data directory and starting the embedded PostgreSQL");
             let embedded = EmbeddedPostgres::start(&data_dir)?;
             Ok((Db::connect(&embedded.url(), pool_size)?, Some(embedded)))
         }

@@ -28,6 +28,11 @@ pub const WORK_CHANNEL: &str = "provisioning_work";
 pub const LOGS_CHANNEL: &str = "provisioning_logs";
 
 const POLL: Duration = Duration::from_millis(3);
+/// First wait before reconnecting a lost LISTEN connection.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between reconnection attempts: how late, at worst, cross-replica
+/// signals resume after the database is back (local work is woken directly).
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Signals shared by the tasks of one replica.
 #[derive(Clone)]
@@ -93,8 +98,11 @@ pub fn spawn(db: Db, shutdown: &Shutdown) -> Signals {
     signals
 }
 
+/// Listens until shutdown, reconnecting (with a backoff up to `MAX_BACKOFF`) whenever
+/// the connection is lost, as when the database restarts.
 fn listen_until_cancelled(db: Db, signals: Signals, token: tokio_util::sync::CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = FIRST_BACKOFF;
+    let mut lost = false;
     while !token.is_cancelled() {
         match db.dedicated() {
             Ok(mut conn) => {
@@ -106,18 +114,22 @@ fn listen_until_cancelled(db: Db, signals: Signals, token: tokio_util::sync::Can
                 if let Err(error) = listened {
                     tracing::warn!(%error, "LISTEN failed; retrying");
                 } else {
-                    backoff = Duration::from_millis(100);
+                    backoff = FIRST_BACKOFF;
+                    if lost {
+                        tracing::info!("LISTEN connection re-established");
+                    }
                     // Anything may have happened while we were not listening.
                     signals.work.notify_one();
                     if let Err(error) = poll(&mut conn, &signals, &token) {
                         tracing::warn!(%error, "LISTEN connection lost; reconnecting");
+                        lost = true;
                     }
                 }
             }
             Err(error) => tracing::warn!(%error, "cannot open the LISTEN connection; retrying"),
         }
         std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 

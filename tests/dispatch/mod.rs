@@ -226,7 +226,7 @@ pub(crate) fn count(db: &TestDatabase, sql: &str) -> i64 {
 }
 
 /// The `n` member of each request body, as the multi-event tests number their events.
-fn numbers(requests: &[Recorded]) -> Vec<u64> {
+pub(crate) fn numbers(requests: &[Recorded]) -> Vec<u64> {
     requests
         .iter()
         .filter_map(|r| r.json().get("n").and_then(serde_json::Value::as_u64))

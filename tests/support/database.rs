@@ -168,14 +168,13 @@ fn start_embedded() -> EmbeddedPostgres {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
         .unwrap_or_else(|e| panic!("chmod 0755 {}: {e}", dir.display()));
     let _lock = FileLock::exclusive(&dir.join("start.lock"));
-    let mut pg = EmbeddedPostgres::start(&dir).unwrap_or_else(|e| {
+    // Shared: every test process of this user uses it, and it outlives them all.
+    EmbeddedPostgres::start_shared(&dir).unwrap_or_else(|e| {
         panic!(
             "starting the embedded test cluster in {}: {e}",
             dir.display()
         )
-    });
-    pg.keep_running();
-    pg
+    })
 }
 
 /// An exclusive `flock` on a file, released when dropped (the file is closed).

@@ -2,7 +2,9 @@
 //!
 //! - [`TestDatabase`]: a fresh migrated database per test, cloned from a template.
 //! - [`spawn_server`] / [`TestServer`]: the server in process, with a connected client.
-//! - [`spawn_server_process`] / [`ServerProcess`]: the real `provisiond` binary.
+//! - [`spawn_server_process`] / [`ServerProcess`]: the real `provisiond` binary;
+//!   [`start_embedded`]: the same on its own embedded cluster, [`PostmasterGuard`]
+//!   making sure that cluster stops.
 //! - [`provctl`]: the real CLI as a `Command`; [`run_command`] runs it asynchronously.
 //! - [`eventually`]: polling with a deadline instead of sleeps.
 //! - [`TempDir`]: temporary directories (mode 0755) removed on drop.
@@ -10,6 +12,7 @@
 //! The tests themselves live in `tests/main.rs` and its modules (one binary).
 
 pub mod database;
+pub mod embedded;
 pub mod process;
 pub mod receiver;
 pub mod requests;
@@ -18,6 +21,7 @@ pub mod temp;
 pub mod wait;
 
 pub use database::TestDatabase;
+pub use embedded::{data_dir, embedded_command, postmaster_pid, start_embedded, PostmasterGuard};
 pub use process::{
     bin_path, free_addr, provctl, provisiond, run_command, spawn_server_process, ServerProcess,
 };

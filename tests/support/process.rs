@@ -160,6 +160,11 @@ impl ServerProcess {
         }
     }
 
+    /// The process id, until the process has been waited for.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Everything the process wrote so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

@@ -42,14 +42,18 @@ pub enum DbError {
 
 impl DbError {
     /// Whether the database could not be reached (no connection, a lost one): the same
-    /// work may succeed a moment later.
+    /// work may succeed a moment later. A statement libpq could not even send counts:
+    /// that is how a pooled connection to a server that died (or restarted) fails.
     pub fn is_unavailable(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};
         matches!(
             self,
             DbError::Pool(_)
                 | DbError::Connect(_)
-                | DbError::Query(Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _))
+                | DbError::Query(Error::DatabaseError(
+                    DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                    _
+                ))
         )
     }
 
@@ -104,6 +108,28 @@ impl Db {
         .map_err(DbError::Join)?
     }
 
+    /// Runs a trivial statement on every idle pooled connection, so that connections
+    /// the server closed (the embedded cluster restarted) are discarded now instead of
+    /// failing the next requests; returns how many were discarded. Connections in use
+    /// are left alone: a broken one fails its statement once and is replaced.
+    pub async fn discard_broken(&self) -> Result<usize, DbError> {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            use diesel::connection::SimpleConnection;
+            // Held together, so each checkout returns a different idle connection;
+            // `try_get` never waits for or opens a connection.
+            let idle: Vec<_> = (0..pool.state().idle_connections)
+                .map_while(|_| pool.try_get())
+                .collect();
+            // A failed statement marks its connection broken: r2d2 drops it on return.
+            Ok(idle
+                .into_iter()
+                .filter_map(|mut conn| conn.batch_execute("SELECT 1").err())
+                .count())
+        })
+        .await?
+    }
+
     /// Opens a connection outside the pool (for LISTEN, which holds its connection).
     pub fn dedicated(&self) -> Result<PgConnection, DbError> {
         use diesel::Connection;
@@ -124,5 +150,35 @@ impl Db {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    use super::*;
+
+    fn query_error(kind: DatabaseErrorKind) -> DbError {
+        DbError::Query(Error::DatabaseError(kind, Box::new(String::from("x"))))
+    }
+
+    #[test]
+    fn a_lost_or_unsendable_connection_is_unavailable_and_a_refused_statement_is_a_rejection() {
+        for kind in [
+            DatabaseErrorKind::ClosedConnection,
+            DatabaseErrorKind::UnableToSendCommand,
+        ] {
+            let error = query_error(kind);
+            assert!(error.is_unavailable() && !error.is_rejection(), "{error:?}");
+        }
+        for kind in [
+            DatabaseErrorKind::UniqueViolation,
+            DatabaseErrorKind::CheckViolation,
+            DatabaseErrorKind::Unknown,
+        ] {
+            let error = query_error(kind);
+            assert!(!error.is_unavailable() && error.is_rejection(), "{error:?}");
+        }
     }
 }

@@ -2,6 +2,14 @@
 //! created on first use (`initdb`), started with `pg_ctl`, reachable only through a Unix
 //! socket inside the cluster directory, and stopped on drop.
 //!
+//! One process owns a data directory ([`lock`]): the lock is taken before the cluster is
+//! touched and held until it is stopped, so a second `provisiond` on the same directory
+//! is refused instead of sharing a cluster the first would stop under it (or the other
+//! way round). A cluster left running by a killed owner is adopted by the next one. The
+//! owner keeps its cluster running ([`supervisor`]): a postmaster that dies underneath it
+//! is started again by the same routine as at start-up (`postmaster` says whether it
+//! is alive).
+//!
 //! PostgreSQL refuses to run as root, so when this process is root the cluster runs as
 //! the unprivileged `postgres` account (Debian's package creates it): the cluster
 //! directory is chowned to it and every PostgreSQL command is started with its uid/gid.
@@ -11,6 +19,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+pub mod lock;
+mod postmaster;
+pub mod supervisor;
+
+use self::lock::{DataDirLock, LockOwner};
+use self::postmaster::Postmaster;
 
 /// Why the embedded cluster could not be provided.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +46,27 @@ pub enum EmbeddedError {
     /// A directory the cluster needs is not usable.
     #[error("{0}")]
     Directory(String),
+    /// Another process owns the data directory.
+    #[error(
+        "data directory {} is in use by {owner}; choose another --data-dir, or point \
+         --database-url at the running cluster",
+        data_dir.display()
+    )]
+    InUse {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// Who holds it.
+        owner: LockOwner,
+    },
+    /// The previous postmaster died, but processes it started still use the cluster.
+    #[error(
+        "the previous PostgreSQL (postmaster PID {pid}) is gone but some of its processes \
+         still hold the cluster's shared memory; not starting another one over them yet"
+    )]
+    StillAttached {
+        /// PID of the dead postmaster.
+        pid: i32,
+    },
     /// A PostgreSQL command failed.
     #[error("{command} failed: {output}")]
     Command {
@@ -62,15 +98,31 @@ pub struct EmbeddedPostgres {
     cluster_dir: PathBuf,
     run_as: Option<(u32, u32)>,
     stop_on_drop: bool,
+    /// The data directory's ownership, when this value owns it. A field, so it is
+    /// released only after `drop` has stopped the cluster.
+    _lock: Option<DataDirLock>,
 }
 
 /// Name of the database and role the service uses inside the embedded cluster.
 const DB_NAME: &str = "provisioning";
 
 impl EmbeddedPostgres {
-    /// Creates the cluster under `data_dir/pgdata` if needed and starts it (or reuses it
-    /// if a previous process left it running).
+    /// Takes ownership of `data_dir` ([`EmbeddedError::InUse`] if another process holds
+    /// it), creates the cluster under `data_dir/pgdata` if needed and starts it (or
+    /// adopts it if a previous owner, killed, left it running). Stopped when dropped.
     pub fn start(data_dir: &Path) -> Result<EmbeddedPostgres, EmbeddedError> {
+        EmbeddedPostgres::open(data_dir, true)
+    }
+
+    /// Starts (or reuses) the cluster under `data_dir/pgdata` without owning the
+    /// directory and leaves it running when dropped: for processes that share one
+    /// cluster and order their starts themselves (the test harness). Never use it on a
+    /// `provisiond` data directory: its owner may stop the cluster at any time.
+    pub fn start_shared(data_dir: &Path) -> Result<EmbeddedPostgres, EmbeddedError> {
+        EmbeddedPostgres::open(data_dir, false)
+    }
+
+    fn open(data_dir: &Path, owned: bool) -> Result<EmbeddedPostgres, EmbeddedError> {
         let bin_dir = find_bin_dir().ok_or(EmbeddedError::BinariesMissing)?;
         let run_as = if unsafe { libc::geteuid() } == 0 {
             Some(lookup_user("postgres").ok_or(EmbeddedError::NoUnprivilegedUser)?)
@@ -84,6 +136,8 @@ impl EmbeddedPostgres {
         let data_dir = data_dir
             .canonicalize()
             .map_err(io_err(format!("resolving {}", data_dir.display())))?;
+        // Before anything else touches the cluster: a refused process changes nothing.
+        let lock = owned.then(|| DataDirLock::acquire(&data_dir)).transpose()?;
         let cluster_dir = data_dir.join("pgdata");
         // The socket lives in the cluster directory: its path must fit in sun_path.
         if cluster_dir.as_os_str().len() > 90 {
@@ -99,16 +153,40 @@ impl EmbeddedPostgres {
             bin_dir,
             cluster_dir,
             run_as,
-            stop_on_drop: true,
+            stop_on_drop: owned,
+            _lock: lock,
         };
         if !pg.cluster_dir.join("PG_VERSION").exists() {
             pg.init()?;
         }
-        if !pg.is_running() {
-            pg.pg_ctl_start()?;
-        }
+        pg.ensure_running()?;
         pg.create_database()?;
         Ok(pg)
+    }
+
+    /// The cluster directory (`<data-dir>/pgdata`).
+    pub fn cluster_dir(&self) -> &Path {
+        &self.cluster_dir
+    }
+
+    /// Whether the cluster's postmaster is alive.
+    pub fn is_running(&self) -> bool {
+        postmaster::inspect(&self.cluster_dir) == Postmaster::Running
+    }
+
+    /// Starts the cluster unless its postmaster is alive: at start-up (a previous
+    /// owner's cluster still running is adopted as it is) and after it died under its
+    /// owner ([`supervisor`]). PostgreSQL replaces the lock file of a postmaster that is
+    /// gone by itself; a zombie's is cleared first (see the `postmaster` module).
+    pub fn ensure_running(&self) -> Result<(), EmbeddedError> {
+        match postmaster::inspect(&self.cluster_dir) {
+            Postmaster::Running => return Ok(()),
+            Postmaster::Stopped | Postmaster::Dead { zombie: false, .. } => {}
+            Postmaster::Dead { pid, zombie: true } => {
+                postmaster::clear_zombie_locks(&self.cluster_dir, pid)?
+            }
+        }
+        self.pg_ctl_start()
     }
 
     /// The URL of the service's database in this cluster.
@@ -124,8 +202,8 @@ impl EmbeddedPostgres {
         )
     }
 
-    /// Leaves the cluster running when this value is dropped (test harnesses shared by
-    /// several processes).
+    /// Leaves the cluster running when this value is dropped (stopped already by
+    /// [`EmbeddedPostgres::stop`]).
     pub fn keep_running(&mut self) {
         self.stop_on_drop = false;
     }
@@ -168,15 +246,13 @@ impl EmbeddedPostgres {
             "--auth=trust",
             "-E",
             "UTF8",
+            // A UTF-8 locale whatever the environment (a service manager's is often
+            // empty, i.e. "C"): text functions then know every script. C.UTF-8 sorts by
+            // code point, like C, and is built into glibc.
+            "--locale=C.UTF-8",
             "--no-sync",
         ]);
         self.run(cmd, "initdb")
-    }
-
-    fn is_running(&self) -> bool {
-        let mut cmd = self.command("pg_ctl");
-        cmd.arg("status").arg("-D").arg(&self.cluster_dir);
-        cmd.output().map(|o| o.status.success()).unwrap_or(false)
     }
 
     fn pg_ctl_start(&self) -> Result<(), EmbeddedError> {
