@@ -9,6 +9,7 @@ mod edges;
 mod embedded_ownership;
 mod handlers;
 mod logs;
+mod outages;
 mod retry;
 mod search_folding;
 mod untrusted;

@@ -46,15 +46,18 @@ impl DbError {
     /// that is how a pooled connection to a server that died (or restarted) fails.
     pub fn is_unavailable(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};
-        matches!(
-            self,
-            DbError::Pool(_)
-                | DbError::Connect(_)
-                | DbError::Query(Error::DatabaseError(
-                    DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-                    _
-                ))
-        )
+        match self {
+            DbError::Pool(_) | DbError::Connect(_) => true,
+            DbError::Query(Error::BrokenTransactionManager) => true,
+            DbError::Query(Error::DatabaseError(kind, info)) => match kind {
+                DatabaseErrorKind::ClosedConnection
+                | DatabaseErrorKind::UnableToSendCommand
+                // A primary that became a standby (failover) refuses writes.
+                | DatabaseErrorKind::ReadOnlyTransaction => true,
+                _ => is_outage_message(info.message()),
+            },
+            _ => false,
+        }
     }
 
     /// Whether the database refused the statement itself (bad data, a violated
@@ -62,6 +65,26 @@ impl DbError {
     pub fn is_rejection(&self) -> bool {
         matches!(self, DbError::Query(_)) && !self.is_unavailable()
     }
+}
+
+/// Whether a database error message says the server went away or is not accepting
+/// work (SQLSTATE classes 08 and 57: admin shutdown, crash, start-up, recovery), as
+/// PostgreSQL and libpq word it. Diesel reports these as `DatabaseErrorKind::Unknown`
+/// and exposes no SQLSTATE, so the message is all there is to go on.
+fn is_outage_message(message: &str) -> bool {
+    const OUTAGES: &[&str] = &[
+        "terminating connection",
+        "the database system is",
+        "server closed the connection",
+        "no connection to the server",
+        "could not receive data from server",
+        "could not send data to server",
+        "connection to server",
+        "SSL connection has been closed",
+        "SSL SYSCALL error",
+        "canceling statement due to conflict with recovery",
+    ];
+    OUTAGES.iter().any(|outage| message.contains(outage))
 }
 
 /// A cloneable handle on the connection pool.
@@ -161,6 +184,25 @@ mod tests {
 
     fn query_error(kind: DatabaseErrorKind) -> DbError {
         DbError::Query(Error::DatabaseError(kind, Box::new(String::from("x"))))
+    }
+
+    #[test]
+    fn outages_reported_as_unknown_errors_are_unavailable() {
+        for message in [
+            "terminating connection due to administrator command",
+            "the database system is shutting down",
+            "the database system is starting up",
+            "server closed the connection unexpectedly\n\tThis probably means...",
+            "no connection to the server\n",
+        ] {
+            let error = DbError::Query(Error::DatabaseError(
+                DatabaseErrorKind::Unknown,
+                Box::new(message.to_owned()),
+            ));
+            assert!(error.is_unavailable() && !error.is_rejection(), "{message}");
+        }
+        assert!(query_error(DatabaseErrorKind::ReadOnlyTransaction).is_unavailable());
+        assert!(DbError::Query(Error::BrokenTransactionManager).is_unavailable());
     }
 
     #[test]

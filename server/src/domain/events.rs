@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::db::queries::deliveries::ClaimedDelivery;
 use crate::db::queries::events::LeaseAtInsert;
 use crate::db::queries::{event_types, events};
-use crate::db::Db;
+use crate::db::{Db, DbError};
 use crate::dispatch::worker::Worker;
 use crate::listener::Signals;
 use crate::shutdown::Shutdown;
@@ -249,7 +249,7 @@ fn store(
     let keyed = batch.iter().any(|e| e.idempotency_key.is_some());
     if atomicity == Atomicity::AllOrNothing && keyed {
         use diesel::Connection;
-        conn.transaction(|conn| {
+        let in_transaction = conn.transaction(|conn| {
             let stored = store_statement(conn, batch, lease)?;
             match stored.accepted.iter().position(Result::is_err) {
                 Some(index) => Err(match stored.accepted.into_iter().nth(index) {
@@ -261,6 +261,11 @@ fn store(
                 }),
                 None => Ok(stored),
             }
+        });
+        // Past BEGIN, a lost connection may have lost it before or after COMMIT.
+        in_transaction.map_err(|error| match error {
+            DomainError::Unavailable(source) => DomainError::OutcomeUnknown(source),
+            other => other,
         })
     } else {
         store_statement(conn, batch, lease)
@@ -276,7 +281,15 @@ fn store_statement(
     let names: Vec<&str> = batch.iter().map(|e| e.event.as_str()).collect();
     let data: Vec<&str> = batch.iter().map(|e| e.data.as_str()).collect();
     let keys: Vec<Option<&str>> = batch.iter().map(|e| e.idempotency_key.as_deref()).collect();
-    let rows = events::insert_batch(conn, &names, &data, &keys, lease)?;
+    let rows = events::insert_batch(conn, &names, &data, &keys, lease).map_err(|error| {
+        // Sent, then the connection broke: the statement may have committed.
+        let error = DbError::Query(error);
+        if error.is_unavailable() {
+            DomainError::OutcomeUnknown(Box::new(error))
+        } else {
+            DomainError::from(error)
+        }
+    })?;
     let duplicate_keys: Vec<&str> = rows
         .iter()
         .filter(|r| !r.inserted)
@@ -402,13 +415,20 @@ async fn commit_loop(storage: Storage, mut receiver: mpsc::Receiver<Pending>) {
                 }
                 Err(error) => {
                     let message = crate::telemetry::error_chain(&error);
-                    tracing::error!(error = %message, events = replies.len(), "storing events failed");
-                    let unavailable = matches!(error, DomainError::Unavailable(_));
+                    if matches!(
+                        error,
+                        DomainError::Unavailable(_) | DomainError::OutcomeUnknown(_)
+                    ) {
+                        tracing::warn!(error = %message, events = replies.len(), "storing events failed: database unavailable");
+                    } else {
+                        tracing::error!(error = %message, events = replies.len(), "storing events failed");
+                    }
                     for reply in replies {
-                        let error = if unavailable {
-                            DomainError::Unavailable(message.clone().into())
-                        } else {
-                            DomainError::Internal(message.clone().into())
+                        let source = message.clone().into();
+                        let error = match error {
+                            DomainError::Unavailable(_) => DomainError::Unavailable(source),
+                            DomainError::OutcomeUnknown(_) => DomainError::OutcomeUnknown(source),
+                            _ => DomainError::Internal(source),
                         };
                         let _caller_gone = reply.send(Err(error));
                     }

@@ -32,6 +32,10 @@ pub enum DomainError {
     /// The database cannot be reached right now; retrying later may work.
     #[error("service temporarily unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database went away while a write was in flight: it may or may not have been
+    /// committed. Retrying with the same idempotency key is safe.
+    #[error("outcome of the write unknown")]
+    OutcomeUnknown(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A bug or an unexpected database failure.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),

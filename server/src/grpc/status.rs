@@ -18,6 +18,13 @@ impl From<DomainError> for Status {
                 tracing::warn!(error = %error_chain(source.as_ref()), "database unavailable");
                 Status::unavailable("database temporarily unavailable, retry later")
             }
+            DomainError::OutcomeUnknown(source) => {
+                tracing::warn!(error = %error_chain(source.as_ref()), "database lost during a write");
+                Status::unavailable(
+                    "database connection lost while the event was being stored: it may have \
+                     been stored; retrying with the same idempotency key is safe",
+                )
+            }
             DomainError::Internal(source) => {
                 tracing::error!(error = %error_chain(source.as_ref()), "internal error");
                 Status::internal("internal error (logged by the server)")

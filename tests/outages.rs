@@ -1,0 +1,121 @@
+//! Database outages answer UNAVAILABLE, never INTERNAL: the server's connections are
+//! killed (`pg_terminate_backend`) again and again while callers emit; every call either
+//! succeeds or says UNAVAILABLE, a retry with the same idempotency key is safe, and every
+//! acknowledged event is delivered.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use diesel::RunQueryDsl;
+use provisioning_client::{proto, ClientError};
+use provisioning_tests::receiver::{Receiver, Reply};
+use provisioning_tests::{spawn_server, TestDatabase};
+
+use crate::dispatch::{create, event_request, http_handler, numbers, WAIT};
+
+/// Killed connections mid-load: only OK and UNAVAILABLE, retries with the same key
+/// converge, nothing acknowledged is lost and nothing is delivered twice for a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_database_connections_answer_unavailable_and_lose_nothing() {
+    let db = TestDatabase::new().await;
+    let server = spawn_server(&db).await;
+    let receiver = Receiver::start().await;
+    receiver.route("/h", vec![Reply::ok()]);
+    create(
+        &server.client,
+        http_handler(
+            "h",
+            "clients.create",
+            proto::Phase::After,
+            &receiver.url("/h"),
+        ),
+    )
+    .await;
+
+    let killer_db = db.url.clone();
+    let killer = tokio::task::spawn_blocking(move || {
+        use diesel::Connection;
+        let mut conn = diesel::PgConnection::establish(&killer_db).expect("killer connection");
+        let mut kills = 0;
+        for _ in 0..15 {
+            std::thread::sleep(Duration::from_millis(60));
+            kills += diesel::sql_query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .execute(&mut conn)
+            .expect("terminating backends");
+        }
+        kills
+    });
+
+    let emitters = (0..4).map(|worker| {
+        let client = server.client.clone();
+        tokio::spawn(async move {
+            let mut codes = Vec::new();
+            for i in 0..60u32 {
+                let n = worker * 1000 + i;
+                let request = proto::EmitRequest {
+                    idempotency_key: format!("k{n}"),
+                    ..event_request(
+                        "clients.create",
+                        proto::Phase::After,
+                        &format!(r#"{{"n": {n}}}"#),
+                    )
+                };
+                // Retry UNAVAILABLE with the same key, as a client should.
+                let deadline = Instant::now() + WAIT;
+                loop {
+                    match client.emit(request.clone()).await {
+                        Ok(_) => break,
+                        Err(ClientError::Rpc(status)) => {
+                            codes.push(status.code());
+                            assert_eq!(
+                                status.code(),
+                                tonic::Code::Unavailable,
+                                "event {n}: {status:?}"
+                            );
+                            assert!(Instant::now() < deadline, "event {n} never stored");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(other) => panic!("event {n}: {other}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            codes
+        })
+    });
+    let mut unavailable = 0;
+    for emitter in emitters {
+        unavailable += emitter.await.expect("emitter").len();
+    }
+    let kills = killer.await.expect("killer");
+    println!("{kills} connections killed, {unavailable} calls answered UNAVAILABLE");
+    assert!(
+        kills > 0,
+        "no connection was killed: the test proved nothing"
+    );
+
+    let expected: BTreeSet<u64> = (0..4u64)
+        .flat_map(|w| (0..60u64).map(move |i| w * 1000 + i))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let delivered: BTreeSet<u64> = numbers(&receiver.requests("/h")).into_iter().collect();
+        if delivered == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing deliveries: {:?}",
+            expected.difference(&delivered).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        crate::dispatch::count(&db, "SELECT count(*) AS n FROM events"),
+        240,
+        "one event per key"
+    );
+}
