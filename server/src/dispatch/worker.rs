@@ -399,7 +399,8 @@ pub(crate) fn reply_fields(
             ..
         }) => {
             let mut text = text::from_bytes(body, LOGGED_RESPONSE_BYTES);
-            if *truncated && !text.ends_with(text::TRUNCATED_MARK) {
+            if *truncated {
+                // The rest was never read (AFTER reads only what the log keeps).
                 text.push_str(text::TRUNCATED_MARK);
             }
             (text, Some(i32::from(*status)), None)
