@@ -1357,6 +1357,48 @@ async fn health_service_reports_serving() {
     assert_eq!(health_status(&server.url, "no.such.Service").await, None);
 }
 
+/// An open health Watch (a load balancer's) must not hold the graceful shutdown: the
+/// stream ends when the server stops, and the server stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_health_watch_ends_with_the_server() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let db = TestDatabase::new().await;
+    let server = spawn_server(&db).await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch
+        .message()
+        .await
+        .expect("first status")
+        .expect("a status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    // Panics if the server does not stop within its timeout.
+    server.stop().await;
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the watch ended");
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+}
+
 /// grpcurl must work with no proto files (reflection v1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_v1_lists_and_describes_the_services() {

@@ -77,7 +77,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), ServerError> {
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let health_reporter = tonic_health::server::HealthReporter::new();
+    let health_service = grpc::health::service(&health_reporter, shutdown.token.clone());
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;

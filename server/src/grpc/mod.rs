@@ -1,5 +1,6 @@
-//! The gRPC layer: one file per proto service, conversions in `convert.rs`, the error
-//! mapping in `status.rs`. Methods stay short: convert the request, call one domain
+//! The gRPC layer: one file per proto service (and `health`, the standard health
+//! service ended with the server), conversions in `convert.rs`, the error mapping in
+//! `status.rs`. Methods stay short: convert the request, call one domain
 //! function, convert the reply. Nothing here touches Diesel or hyper.
 
 #![expect(
@@ -10,5 +11,6 @@
 pub mod convert;
 pub mod event_service;
 pub mod handler_service;
+pub mod health;
 pub mod log_service;
 pub mod status;
