@@ -50,7 +50,11 @@ async fn killed_database_connections_answer_unavailable_and_lose_nothing() {
     });
 
     let emitters = (0..4).map(|worker| {
-        let client = server.client.clone();
+        // The raw statuses, as any gRPC client would see them.
+        let client = server
+            .client
+            .clone()
+            .with_retry_policy(provisioning_client::RetryPolicy::NONE);
         tokio::spawn(async move {
             let mut codes = Vec::new();
             for i in 0..60u32 {
@@ -117,5 +121,59 @@ async fn killed_database_connections_answer_unavailable_and_lose_nothing() {
         crate::dispatch::count(&db, "SELECT count(*) AS n FROM events"),
         240,
         "one event per key"
+    );
+}
+
+/// The client crate on its own (default retry policy, no key given by the caller):
+/// every emit through killed connections succeeds, and each event is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_crate_retries_emits_through_killed_connections_storing_each_once() {
+    let db = TestDatabase::new().await;
+    let server = spawn_server(&db).await;
+    let killer_db = db.url.clone();
+    let killer = tokio::task::spawn_blocking(move || {
+        use diesel::Connection;
+        let mut conn = diesel::PgConnection::establish(&killer_db).expect("killer connection");
+        let mut kills = 0;
+        for _ in 0..15 {
+            std::thread::sleep(Duration::from_millis(60));
+            kills += diesel::sql_query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .execute(&mut conn)
+            .expect("terminating backends");
+        }
+        kills
+    });
+    let emitters = (0..4).map(|worker| {
+        let client = server.client.clone();
+        tokio::spawn(async move {
+            for i in 0..60 {
+                let data = format!(r#"{{"n": {}}}"#, worker * 1000 + i);
+                client
+                    .emit(event_request("clients.create", proto::Phase::After, &data))
+                    .await
+                    .unwrap_or_else(|e| panic!("{data}: the client gave up: {e}"));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    });
+    for emitter in emitters {
+        emitter.await.expect("emitter");
+    }
+    assert!(killer.await.expect("killer") > 0);
+    assert_eq!(
+        crate::dispatch::count(&db, "SELECT count(*) AS n FROM events"),
+        240,
+        "every event stored exactly once"
+    );
+    assert_eq!(
+        crate::dispatch::count(
+            &db,
+            "SELECT count(DISTINCT data) AS n FROM events WHERE idempotency_key IS NOT NULL"
+        ),
+        240,
+        "each with a key of its own"
     );
 }

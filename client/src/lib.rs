@@ -4,8 +4,11 @@
 //! over one shared HTTP/2 [`Channel`], so it is cheap to clone and every clone
 //! multiplexes on the same connection. Its methods are deliberately thin: they take the
 //! generated request message, make exactly one call and return the generated reply or
-//! stream, with errors folded into [`ClientError`]. Validation, retries and formatting
-//! belong to the caller (the `provctl` binary of this crate is one such caller).
+//! stream, with errors folded into [`ClientError`]. Validation and formatting belong to
+//! the caller (the `provctl` binary of this crate is one such caller). The one exception
+//! is emitting: AFTER events get an idempotency key when they have none, and `emit` and
+//! `emit_batch` retry UNAVAILABLE and DEADLINE_EXCEEDED with backoff ([`RetryPolicy`];
+//! [`Client::with_retry_policy`] with [`RetryPolicy::NONE`] turns that off).
 //!
 //! Event data travels as JSON text (`data_json`); pass the text exactly as it should
 //! reach the handlers: the service keeps it byte for byte.
@@ -29,6 +32,7 @@
 //! ```
 
 mod error;
+mod retry;
 
 use std::time::Duration;
 
@@ -39,6 +43,7 @@ use tonic::transport::{Channel, Endpoint};
 pub use error::ClientError;
 /// The generated messages, enums and stubs of `provisioning.v1`.
 pub use provisioning_api::v1 as proto;
+pub use retry::RetryPolicy;
 
 use proto::event_service_client::EventServiceClient;
 use proto::execution_log_service_client::ExecutionLogServiceClient;
@@ -60,6 +65,8 @@ pub struct Client {
     handlers: HandlerServiceClient<Channel>,
     events: EventServiceClient<Channel>,
     logs: ExecutionLogServiceClient<Channel>,
+    /// How emits are retried.
+    retry: RetryPolicy,
 }
 
 impl Client {
@@ -85,7 +92,15 @@ impl Client {
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
             logs: ExecutionLogServiceClient::new(channel)
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            retry: RetryPolicy::default(),
         }
+    }
+
+    /// This client with another retry policy for emits ([`RetryPolicy::NONE`]: every
+    /// call made once, no generated keys).
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
     }
 
     // HandlerService
@@ -186,19 +201,42 @@ impl Client {
     // EventService
 
     /// `EventService.Emit`: one event; for BEFORE, the decision and the final data.
+    /// An AFTER event without a key gets one and is retried safely (see [`RetryPolicy`]).
     pub async fn emit(
         &self,
-        request: proto::EmitRequest,
+        mut request: proto::EmitRequest,
     ) -> Result<proto::EmitResponse, ClientError> {
-        Ok(self.events.clone().emit(request).await?.into_inner())
+        let policy = if request.phase == proto::Phase::After as i32 {
+            self.retry
+        } else {
+            RetryPolicy::NONE
+        };
+        if policy.retries() {
+            retry::ensure_key(&mut request);
+        }
+        retry::with_retries(policy, || {
+            let mut events = self.events.clone();
+            let request = request.clone();
+            async move { Ok(events.emit(request).await?.into_inner()) }
+        })
+        .await
     }
 
-    /// `EventService.EmitBatch`: many AFTER events in one transaction.
+    /// `EventService.EmitBatch`: many AFTER events in one transaction. Events without a
+    /// key get one, and the batch is retried safely (see [`RetryPolicy`]).
     pub async fn emit_batch(
         &self,
-        request: proto::EmitBatchRequest,
+        mut request: proto::EmitBatchRequest,
     ) -> Result<proto::EmitBatchResponse, ClientError> {
-        Ok(self.events.clone().emit_batch(request).await?.into_inner())
+        if self.retry.retries() {
+            request.events.iter_mut().for_each(retry::ensure_key);
+        }
+        retry::with_retries(self.retry, || {
+            let mut events = self.events.clone();
+            let request = request.clone();
+            async move { Ok(events.emit_batch(request).await?.into_inner()) }
+        })
+        .await
     }
 
     /// `EventService.EmitStream`: sends `events` as they are produced and returns the

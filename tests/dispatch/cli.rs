@@ -43,9 +43,32 @@ async fn provctl_emit_prints_the_event_id() {
     assert_eq!(
         count(
             &db,
-            &format!("SELECT count(*) AS n FROM events WHERE id = {id}")
+            &format!(
+                "SELECT count(*) AS n FROM events WHERE id = {id} AND idempotency_key IS NOT NULL"
+            )
         ),
-        1
+        1,
+        "provctl gives the event a key, so its retries are safe"
+    );
+
+    let mut command = provctl(&server.url);
+    command.args([
+        "events",
+        "emit",
+        "clients.create",
+        "--data",
+        "{}",
+        "--no-retry",
+    ]);
+    let output = run_command(command).await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) AS n FROM events WHERE idempotency_key IS NULL"
+        ),
+        1,
+        "--no-retry sends the event as given, without a key"
     );
 }
 

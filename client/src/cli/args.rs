@@ -252,6 +252,10 @@ pub struct EmitArgs {
     /// {"event": "...", "data": {...}, "idempotency_key": "..."}.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["event", "data", "phase", "idempotency_key"])]
     pub file: Option<PathBuf>,
+    /// Make each call once: no generated idempotency key, no retry of UNAVAILABLE
+    /// (by default an AFTER event gets a key and is retried for up to 30 s).
+    #[arg(long)]
+    pub no_retry: bool,
 }
 
 /// `provctl logs ...`

@@ -81,6 +81,7 @@ async fn emit(ctx: &mut Context, args: EmitArgs) -> Result<(), CliError> {
         phase,
         idempotency_key,
         file,
+        no_retry,
     } = args;
     if let Some(path) = file {
         return emit_file::run(ctx, &path).await;
@@ -98,7 +99,11 @@ async fn emit(ctx: &mut Context, args: EmitArgs) -> Result<(), CliError> {
         data_json: data,
         idempotency_key: idempotency_key.unwrap_or_default(),
     };
-    let reply = ctx.client().await?.emit(request).await?;
+    let mut client = ctx.client().await?.clone();
+    if no_retry {
+        client = client.with_retry_policy(provisioning_client::RetryPolicy::NONE);
+    }
+    let reply = client.emit(request).await?;
     let before = phase == proto::Phase::Before;
     match ctx.output {
         Output::Json => ctx.line(&emit_json(&reply, before).to_line()),
