@@ -72,7 +72,19 @@ async fn handlers_beyond_the_per_event_limit_are_a_failed_precondition() {
         })
         .await
         .expect("archiving");
-    create(&server.client, third).await;
+    let third = create(&server.client, third).await;
+    // Back from the archive it would count again: refused while the event is full.
+    let (code, message) = failure(
+        server
+            .client
+            .set_handler_status(proto::SetHandlerStatusRequest {
+                id: first.id,
+                status: proto::HandlerStatus::Enabled.into(),
+            })
+            .await,
+    );
+    assert_eq!(code, tonic::Code::FailedPrecondition, "{message}");
+    assert!(third.id > first.id);
 }
 
 /// `--max-headers-per-handler`: more headers are INVALID_ARGUMENT naming http.headers.

@@ -236,14 +236,21 @@ impl HandlerRegistry {
     /// counted as failures) and resume in order when it is enabled again. Archiving ends
     /// them, each with a failed log row saying why.
     pub async fn set_status(&self, id: i64, status: HandlerStatus) -> Result<Handler, DomainError> {
+        let max_handlers = self.rules.max_handlers_per_event;
         let (row, settled) = self
             .db
             .run(move |conn| {
                 conn.transaction(|conn| {
-                    let old = handlers::find_for_update(conn, id)
+                    let current = handlers::find_for_update(conn, id)
                         .optional()?
                         .ok_or_else(|| not_found(id))?;
-                    let old = parse_stored(HandlerStatus::parse, &old.status, "handlers.status")?;
+                    let old =
+                        parse_stored(HandlerStatus::parse, &current.status, "handlers.status")?;
+                    if old == HandlerStatus::Archived && status != HandlerStatus::Archived {
+                        // Back from the archive: it counts against the event's limit again.
+                        ensure_event_exists(conn, &current.event)?;
+                        ensure_room(conn, &current.event, Some(id), max_handlers)?;
+                    }
                     let row = handlers::set_status(conn, id, status.as_str())?;
                     let settled = settle_deliveries(conn, id, old, status)?;
                     Ok::<_, DomainError>((row, settled))
