@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use provisioning_client::proto;
 use provisioning_tests::receiver::{Receiver, Reply};
-use provisioning_tests::{spawn_server, TempDir, TestDatabase};
+use provisioning_tests::{give_to_script_user, spawn_server, TempDir, TestDatabase};
 
 use crate::dispatch::{
     create, emit_before, event_request, http_handler, same_json, script_handler, wait_for_logs,
@@ -617,6 +617,8 @@ async fn hanging_before_script_is_killed_at_its_timeout() {
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
     let pids = TempDir::new_in(Path::new("/tmp"), "provisioning-hang");
+    // The script runs as the script user when the tests run as root.
+    give_to_script_user(pids.path());
     let pidfile = pids.path().join("pids");
     create(
         &server.client,

@@ -125,7 +125,7 @@ async fn scripts_with_background_children_end_when_the_script_exits() {
     // The children would have touched the file after 2 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        !server.scripts_dir.join("background-survived").exists(),
+        !server.scripts_dir.join("out/background-survived").exists(),
         "a background child outlived its script"
     );
 }

@@ -12,4 +12,5 @@ mod logs;
 mod outages;
 mod retry;
 mod search_folding;
+mod security;
 mod untrusted;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::policy::outbound::{Cidr, OutboundPolicy};
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -88,7 +90,68 @@ pub struct Config {
     /// How often the dispatcher looks for due work when nothing wakes it.
     #[arg(long, env = "PROVISIOND_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
+
+    /// CIDR ranges handlers may reach although a less specific deny entry (built-in or
+    /// --outbound-deny) covers them; comma-separated. See the README's Security section.
+    #[arg(long, env = "PROVISIOND_OUTBOUND_ALLOW", value_delimiter = ',')]
+    pub outbound_allow: Vec<Cidr>,
+
+    /// CIDR ranges handlers must not reach, added to the built-in ones (link-local and
+    /// cloud metadata, unspecified, multicast, broadcast); comma-separated.
+    #[arg(long, env = "PROVISIOND_OUTBOUND_DENY", value_delimiter = ',')]
+    pub outbound_deny: Vec<Cidr>,
+
+    /// Account scripts run as when provisiond runs as root (must exist).
+    #[arg(long, env = "PROVISIOND_SCRIPT_USER", default_value = "nobody")]
+    pub script_user: String,
+
+    /// Largest gRPC message accepted or sent, in bytes (at least the payload limit plus
+    /// 64 KiB).
+    #[arg(long, env = "PROVISIOND_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Handlers (not archived) one event may have; more is FAILED_PRECONDITION.
+    #[arg(long, env = "PROVISIOND_MAX_HANDLERS_PER_EVENT", default_value_t = 50)]
+    pub max_handlers_per_event: u32,
+
+    /// Extra headers one HTTP handler may carry; more is INVALID_ARGUMENT.
+    #[arg(long, env = "PROVISIOND_MAX_HEADERS_PER_HANDLER", default_value_t = 20)]
+    pub max_headers_per_handler: usize,
+
+    /// gRPC calls in progress at once, over all connections (open streams count);
+    /// more is RESOURCE_EXHAUSTED at once. Health checks are exempt.
+    #[arg(
+        long,
+        env = "PROVISIOND_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 1024
+    )]
+    pub max_concurrent_requests: usize,
+
+    /// HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, env = "PROVISIOND_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+
+    /// Live Tail subscribers at once; more is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PROVISIOND_MAX_TAIL_SUBSCRIBERS", default_value_t = 256)]
+    pub max_tail_subscribers: usize,
+
+    /// Interval of HTTP/2 keepalive pings to clients.
+    #[arg(long, env = "PROVISIOND_HTTP2_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// A client not acknowledging a keepalive ping within this time is disconnected.
+    #[arg(long, env = "PROVISIOND_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Deadline of a call whose caller sets none (no `grpc-timeout`); a caller's own
+    /// deadline, shorter or longer, is kept.
+    #[arg(long, env = "PROVISIOND_DEFAULT_DEADLINE", default_value = "60s", value_parser = parse_duration)]
+    pub default_deadline: Duration,
 }
+
+/// Bytes a gRPC message may hold beyond the event data it carries (other fields,
+/// framing): `max_message_bytes` must be at least `max_payload_bytes` plus this.
+pub const MESSAGE_HEADROOM_BYTES: usize = 64 * 1024;
 
 /// A retry schedule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +177,46 @@ impl Config {
         self.scripts_dir
             .clone()
             .unwrap_or_else(|| self.data_dir().join("scripts"))
+    }
+
+    /// The outbound policy: built-in deny entries plus the configured ones.
+    pub fn outbound_policy(&self) -> OutboundPolicy {
+        OutboundPolicy::new(&self.outbound_allow, &self.outbound_deny)
+    }
+
+    /// Checks what flags cannot check one by one.
+    pub fn validate(&self) -> Result<(), String> {
+        let needed = self
+            .max_payload_bytes
+            .saturating_add(MESSAGE_HEADROOM_BYTES);
+        if self.max_message_bytes < needed {
+            return Err(format!(
+                "--max-message-bytes {} is below --max-payload-bytes {} plus {} bytes of \
+                 headroom: set it to at least {needed}",
+                self.max_message_bytes, self.max_payload_bytes, MESSAGE_HEADROOM_BYTES
+            ));
+        }
+        let positive = [
+            (
+                "--max-handlers-per-event",
+                self.max_handlers_per_event as usize,
+            ),
+            ("--max-concurrent-requests", self.max_concurrent_requests),
+            (
+                "--max-concurrent-streams",
+                self.max_concurrent_streams as usize,
+            ),
+            ("--max-tail-subscribers", self.max_tail_subscribers),
+        ];
+        for (flag, value) in positive {
+            if value == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        if self.default_deadline.is_zero() {
+            return Err("--default-deadline must be positive".into());
+        }
+        Ok(())
     }
 
     /// A configuration with every default, for tests and embedding.
@@ -176,5 +279,40 @@ mod tests {
             .collect();
         assert_eq!(secs, [5, 30, 120, 600, 1800, 3600, 10800]);
         assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+    }
+
+    #[test]
+    fn cidr_lists_parse_comma_separated_and_defaults_validate() {
+        let config = Config::parse_from([
+            "provisiond",
+            "--outbound-deny",
+            "10.0.0.0/8,fd00::/8",
+            "--outbound-allow",
+            "169.254.10.0/24",
+        ]);
+        assert_eq!(config.outbound_deny.len(), 2);
+        let policy = config.outbound_policy();
+        assert!(policy.check("10.1.1.1".parse().unwrap()).is_err());
+        assert!(policy.check("169.254.10.1".parse().unwrap()).is_ok());
+        assert!(Config::try_parse_from(["provisiond", "--outbound-deny", "10.0.0.1/8"]).is_err());
+        assert_eq!(Config::defaults().validate(), Ok(()));
+        assert_eq!(Config::defaults().script_user, "nobody");
+    }
+
+    #[test]
+    fn the_message_limit_must_hold_a_payload() {
+        let mut config = Config::defaults();
+        config.max_message_bytes = config.max_payload_bytes;
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("--max-message-bytes"));
+        config.max_message_bytes = config.max_payload_bytes + MESSAGE_HEADROOM_BYTES;
+        assert_eq!(config.validate(), Ok(()));
+        config.max_tail_subscribers = 0;
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("--max-tail-subscribers"));
     }
 }

@@ -16,6 +16,10 @@
 //!   the batched log recorder.
 //! - `listener`: the LISTEN connection that wakes dispatchers and tails across replicas.
 //! - `grpc`: one file per proto service; conversions; the error → status mapping.
+//! - `limits`: the edge layer bounding concurrent calls and giving calls a default
+//!   deadline (the other limits are set where they apply).
+//! - `policy`: security decisions as pure functions (outbound CIDR policy, script file
+//!   ownership and permissions, the script account).
 //! - `shutdown`, `telemetry`.
 
 pub mod config;
@@ -23,8 +27,10 @@ pub mod db;
 pub mod dispatch;
 pub mod domain;
 pub mod grpc;
+pub mod limits;
 pub mod listener;
 pub mod maintenance;
+pub mod policy;
 pub mod shutdown;
 pub mod telemetry;
 
@@ -53,6 +59,9 @@ pub enum ServerError {
     /// A directory could not be prepared.
     #[error("{0}")]
     Io(String),
+    /// The configuration is not usable (the message names the flag).
+    #[error("configuration: {0}")]
+    Config(String),
     /// The gRPC transport failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -77,6 +86,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), ServerError> {
+    config.validate().map_err(ServerError::Config)?;
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    // Refused before anything starts: as root, scripts must have an account to run as.
+    let script_access = policy::script_file::ScriptAccess::for_service(euid, &config.script_user)
+        .map_err(ServerError::Config)?;
     let health_reporter = tonic_health::server::HealthReporter::new();
     let health_service = grpc::health::service(&health_reporter, shutdown.token.clone());
     health_reporter
@@ -100,7 +115,12 @@ pub async fn run(
         dispatch::recorder::spawn(db.clone(), config.clone(), signals.clone(), &shutdown);
     // The runner holds the only recorder handle: the recorder drains and stops once the
     // worker and the gRPC services (the runner's owners) are gone.
-    let runner = dispatch::Runner::new(&config, scripts_dir.clone(), recorder);
+    let runner = dispatch::Runner::new(
+        &config,
+        scripts_dir.clone(),
+        script_access.clone(),
+        recorder,
+    );
     let worker = dispatch::worker::spawn(
         db.clone(),
         config.clone(),
@@ -117,9 +137,17 @@ pub async fn run(
     );
     maintenance::spawn(db.clone(), config.clone(), &shutdown);
 
-    let registry = domain::handlers::HandlerRegistry::new(db.clone(), scripts_dir, signals.clone());
+    let rules = domain::handlers::HandlerRules {
+        scripts_dir,
+        trusted_owners: script_access.trusted_owners.clone(),
+        outbound: config.outbound_policy(),
+        max_headers: config.max_headers_per_handler,
+        max_handlers_per_event: config.max_handlers_per_event,
+    };
+    let registry = domain::handlers::HandlerRegistry::new(db.clone(), rules, signals.clone());
     let logs = domain::logs::LogStore::new(db.clone(), signals.clone())
-        .with_shutdown(shutdown.token.clone());
+        .with_shutdown(shutdown.token.clone())
+        .with_max_tails(config.max_tail_subscribers);
     let before = dispatch::before::BeforeChain::new(db.clone(), runner, config.max_payload_bytes);
 
     // Both reflection versions, so every grpcurl works without proto files.
@@ -148,21 +176,34 @@ pub async fn run(
     let token = shutdown.token.clone();
     // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let max_message = config.max_message_bytes;
     let served = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_keepalive_interval(Some(config.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
+        .layer(limits::RequestLimitsLayer::new(
+            config.max_concurrent_requests,
+            config.default_deadline,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(HandlerServiceServer::new(
-            grpc::handler_service::HandlerApi::new(registry),
-        ))
+        .add_service(
+            HandlerServiceServer::new(grpc::handler_service::HandlerApi::new(registry))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
         .add_service(
             EventServiceServer::new(grpc::event_service::EventApi::new(ingest, before))
-                .max_decoding_message_size(64 * 1024 * 1024),
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
         )
-        .add_service(ExecutionLogServiceServer::new(
-            grpc::log_service::LogApi::new(logs),
-        ))
+        .add_service(
+            ExecutionLogServiceServer::new(grpc::log_service::LogApi::new(logs))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
         .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
         .await;
 

@@ -297,7 +297,7 @@ async fn two_replicas_share_2000_events_delivering_each_once() {
     assert_eq!(count(&db, "SELECT count(*) AS n FROM deliveries"), 0);
 
     let runs =
-        std::fs::read_to_string(scripts.join("deliveries.txt")).expect("the script's record");
+        std::fs::read_to_string(scripts.join("out/deliveries.txt")).expect("the script's record");
     let runs: Vec<(i64, u32)> = runs
         .lines()
         .map(|line| {

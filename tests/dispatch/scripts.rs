@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use provisioning_client::proto;
-use provisioning_tests::{eventually, spawn_server, spawn_server_with, TempDir, TestDatabase};
+use provisioning_tests::{
+    eventually, give_to_script_user, spawn_server, spawn_server_with, TempDir, TestDatabase,
+};
 
 use super::{
     count, create, emit_after, invalid_argument, process_gone, script_handler, wait_for_logs,
@@ -129,6 +131,8 @@ async fn hanging_after_script_is_killed_with_its_process_group() {
     // One attempt: a retry would start the script again and overwrite the pid file.
     let server = spawn_server_with(&db, |config| config.max_attempts = 1).await;
     let pids = TempDir::new_in(Path::new("/tmp"), "provisioning-hang");
+    // The script runs as the script user when the tests run as root.
+    give_to_script_user(pids.path());
     let pidfile = pids.path().join("pids");
     create(
         &server.client,

@@ -25,6 +25,9 @@ pub use embedded::{data_dir, embedded_command, postmaster_pid, start_embedded, P
 pub use process::{
     bin_path, free_addr, provctl, provisiond, run_command, spawn_server_process, ServerProcess,
 };
-pub use server::{prepare_scripts_dir, spawn_server, spawn_server_with, test_config, TestServer};
+pub use server::{
+    give_to_script_user, prepare_scripts_dir, script_user_ids, spawn_server, spawn_server_with,
+    test_config, TestServer, SCRIPT_USER,
+};
 pub use temp::TempDir;
 pub use wait::{eventually, health_status, is_serving};

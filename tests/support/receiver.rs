@@ -41,6 +41,7 @@ pub struct Reply {
     body: ReplyBody,
     delay: Duration,
     retry_after: Option<String>,
+    location: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +67,7 @@ impl Reply {
             body: ReplyBody::Fixed(Bytes::new()),
             delay: Duration::ZERO,
             retry_after: None,
+            location: None,
         }
     }
 
@@ -108,6 +110,12 @@ impl Reply {
     /// Waits this long before answering (the request is recorded at once).
     pub fn delay(mut self, delay: Duration) -> Reply {
         self.delay = delay;
+        self
+    }
+
+    /// Adds a `Location` header (for redirects).
+    pub fn location(mut self, url: &str) -> Reply {
+        self.location = Some(url.to_owned());
         self
     }
 
@@ -381,6 +389,13 @@ async fn respond(
             response
                 .headers_mut()
                 .insert(hyper::header::RETRY_AFTER, value);
+        }
+    }
+    if let Some(location) = &reply.location {
+        if let Ok(value) = hyper::header::HeaderValue::from_str(location) {
+            response
+                .headers_mut()
+                .insert(hyper::header::LOCATION, value);
         }
     }
     shared.lock().requests[index].replied = Some(Instant::now());

@@ -154,11 +154,38 @@ pub fn fixture_scripts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/scripts")
 }
 
-/// Creates `dir` (mode 0755) holding a copy of every fixture script, each mode 0755:
-/// a server running as root may hand scripts to other accounts, and Cargo does not
-/// preserve the executable bit everywhere.
+/// Creates `dir` (mode 0755) holding a copy of every fixture script, each mode 0755
+/// (Cargo does not preserve the executable bit everywhere), plus `out/`, the one
+/// directory scripts may write to, owned by [`SCRIPT_USER`] when the tests run as root
+/// (a server running as root runs scripts as that account; scripts themselves stay
+/// owned by root and writable by no one else, or the server would refuse them).
 pub fn prepare_scripts_dir(dir: &Path) {
     copy_tree(&fixture_scripts_dir(), dir);
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("creating {}: {e}", out.display()));
+    set_mode(&out, 0o755);
+    give_to_script_user(&out);
+}
+
+/// The account a server running as root runs scripts as (the default `--script-user`).
+pub const SCRIPT_USER: &str = "nobody";
+
+/// Makes `path` owned by [`SCRIPT_USER`] when the tests run as root (scripts then run
+/// as that account and may write there); does nothing otherwise.
+pub fn give_to_script_user(path: &Path) {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let (uid, gid) = script_user_ids().expect("the script user exists");
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .unwrap_or_else(|e| panic!("chown {SCRIPT_USER} {}: {e}", path.display()));
+}
+
+/// Uid and gid of [`SCRIPT_USER`].
+pub fn script_user_ids() -> Option<(u32, u32)> {
+    provisioning_server::policy::script_file::lookup_account(SCRIPT_USER)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn copy_tree(from: &Path, to: &Path) {

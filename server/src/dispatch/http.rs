@@ -1,21 +1,31 @@
 //! The HTTP executor: POSTs the event data to a handler's URL over a pooled keep-alive
 //! hyper client (http and https via rustls), signed the Standard Webhooks way.
+//!
+//! Connections go through the outbound guard (`guard`): an address the operator's
+//! policy denies is never connected to, and the attempt fails with a non-retryable
+//! error naming the address and the deny entry. Redirects are never followed (hyper's
+//! client does not): a 3xx is a non-2xx reply like any other. Response bodies are read
+//! up to a limit and the rest is never read: for AFTER the first
+//! [`LOGGED_RESPONSE_BYTES`] (what the log keeps), for BEFORE the payload limit (a
+//! longer body fails the attempt).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
 
+use super::guard::{GuardedConnector, OutboundDenied};
 use super::{AttemptError, Invocation, Reply, LOGGED_RESPONSE_BYTES};
 use crate::domain::Phase;
+use crate::policy::outbound::OutboundPolicy;
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<hyper_rustls::HttpsConnector<GuardedConnector>, Full<Bytes>>;
 
 /// A shared, cloneable HTTP client.
 #[derive(Clone)]
@@ -25,12 +35,14 @@ pub struct HttpExecutor {
 }
 
 impl HttpExecutor {
-    /// A client reading at most `max_body` bytes of each response.
-    pub fn new(max_body: usize) -> HttpExecutor {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
+    /// A client reading at most `max_body` bytes of each response, connecting only to
+    /// addresses `policy` allows.
+    pub fn new(max_body: usize, policy: Arc<OutboundPolicy>) -> HttpExecutor {
+        let http = GuardedConnector::new(policy, |http| {
+            http.enforce_http(false);
+            http.set_nodelay(true);
+            http.set_connect_timeout(Some(Duration::from_secs(10)));
+        });
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
             .unwrap_or_else(|error| {
@@ -80,7 +92,9 @@ impl HttpExecutor {
             .body(Full::new(body))
             .map_err(|e| AttemptError::Request(format!("cannot build the request: {e}")))?;
         let response = self.client.request(request).await.map_err(|e| {
-            if e.is_connect() {
+            if let Some(denied) = OutboundDenied::find(&e) {
+                AttemptError::OutboundDenied(denied.0.clone())
+            } else if e.is_connect() {
                 AttemptError::Connect(crate::telemetry::error_chain(&e))
             } else {
                 AttemptError::Request(crate::telemetry::error_chain(&e))

@@ -7,6 +7,7 @@
 //! callers.
 
 pub mod before;
+pub mod guard;
 pub mod http;
 pub mod recorder;
 pub mod retry;
@@ -14,6 +15,7 @@ pub mod script;
 pub mod worker;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +23,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Config;
 use crate::domain::Phase;
+use crate::policy::script_file::ScriptAccess;
 
 /// Bytes of a response or script output kept in the execution log.
 pub const LOGGED_RESPONSE_BYTES: usize = 4096;
@@ -100,6 +103,9 @@ pub enum AttemptError {
     /// The connection could not be established.
     #[error("connection error: {0}")]
     Connect(String),
+    /// The outbound policy denies the address (the message names it and the entry).
+    #[error("{0}")]
+    OutboundDenied(String),
     /// The request failed after connecting.
     #[error("request error: {0}")]
     Request(String),
@@ -119,7 +125,9 @@ impl AttemptError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            AttemptError::ScriptRefused(_) | AttemptError::HandlerArchived
+            AttemptError::ScriptRefused(_)
+                | AttemptError::HandlerArchived
+                | AttemptError::OutboundDenied(_)
         )
     }
 }
@@ -145,12 +153,17 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// A runner for `config`, with scripts under `scripts_dir`.
-    pub fn new(config: &Config, scripts_dir: PathBuf, recorder: recorder::Recorder) -> Runner {
+    /// A runner for `config`, with scripts under `scripts_dir` run with `access`.
+    pub fn new(
+        config: &Config,
+        scripts_dir: PathBuf,
+        access: ScriptAccess,
+        recorder: recorder::Recorder,
+    ) -> Runner {
         let max_body = config.max_payload_bytes;
         Runner {
-            http: http::HttpExecutor::new(max_body),
-            scripts: script::ScriptExecutor::new(scripts_dir, max_body),
+            http: http::HttpExecutor::new(max_body, Arc::new(config.outbound_policy())),
+            scripts: script::ScriptExecutor::new(scripts_dir, max_body, access),
             recorder,
         }
     }

@@ -7,6 +7,16 @@
 //! running in its process group (background children) is killed. A background child
 //! holding stdout open therefore never makes the run wait.
 //!
+//! Privileges: when `provisiond` runs as root, scripts run as the script user
+//! (`--script-user`, default `nobody`) with its primary group and no supplementary
+//! groups, never as root (`policy::script_file`). Before every run the script and the
+//! directories leading to it are checked again (owner, no group/other write): a refusal
+//! is a non-retryable failure in the log row.
+//!
+//! Environment: exactly `PATH`, `LANG` and the `PROVISIONING_*` variables set below.
+//! Nothing of the server's environment and no secret (signing secret, handler headers)
+//! is passed on.
+//!
 //! Protocol: exit 0 = success (for BEFORE, a JSON object on stdout is the modified data;
 //! empty stdout = unchanged); exit [`FORBID_EXIT_CODE`] = forbid (BEFORE; reason on
 //! stdout or stderr); any other exit code, a signal or a timeout = failure.
@@ -21,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AttemptError, Invocation, Reply};
 use crate::domain::handlers::resolve_script;
+use crate::policy::script_file::ScriptAccess;
 
 /// Exit code by which a BEFORE script forbids the action.
 pub const FORBID_EXIT_CODE: i32 = 10;
@@ -32,14 +43,18 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(100);
 pub struct ScriptExecutor {
     scripts_dir: PathBuf,
     max_output: usize,
+    /// The account scripts run as and who may own them.
+    access: ScriptAccess,
 }
 
 impl ScriptExecutor {
-    /// Scripts under `scripts_dir`; at most `max_output` bytes kept of stdout and stderr.
-    pub fn new(scripts_dir: PathBuf, max_output: usize) -> ScriptExecutor {
+    /// Scripts under `scripts_dir`, run with `access`; at most `max_output` bytes kept
+    /// of stdout and stderr.
+    pub fn new(scripts_dir: PathBuf, max_output: usize, access: ScriptAccess) -> ScriptExecutor {
         ScriptExecutor {
             scripts_dir,
             max_output,
+            access,
         }
     }
 
@@ -51,8 +66,8 @@ impl ScriptExecutor {
         timeout: Duration,
     ) -> Result<Reply, AttemptError> {
         // Checked again at every run: the file or a symlink may have changed since Create.
-        let program =
-            resolve_script(&self.scripts_dir, path).map_err(AttemptError::ScriptRefused)?;
+        let program = resolve_script(&self.scripts_dir, path, &self.access.trusted_owners)
+            .map_err(AttemptError::ScriptRefused)?;
         let mut command = Command::new(&program);
         command
             .env_clear()
@@ -70,6 +85,11 @@ impl ScriptExecutor {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        if let Some((uid, gid)) = self.access.run_as {
+            // The standard library drops supplementary groups (setgroups(0)) before
+            // setuid when the parent is root.
+            command.uid(uid).gid(gid);
+        }
         let mut child = command.spawn().map_err(|e| {
             AttemptError::ScriptSpawn(format!("cannot start {}: {e}", program.display()))
         })?;

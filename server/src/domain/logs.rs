@@ -20,7 +20,9 @@ mod tail;
 
 use chrono::{DateTime, Utc};
 use diesel::{Connection, OptionalExtension};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
@@ -207,6 +209,9 @@ pub enum TailStart {
     After(String),
 }
 
+/// Live tails open at once when not configured (`--max-tail-subscribers`).
+pub const DEFAULT_MAX_TAILS: usize = 256;
+
 /// Reads and maintains the execution log.
 #[derive(Clone)]
 pub struct LogStore {
@@ -215,6 +220,8 @@ pub struct LogStore {
     /// Cancelled when the server stops: ends live tails, which never end by themselves
     /// and would otherwise hold the graceful shutdown open.
     shutdown: CancellationToken,
+    /// One permit per live tail that may be open at once (`--max-tail-subscribers`).
+    tail_slots: Arc<Semaphore>,
 }
 
 impl LogStore {
@@ -224,7 +231,14 @@ impl LogStore {
             db,
             signals,
             shutdown: CancellationToken::new(),
+            tail_slots: Arc::new(Semaphore::new(DEFAULT_MAX_TAILS)),
         }
+    }
+
+    /// At most `max` live tails at once; more get `ResourceExhausted`.
+    pub fn with_max_tails(mut self, max: usize) -> LogStore {
+        self.tail_slots = Arc::new(Semaphore::new(max));
+        self
     }
 
     /// Ends live tails (with a resumable "shutting down" notice) when `token` is cancelled.
@@ -277,6 +291,13 @@ impl LogStore {
         start: TailStart,
     ) -> Result<ReceiverStream<TailItem>, DomainError> {
         let filter = filter.validate()?;
+        let slot = self.tail_slots.clone().try_acquire_owned().map_err(|_| {
+            DomainError::ResourceExhausted(
+                "too many live tails: the server's limit (--max-tail-subscribers) is reached; \
+                 retry later"
+                    .into(),
+            )
+        })?;
         let start = match start {
             TailStart::Backlog(n) if n > MAX_BACKLOG => {
                 return Err(DomainError::invalid(
@@ -294,6 +315,7 @@ impl LogStore {
             self.shutdown.clone(),
             filter,
             start,
+            slot,
         )
         .await
     }

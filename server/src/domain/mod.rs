@@ -29,6 +29,9 @@ pub enum DomainError {
     /// The request is valid but not in the current state of the thing.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A server limit is reached (the message names it); retrying later may work.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The database cannot be reached right now; retrying later may work.
     #[error("service temporarily unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -14,6 +14,7 @@ impl From<DomainError> for Status {
             DomainError::AlreadyExists(message) => Status::already_exists(message),
             DomainError::InvalidArgument(message) => Status::invalid_argument(message),
             DomainError::FailedPrecondition(message) => Status::failed_precondition(message),
+            DomainError::ResourceExhausted(message) => Status::resource_exhausted(message),
             DomainError::Unavailable(source) => {
                 tracing::warn!(error = %error_chain(source.as_ref()), "database unavailable");
                 Status::unavailable("database temporarily unavailable, retry later")

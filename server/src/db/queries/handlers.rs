@@ -160,6 +160,20 @@ pub fn set_secret(conn: &mut PgConnection, id: i64, secret: &str) -> QueryResult
         .get_result(conn)
 }
 
+/// Handlers of `event` that are not archived, other than `except`.
+pub fn count_for_event(
+    conn: &mut PgConnection,
+    event: &str,
+    except: Option<i64>,
+) -> QueryResult<i64> {
+    handlers::table
+        .filter(handlers::event.eq(event))
+        .filter(handlers::status.ne("archived"))
+        .filter(handlers::id.ne(except.unwrap_or(0)))
+        .count()
+        .get_result(conn)
+}
+
 /// Deletes a handler; returns the number of rows deleted (0 or 1).
 pub fn delete(conn: &mut PgConnection, id: i64) -> QueryResult<usize> {
     diesel::delete(handlers::table.find(id)).execute(conn)

@@ -4,7 +4,7 @@
 //! Nothing is cached: dispatch reads the handlers table on every event, so a change
 //! made here takes effect for the next event on every replica.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use base64::Engine;
 use chrono::Utc;
@@ -19,8 +19,8 @@ pub use types::{EventType, Handler, HandlerPatch, HandlerQuery, HandlerSpec, Tar
 
 use validation::validate_spec;
 pub use validation::{
-    resolve_script, validate_event_type_name, validate_url, DEFAULT_TIMEOUT_MS, MAX_NAME_CHARS,
-    MAX_PRIORITY, MAX_TIMEOUT_MS,
+    resolve_script, validate_event_type_name, validate_url, HandlerRules, DEFAULT_TIMEOUT_MS,
+    MAX_NAME_CHARS, MAX_PRIORITY, MAX_TIMEOUT_MS,
 };
 
 use super::{parse_stored, text, DomainError, HandlerKind, HandlerStatus, Phase};
@@ -37,17 +37,18 @@ const MAX_PAGE_SIZE: u32 = 1000;
 #[derive(Clone)]
 pub struct HandlerRegistry {
     db: Db,
-    scripts_dir: PathBuf,
+    /// What definitions are checked against (scripts directory, outbound policy, limits).
+    rules: Arc<HandlerRules>,
     /// Wakes the workers when deliveries resume and the tails when rows are logged.
     signals: Signals,
 }
 
 impl HandlerRegistry {
-    /// A registry storing in `db`, with script paths resolved under `scripts_dir`.
-    pub fn new(db: Db, scripts_dir: PathBuf, signals: Signals) -> HandlerRegistry {
+    /// A registry storing in `db`, checking definitions against `rules`.
+    pub fn new(db: Db, rules: HandlerRules, signals: Signals) -> HandlerRegistry {
         HandlerRegistry {
             db,
-            scripts_dir,
+            rules: Arc::new(rules),
             signals,
         }
     }
@@ -66,7 +67,8 @@ impl HandlerRegistry {
     /// Validates and stores a new handler; HTTP handlers get a fresh secret.
     pub async fn create(&self, spec: HandlerSpec) -> Result<Handler, DomainError> {
         let mut spec = spec;
-        validate_spec(&mut spec, &self.scripts_dir)?;
+        validate_spec(&mut spec, &self.rules)?;
+        let max_handlers = self.rules.max_handlers_per_event;
         let (kind, url, headers, script_path) = target_columns(&spec.target);
         let row = NewHandlerRow {
             name: spec.name,
@@ -87,6 +89,7 @@ impl HandlerRegistry {
             .run(move |conn| {
                 conn.transaction(|conn| {
                     ensure_event_exists(conn, &row.event)?;
+                    ensure_room(conn, &row.event, None, max_handlers)?;
                     Ok(handlers::insert(conn, &row)?)
                 })
             })
@@ -172,7 +175,7 @@ impl HandlerRegistry {
         id: i64,
         patch: HandlerPatch,
     ) -> Result<(Handler, bool), DomainError> {
-        let scripts_dir = self.scripts_dir.clone();
+        let rules = self.rules.clone();
         self.db
             .run(move |conn| {
                 conn.transaction(|conn| {
@@ -183,8 +186,11 @@ impl HandlerRegistry {
                     let (mut spec, old_secret) = spec_of(&current);
                     let reenabled = patch.status == Some(HandlerStatus::Enabled);
                     apply_patch(&mut spec, patch)?;
-                    validate_spec(&mut spec, &scripts_dir)?;
+                    validate_spec(&mut spec, &rules)?;
                     ensure_event_exists(conn, &spec.event)?;
+                    if spec.status != HandlerStatus::Archived {
+                        ensure_room(conn, &spec.event, Some(id), rules.max_handlers_per_event)?;
+                    }
                     let (kind, url, headers, script_path) = target_columns(&spec.target);
                     let secret_created = url.is_some() && old_secret.is_none();
                     let secret = url.as_ref().map(|_| old_secret.unwrap_or_else(new_secret));
@@ -230,14 +236,21 @@ impl HandlerRegistry {
     /// counted as failures) and resume in order when it is enabled again. Archiving ends
     /// them, each with a failed log row saying why.
     pub async fn set_status(&self, id: i64, status: HandlerStatus) -> Result<Handler, DomainError> {
+        let max_handlers = self.rules.max_handlers_per_event;
         let (row, settled) = self
             .db
             .run(move |conn| {
                 conn.transaction(|conn| {
-                    let old = handlers::find_for_update(conn, id)
+                    let current = handlers::find_for_update(conn, id)
                         .optional()?
                         .ok_or_else(|| not_found(id))?;
-                    let old = parse_stored(HandlerStatus::parse, &old.status, "handlers.status")?;
+                    let old =
+                        parse_stored(HandlerStatus::parse, &current.status, "handlers.status")?;
+                    if old == HandlerStatus::Archived && status != HandlerStatus::Archived {
+                        // Back from the archive: it counts against the event's limit again.
+                        ensure_event_exists(conn, &current.event)?;
+                        ensure_room(conn, &current.event, Some(id), max_handlers)?;
+                    }
                     let row = handlers::set_status(conn, id, status.as_str())?;
                     let settled = settle_deliveries(conn, id, old, status)?;
                     Ok::<_, DomainError>((row, settled))
@@ -414,8 +427,28 @@ fn not_found(id: i64) -> DomainError {
     DomainError::NotFound(format!("handler {id} not found"))
 }
 
+/// Refuses a handler that would give `event` more than `max` handlers (archived ones
+/// not counted; `except` is the handler being updated). Call after
+/// [`ensure_event_exists`], which locks the event's catalogue row.
+fn ensure_room(
+    conn: &mut diesel::PgConnection,
+    event: &str,
+    except: Option<i64>,
+    max: u32,
+) -> Result<(), DomainError> {
+    let others = handlers::count_for_event(conn, event, except)?;
+    if others >= i64::from(max) {
+        return Err(DomainError::FailedPrecondition(format!(
+            "event {event:?} has {others} handlers, the most allowed \
+             (--max-handlers-per-event {max}): archive or delete one first"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `event` is in the catalogue and locks its row until the transaction ends.
 fn ensure_event_exists(conn: &mut diesel::PgConnection, event: &str) -> Result<(), DomainError> {
-    if event_types::exists(conn, event)? {
+    if event_types::lock(conn, event)? {
         Ok(())
     } else {
         Err(DomainError::invalid(

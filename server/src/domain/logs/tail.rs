@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use diesel::{PgConnection, QueryResult};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -105,13 +105,15 @@ enum Stop {
     Failed(DomainError),
 }
 
-/// Fixes the start position, then starts a tail task and returns its stream.
+/// Fixes the start position, then starts a tail task and returns its stream. The task
+/// holds `slot` (one of the live-tail slots) until it ends.
 pub(super) async fn open(
     db: Db,
     signals: &Signals,
     shutdown: CancellationToken,
     filter: LogFilter,
     start: Start,
+    slot: OwnedSemaphorePermit,
 ) -> Result<ReceiverStream<TailItem>, DomainError> {
     // Subscribed before the start position is read: no signal in between is missed.
     let wake = signals.logs.subscribe();
@@ -145,6 +147,7 @@ pub(super) async fn open(
         wake,
         shutdown,
         last_sent: None,
+        _slot: slot,
     };
     tokio::spawn(tail.run(resolved));
     Ok(ReceiverStream::new(receiver))
@@ -157,6 +160,8 @@ struct Tail {
     wake: broadcast::Receiver<i64>,
     shutdown: CancellationToken,
     last_sent: Option<Position>,
+    /// Released when the tail ends (`--max-tail-subscribers`).
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Tail {
