@@ -11,4 +11,5 @@ mod handlers;
 mod logs;
 mod retry;
 mod search_folding;
+mod tls;
 mod untrusted;

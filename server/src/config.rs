@@ -88,6 +88,35 @@ pub struct Config {
     /// How often the dispatcher looks for due work when nothing wakes it.
     #[arg(long, env = "PROVISIOND_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
+
+    /// PEM certificate chain (leaf first) to serve TLS with; needs --tls-key. Without
+    /// it the server speaks plaintext HTTP/2. Re-read on SIGHUP.
+    #[arg(
+        long,
+        env = "PROVISIOND_TLS_CERT",
+        requires = "tls_key",
+        value_name = "PEM"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert. Re-read on SIGHUP.
+    #[arg(
+        long,
+        env = "PROVISIOND_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: clients must present a certificate signed by one of these CAs
+    /// (mutual TLS). Needs --tls-cert. Re-read on SIGHUP.
+    #[arg(
+        long,
+        env = "PROVISIOND_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// A retry schedule.
