@@ -49,6 +49,10 @@ impl ConnectOptions {
 
     /// Options read from PEM files: a CA certificate to trust, and a client certificate
     /// with its key (both or neither).
+    #[expect(
+        clippy::result_large_err,
+        reason = "ClientError is the crate's one error type; this runs once per connection"
+    )]
     pub fn from_files(
         ca_cert: Option<&Path>,
         client_cert: Option<&Path>,
@@ -87,6 +91,10 @@ impl ConnectOptions {
 
     /// The endpoint for `url` with these options applied (TLS for `https://`); not yet
     /// connected. Useful to build other clients (health, reflection) the same way.
+    #[expect(
+        clippy::result_large_err,
+        reason = "ClientError is the crate's one error type; this runs once per connection"
+    )]
     pub fn endpoint(&self, url: impl Into<String>) -> Result<Endpoint, ClientError> {
         let url = normalize_url(url.into(), self.has_tls());
         let endpoint = Endpoint::from_shared(url.clone())
@@ -112,6 +120,10 @@ impl ConnectOptions {
     }
 }
 
+#[expect(
+    clippy::result_large_err,
+    reason = "ClientError is the crate's one error type; this runs once per connection"
+)]
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ClientError> {
     std::fs::read(path).map_err(|source| ClientError::ReadFile {
         what,
