@@ -17,7 +17,8 @@ use super::parse;
 #[derive(Debug, Parser)]
 #[command(name = "provctl", version, propagate_version = true)]
 pub struct Cli {
-    /// Server address (`http://host:port` or `host:port`).
+    /// Server address: `http://host:port`, `https://host:port` (TLS), or `host:port`
+    /// (TLS when a TLS option is given, else plaintext).
     #[arg(
         long,
         global = true,
