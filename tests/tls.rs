@@ -8,8 +8,8 @@ use provisioning_client::{proto, Client, ClientError, ConnectOptions};
 use provisioning_server::config::Config;
 use provisioning_server::tls::peer_subjects;
 use provisioning_tests::{
-    eventually, free_addr, prepare_scripts_dir, provisiond, spawn_server, spawn_server_connecting,
-    ServerProcess, TempDir, TestDatabase, TestPki, TestServer, CLIENT_CN,
+    eventually, free_addr, prepare_scripts_dir, provctl, provisiond, run_command, spawn_server,
+    spawn_server_connecting, ServerProcess, TempDir, TestDatabase, TestPki, TestServer, CLIENT_CN,
 };
 
 use crate::cli::provctl_run;
@@ -309,6 +309,20 @@ async fn provctl_talks_mutual_tls_with_its_global_flags() {
     )
     .await;
     assert!(run.success, "provctl on host:port failed: {}", run.stderr);
+
+    // The same through the environment.
+    let mut command = provctl(&server.url);
+    command
+        .env("PROVISIONING_CA_CERT", &pki.ca_cert)
+        .env("PROVISIONING_CLIENT_CERT", &pki.client_cert)
+        .env("PROVISIONING_CLIENT_KEY", &pki.client_key)
+        .args(["event-types", "list"]);
+    let output = run_command(command).await;
+    assert!(
+        output.status.success(),
+        "provctl with TLS from the environment failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     let run = provctl_run(&server.url, &["--ca-cert", ca, "event-types", "list"]).await;
     assert_eq!(

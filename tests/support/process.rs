@@ -48,11 +48,15 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
-/// `provctl` with `--server server_url`; add the subcommand's arguments.
+/// `provctl` with `--server server_url` and none of the caller's `PROVISIONING_*` server
+/// or TLS variables; add the subcommand's arguments.
 pub fn provctl(server_url: &str) -> std::process::Command {
     let mut command = std::process::Command::new(bin_path("provctl-under-test"));
     command
         .env_remove("PROVISIONING_SERVER")
+        .env_remove("PROVISIONING_CA_CERT")
+        .env_remove("PROVISIONING_CLIENT_CERT")
+        .env_remove("PROVISIONING_CLIENT_KEY")
         .arg("--server")
         .arg(server_url);
     command
