@@ -342,3 +342,23 @@ async fn provctl_talks_mutual_tls_with_its_global_flags() {
     assert_eq!(run.code, Some(2), "unreadable CA: {}", run.stderr);
     assert!(run.stderr.contains("/nonexistent/ca.pem"), "{}", run.stderr);
 }
+
+/// An operator's typo in a TLS path stops the start at once, naming the file, before
+/// any database is touched.
+#[tokio::test]
+async fn an_unreadable_certificate_stops_the_start_with_its_path() {
+    let dir = TempDir::new("provisiond-tls");
+    let mut command = provisiond(free_addr(), &dir.path().join("scripts"));
+    command
+        .env("PROVISIOND_DATA_DIR", dir.path().join("data"))
+        .args(["--tls-cert", "/nonexistent/cert.pem"])
+        .args(["--tls-key", "/nonexistent/key.pem"]);
+    let output = run_command(command).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("/nonexistent/cert.pem"), "{stderr}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "the data directory was touched"
+    );
+}
