@@ -65,8 +65,10 @@ pub struct Client {
 
 impl Client {
     /// Connects to a server at `url`: `http://host:port`, or `host:port` (plain HTTP/2 is
-    /// assumed). Fails with [`ClientError::InvalidUrl`] for an unusable address and
-    /// [`ClientError::Connect`] when the server cannot be reached.
+    /// assumed); an `https://` URL gets TLS trusting the public web roots (use
+    /// [`Client::connect_with`] for a private CA or a client certificate). Fails with
+    /// [`ClientError::InvalidUrl`] for an unusable address and [`ClientError::Connect`]
+    /// when the server cannot be reached.
     pub async fn connect(url: impl Into<String>) -> Result<Self, ClientError> {
         Self::connect_with(url, &ConnectOptions::new()).await
     }
