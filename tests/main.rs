@@ -13,4 +13,5 @@ mod outages;
 mod retry;
 mod search_folding;
 mod security;
+mod tls;
 mod untrusted;

@@ -1,8 +1,10 @@
 //! The client's error type: what can go wrong between a caller and the service.
 //!
-//! Only three things can: the URL is unusable, the transport cannot reach the server, or
-//! the server answered with a gRPC status. The status is kept whole (code, message,
-//! details, metadata) so callers can branch on [`tonic::Code`] without string matching.
+//! Only four things can: the URL is unusable, the TLS settings are (a file cannot be
+//! read, does not parse, or does not fit the URL), the transport cannot reach the server
+//! (or the TLS handshake fails), or the server answered with a gRPC status. The status
+//! is kept whole (code, message, details, metadata) so callers can branch on
+//! [`tonic::Code`] without string matching.
 
 /// An error of [`crate::Client`].
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +15,23 @@ pub enum ClientError {
     /// The server address is not a valid URI.
     #[error("invalid server URL `{0}`")]
     InvalidUrl(String),
+    /// A TLS file (CA certificate, client certificate or key) could not be read.
+    #[error("cannot read the {what} {}", path.display())]
+    ReadFile {
+        /// Which file.
+        what: &'static str,
+        /// Its path.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS options do not fit together or with the URL.
+    #[error("{0}")]
+    TlsOptions(String),
+    /// The TLS settings are unusable (e.g. a CA or client certificate that is not PEM).
+    #[error("invalid TLS settings")]
+    Tls(#[source] tonic::transport::Error),
     /// The server (or the transport on its behalf) answered with a non-OK status.
     #[error("{}", display_status(.0))]
     Rpc(tonic::Status),
@@ -23,7 +42,11 @@ impl ClientError {
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {
             Self::Rpc(status) => Some(status),
-            Self::Connect(_) | Self::InvalidUrl(_) => None,
+            Self::Connect(_)
+            | Self::InvalidUrl(_)
+            | Self::ReadFile { .. }
+            | Self::TlsOptions(_)
+            | Self::Tls(_) => None,
         }
     }
 

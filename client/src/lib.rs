@@ -10,6 +10,10 @@
 //! `emit_batch` retry UNAVAILABLE and DEADLINE_EXCEEDED with backoff ([`RetryPolicy`];
 //! [`Client::with_retry_policy`] with [`RetryPolicy::NONE`] turns that off).
 //!
+//! [`Client::connect`] speaks plaintext; [`Client::connect_with`] takes
+//! [`ConnectOptions`] for TLS (a CA to trust, a client certificate for mutual TLS) and
+//! uses it for `https://` URLs.
+//!
 //! Event data travels as JSON text (`data_json`); pass the text exactly as it should
 //! reach the handlers: the service keeps it byte for byte.
 //!
@@ -31,15 +35,15 @@
 //! # }
 //! ```
 
+mod connect;
 mod error;
 mod retry;
 
-use std::time::Duration;
-
 use futures_util::Stream;
 use tonic::codec::Streaming;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+pub use connect::ConnectOptions;
 pub use error::ClientError;
 /// The generated messages, enums and stubs of `provisioning.v1`.
 pub use provisioning_api::v1 as proto;
@@ -48,9 +52,6 @@ pub use retry::RetryPolicy;
 use proto::event_service_client::EventServiceClient;
 use proto::execution_log_service_client::ExecutionLogServiceClient;
 use proto::handler_service_client::HandlerServiceClient;
-
-/// How long [`Client::connect`] waits for the TCP connection before giving up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest reply accepted, above tonic's 4 MiB default: an execution log carries up to
 /// two data objects (1 MiB each by default) and a handler page up to 1000 handlers.
@@ -71,13 +72,24 @@ pub struct Client {
 
 impl Client {
     /// Connects to a server at `url`: `http://host:port`, or `host:port` (plain HTTP/2 is
-    /// assumed). Fails with [`ClientError::InvalidUrl`] for an unusable address and
-    /// [`ClientError::Connect`] when the server cannot be reached.
+    /// assumed); an `https://` URL gets TLS trusting the public web roots (use
+    /// [`Client::connect_with`] for a private CA or a client certificate). Fails with
+    /// [`ClientError::InvalidUrl`] for an unusable address and [`ClientError::Connect`]
+    /// when the server cannot be reached.
     pub async fn connect(url: impl Into<String>) -> Result<Self, ClientError> {
-        let url = normalize_url(url.into());
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|_| ClientError::InvalidUrl(url))?
-            .connect_timeout(CONNECT_TIMEOUT);
+        Self::connect_with(url, &ConnectOptions::new()).await
+    }
+
+    /// Connects to a server at `url` with `options`: `https://host:port` uses TLS (a bare
+    /// `host:port` too when `options` carry TLS settings), `http://` plaintext. Fails
+    /// with [`ClientError::TlsOptions`] or [`ClientError::Tls`] for unusable TLS
+    /// settings, and [`ClientError::Connect`] when the server cannot be reached or the
+    /// handshake fails.
+    pub async fn connect_with(
+        url: impl Into<String>,
+        options: &ConnectOptions,
+    ) -> Result<Self, ClientError> {
+        let endpoint = options.endpoint(url)?;
         let channel = endpoint.connect().await.map_err(ClientError::Connect)?;
         Ok(Self::from_channel(channel))
     }
@@ -307,31 +319,9 @@ impl Client {
     }
 }
 
-/// Adds `http://` to a bare `host:port`, the form people type.
-fn normalize_url(url: String) -> String {
-    if url.contains("://") {
-        url
-    } else {
-        format!("http://{url}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bare_host_port_gets_http_scheme() {
-        assert_eq!(
-            normalize_url("localhost:50051".into()),
-            "http://localhost:50051"
-        );
-        assert_eq!(
-            normalize_url("http://10.0.0.1:1".into()),
-            "http://10.0.0.1:1"
-        );
-        assert_eq!(normalize_url("https://api:443".into()), "https://api:443");
-    }
 
     #[tokio::test]
     async fn malformed_url_is_invalid_url_not_connect() {

@@ -147,6 +147,35 @@ pub struct Config {
     /// deadline, shorter or longer, is kept.
     #[arg(long, env = "PROVISIOND_DEFAULT_DEADLINE", default_value = "60s", value_parser = parse_duration)]
     pub default_deadline: Duration,
+
+    /// PEM certificate chain (leaf first) to serve TLS with; needs --tls-key. Without
+    /// it the server speaks plaintext HTTP/2. Re-read on SIGHUP.
+    #[arg(
+        long,
+        env = "PROVISIOND_TLS_CERT",
+        requires = "tls_key",
+        value_name = "PEM"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert. Re-read on SIGHUP.
+    #[arg(
+        long,
+        env = "PROVISIOND_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: clients must present a certificate signed by one of these CAs
+    /// (mutual TLS). Needs --tls-cert. Re-read on SIGHUP.
+    #[arg(
+        long,
+        env = "PROVISIOND_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Bytes a gRPC message may hold beyond the event data it carries (other fields,

@@ -20,8 +20,12 @@
 //!   deadline (the other limits are set where they apply).
 //! - `policy`: security decisions as pure functions (outbound CIDR policy, script file
 //!   ownership and permissions, the script account).
+//! - `tls`: optional TLS (rustls): files reloaded on SIGHUP, the accept loop, client
+//!   certificates turned into `auth::PeerSubjects`.
+//! - `auth`: caller identities carried in request extensions.
 //! - `shutdown`, `telemetry`.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod dispatch;
@@ -33,6 +37,7 @@ pub mod maintenance;
 pub mod policy;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -68,6 +73,9 @@ pub enum ServerError {
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS files could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// The services the health service reports on (`""` = the whole server).
@@ -97,6 +105,12 @@ pub async fn run(
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
+
+    // Before the database: a bad TLS file fails fast, without touching any cluster.
+    let tls = match tls::TlsFiles::from_config(&config)? {
+        Some(files) => Some(Arc::new(tls::ServerTls::load(files)?)),
+        None => None,
+    };
 
     let (db, embedded) = open_database(&config).await?;
     db.migrate().await?;
@@ -171,13 +185,20 @@ pub async fn run(
         });
     }
     let local_addr = listener.local_addr().ok();
-    tracing::info!(listen = ?local_addr, database = if embedded.is_some() { "embedded" } else { "external" }, "provisiond serving");
+    tracing::info!(
+        listen = ?local_addr,
+        database = if embedded.is_some() { "embedded" } else { "external" },
+        tls = match &tls {
+            None => "off",
+            Some(tls) if tls.files().client_ca.is_some() => "mutual",
+            Some(_) => "on",
+        },
+        "provisiond serving"
+    );
 
     let token = shutdown.token.clone();
-    // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let max_message = config.max_message_bytes;
-    let served = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_keepalive_interval(Some(config.http2_keepalive_interval))
@@ -185,6 +206,11 @@ pub async fn run(
         .layer(limits::RequestLimitsLayer::new(
             config.max_concurrent_requests,
             config.default_deadline,
+        ))
+        // Turns a verified client certificate into `auth::PeerSubjects`; must stay
+        // outside (added before) any layer that reads caller identities.
+        .layer(tonic::service::InterceptorLayer::new(
+            tls::insert_peer_subjects as fn(_) -> _,
         ))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -203,9 +229,24 @@ pub async fn run(
             ExecutionLogServiceServer::new(grpc::log_service::LogApi::new(logs))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
-        )
-        .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-        .await;
+        );
+    let served = match tls {
+        None => {
+            // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms).
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+                .await
+        }
+        Some(tls) => {
+            tls::spawn_reload_on_sighup(tls.clone(), &shutdown);
+            let incoming = tls::incoming(listener, tls, &shutdown);
+            router
+                .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+                .await
+        }
+    };
 
     // Stop background work even when the transport failed, then wait for it.
     shutdown.token.cancel();

@@ -8,6 +8,7 @@
 //! - [`provctl`]: the real CLI as a `Command`; [`run_command`] runs it asynchronously.
 //! - [`eventually`]: polling with a deadline instead of sleeps.
 //! - [`TempDir`]: temporary directories (mode 0755) removed on drop.
+//! - [`TestPki`]: a CA, server and client certificates made at run time (rcgen).
 //!
 //! The tests themselves live in `tests/main.rs` and its modules (one binary).
 
@@ -18,6 +19,7 @@ pub mod receiver;
 pub mod requests;
 pub mod server;
 pub mod temp;
+pub mod tls;
 pub mod wait;
 
 pub use database::TestDatabase;
@@ -26,8 +28,9 @@ pub use process::{
     bin_path, free_addr, provctl, provisiond, run_command, spawn_server_process, ServerProcess,
 };
 pub use server::{
-    give_to_script_user, prepare_scripts_dir, script_user_ids, spawn_server, spawn_server_with,
-    test_config, TestServer, SCRIPT_USER,
+    give_to_script_user, prepare_scripts_dir, script_user_ids, spawn_server,
+    spawn_server_connecting, spawn_server_with, test_config, TestServer, SCRIPT_USER,
 };
 pub use temp::TempDir;
-pub use wait::{eventually, health_status, is_serving};
+pub use tls::{TestPki, CLIENT_CN};
+pub use wait::{eventually, health_status, health_status_at, is_serving, is_serving_at};

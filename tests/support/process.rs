@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use provisioning_client::Client;
+use provisioning_client::{Client, ConnectOptions};
 
 use crate::database::TestDatabase;
 use crate::temp::TempDir;
-use crate::wait::is_serving;
+use crate::wait::is_serving_at;
 
 /// How long a server process may take to become healthy (an embedded cluster's first
 /// `initdb` included).
@@ -48,11 +48,15 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
-/// `provctl` with `--server server_url`; add the subcommand's arguments.
+/// `provctl` with `--server server_url` and none of the caller's `PROVISIONING_*` server
+/// or TLS variables; add the subcommand's arguments.
 pub fn provctl(server_url: &str) -> std::process::Command {
     let mut command = std::process::Command::new(bin_path("provctl-under-test"));
     command
         .env_remove("PROVISIONING_SERVER")
+        .env_remove("PROVISIONING_CA_CERT")
+        .env_remove("PROVISIONING_CLIENT_CERT")
+        .env_remove("PROVISIONING_CLIENT_KEY")
         .arg("--server")
         .arg(server_url);
     command
@@ -100,7 +104,7 @@ pub fn provisiond(listen: SocketAddr, scripts_dir: &Path) -> std::process::Comma
 
 /// A `provisiond-under-test` child process; killed (SIGKILL) when dropped.
 pub struct ServerProcess {
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when started with TLS options).
     pub url: String,
     /// The address it listens on.
     pub addr: SocketAddr,
@@ -114,7 +118,17 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `command` (built with [`provisiond`] for `addr`) and waits until it is
     /// healthy; panics with its log if it exits or stays unhealthy for 90 s.
-    pub async fn start(mut command: std::process::Command, addr: SocketAddr) -> ServerProcess {
+    pub async fn start(command: std::process::Command, addr: SocketAddr) -> ServerProcess {
+        ServerProcess::start_connecting(command, addr, ConnectOptions::new()).await
+    }
+
+    /// [`ServerProcess::start`] for a server that clients reach with `options`: with
+    /// TLS options the URL is `https://127.0.0.1:PORT` and health is checked over TLS.
+    pub async fn start_connecting(
+        mut command: std::process::Command,
+        addr: SocketAddr,
+        options: ConnectOptions,
+    ) -> ServerProcess {
         let log_dir = TempDir::new("provisiond-log");
         let log_path = log_dir.path().join("provisiond.log");
         let log = std::fs::File::create(&log_path).expect("creating the server log");
@@ -125,7 +139,9 @@ impl ServerProcess {
         let mut command = tokio::process::Command::from(command);
         command.kill_on_drop(true);
         let mut child = command.spawn().expect("spawning provisiond-under-test");
-        let url = format!("http://{addr}");
+        let scheme = if options.has_tls() { "https" } else { "http" };
+        let url = format!("{scheme}://{addr}");
+        let health = options.endpoint(url.clone()).expect("a health endpoint");
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if let Some(status) = child.try_wait().expect("polling the server process") {
@@ -134,7 +150,7 @@ impl ServerProcess {
                     std::fs::read_to_string(&log_path).unwrap_or_default()
                 );
             }
-            if is_serving(&url).await {
+            if is_serving_at(health.clone()).await {
                 break;
             }
             if Instant::now() > deadline {
@@ -147,7 +163,7 @@ impl ServerProcess {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let client = Client::connect(url.clone())
+        let client = Client::connect_with(url.clone(), &options)
             .await
             .unwrap_or_else(|e| panic!("connecting the client to {url}: {e}"));
         ServerProcess {

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use provisioning_client::Client;
+use provisioning_client::{Client, ConnectOptions};
 use provisioning_server::config::{Config, Schedule};
 use provisioning_server::shutdown::Shutdown;
 use provisioning_server::ServerError;
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::database::TestDatabase;
 use crate::temp::TempDir;
-use crate::wait::is_serving;
+use crate::wait::is_serving_at;
 
 /// How long a server may take to become healthy.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,7 +57,7 @@ pub fn test_config(db: &TestDatabase, scripts_dir: &Path) -> Config {
 pub struct TestServer {
     /// The address it listens on.
     pub addr: SocketAddr,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when started with TLS options).
     pub url: String,
     /// A client connected to it.
     pub client: Client,
@@ -103,6 +103,17 @@ pub async fn spawn_server_with(
     db: &TestDatabase,
     configure: impl FnOnce(&mut Config),
 ) -> TestServer {
+    spawn_server_connecting(db, configure, ConnectOptions::new()).await
+}
+
+/// Starts a server on `db` with [`test_config`] changed by `configure`, checks its
+/// health and connects its client with `options`: with TLS options the URL is
+/// `https://127.0.0.1:PORT`, so configure the server's TLS files to match.
+pub async fn spawn_server_connecting(
+    db: &TestDatabase,
+    configure: impl FnOnce(&mut Config),
+    options: ConnectOptions,
+) -> TestServer {
     let root = TempDir::new("provisioning-server");
     let scripts_dir = root.path().join("scripts");
     prepare_scripts_dir(&scripts_dir);
@@ -113,7 +124,9 @@ pub async fn spawn_server_with(
         .await
         .expect("binding 127.0.0.1:0");
     let addr = listener.local_addr().expect("listener address");
-    let url = format!("http://{addr}");
+    let scheme = if options.has_tls() { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}");
+    let health = options.endpoint(url.clone()).expect("a health endpoint");
     let shutdown = Shutdown::default();
     let token = shutdown.token.clone();
     let task = tokio::spawn(provisioning_server::run(config, listener, shutdown));
@@ -126,7 +139,7 @@ pub async fn spawn_server_with(
                 Err(join) => panic!("server task failed during start-up: {join}"),
             }
         }
-        if is_serving(&url).await {
+        if is_serving_at(health.clone()).await {
             break;
         }
         assert!(
@@ -135,7 +148,7 @@ pub async fn spawn_server_with(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let client = Client::connect(url.clone())
+    let client = Client::connect_with(url.clone(), &options)
         .await
         .unwrap_or_else(|e| panic!("connecting the client to {url}: {e}"));
     TestServer {

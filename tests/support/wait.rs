@@ -35,8 +35,12 @@ where
 /// The health status the server at `url` reports for `service` (`""` = the whole
 /// server), or `None` if it cannot be asked (not listening yet, unknown service).
 pub async fn health_status(url: &str, service: &str) -> Option<ServingStatus> {
-    let channel = Endpoint::from_shared(url.to_owned())
-        .ok()?
+    health_status_at(Endpoint::from_shared(url.to_owned()).ok()?, service).await
+}
+
+/// [`health_status`] through `endpoint` (which may carry TLS settings).
+pub async fn health_status_at(endpoint: Endpoint, service: &str) -> Option<ServingStatus> {
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(2))
         .connect()
@@ -54,4 +58,9 @@ pub async fn health_status(url: &str, service: &str) -> Option<ServingStatus> {
 /// Whether the server at `url` reports SERVING for the whole server.
 pub async fn is_serving(url: &str) -> bool {
     health_status(url, "").await == Some(ServingStatus::Serving)
+}
+
+/// Whether the server behind `endpoint` reports SERVING for the whole server.
+pub async fn is_serving_at(endpoint: Endpoint) -> bool {
+    health_status_at(endpoint, "").await == Some(ServingStatus::Serving)
 }

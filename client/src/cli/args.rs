@@ -17,7 +17,8 @@ use super::parse;
 #[derive(Debug, Parser)]
 #[command(name = "provctl", version, propagate_version = true)]
 pub struct Cli {
-    /// Server address (`http://host:port` or `host:port`).
+    /// Server address: `http://host:port`, `https://host:port` (TLS), or `host:port`
+    /// (TLS when a TLS option is given, else plaintext).
     #[arg(
         long,
         global = true,
@@ -29,9 +30,39 @@ pub struct Cli {
     /// Output format: tables for people, JSON lines (one object per item) for scripts.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// TLS: how to trust the server and how to prove who we are.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// TLS options (global). Any of them makes a bare `host:port` server use `https://`.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// PEM CA certificate to trust for the server's certificate (instead of the public
+    /// web roots).
+    #[arg(long, global = true, env = "PROVISIONING_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS; needs --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "PROVISIONING_CLIENT_CERT",
+        requires = "client_key",
+        value_name = "PEM"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "PROVISIONING_CLIENT_KEY",
+        requires = "client_cert",
+        value_name = "PEM"
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 /// Output format.

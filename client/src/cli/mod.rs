@@ -19,9 +19,9 @@ mod output;
 mod parse;
 
 use chrono::{DateTime, Utc};
-use provisioning_client::{Client, ClientError};
+use provisioning_client::{Client, ClientError, ConnectOptions};
 
-use args::{Cli, Command, Output};
+use args::{Cli, Command, Output, TlsArgs};
 use output::Stdout;
 
 /// Why a command failed.
@@ -80,6 +80,7 @@ impl CliError {
 /// What every command needs: where the server is, how to print, and standard output.
 pub struct Context {
     server: String,
+    tls: TlsArgs,
     /// Output format chosen with `--output`.
     pub output: Output,
     /// Standard output.
@@ -89,10 +90,18 @@ pub struct Context {
 impl Context {
     /// Connects to the server. Called by commands only once their input is valid.
     pub async fn client(&self) -> Result<Client, CliError> {
-        Client::connect(self.server.clone())
+        let options = ConnectOptions::from_files(
+            self.tls.ca_cert.as_deref(),
+            self.tls.client_cert.as_deref(),
+            self.tls.client_key.as_deref(),
+        )
+        .map_err(|err| CliError::Input(one_line(&err)))?;
+        Client::connect_with(self.server.clone(), &options)
             .await
             .map_err(|err| match err {
-                ClientError::InvalidUrl(_) => CliError::Input(err.to_string()),
+                ClientError::InvalidUrl(_) | ClientError::TlsOptions(_) | ClientError::Tls(_) => {
+                    CliError::Input(one_line(&err))
+                }
                 source => CliError::Connect {
                     url: self.server.clone(),
                     source: Box::new(source),
@@ -110,6 +119,7 @@ impl Context {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let mut ctx = Context {
         server: cli.server,
+        tls: cli.tls,
         output: cli.output,
         stdout: Stdout::new(),
     };
@@ -119,6 +129,19 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Events(command) => events::run(&mut ctx, command).await,
         Command::Logs(command) => logs::run(&mut ctx, command).await,
     }
+}
+
+/// An error and its causes on one line, `: `-separated (for errors that become
+/// [`CliError::Input`], which carries text only).
+fn one_line(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// chrono → protobuf timestamp.
