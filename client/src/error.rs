@@ -13,6 +13,9 @@ pub enum ClientError {
     /// The server address is not a valid URI.
     #[error("invalid server URL `{0}`")]
     InvalidUrl(String),
+    /// The bearer token cannot be sent (not printable ASCII); it is not repeated here.
+    #[error("invalid token: it must be printable ASCII")]
+    InvalidToken,
     /// The server (or the transport on its behalf) answered with a non-OK status.
     #[error("{}", display_status(.0))]
     Rpc(tonic::Status),
@@ -23,7 +26,7 @@ impl ClientError {
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {
             Self::Rpc(status) => Some(status),
-            Self::Connect(_) | Self::InvalidUrl(_) => None,
+            Self::Connect(_) | Self::InvalidUrl(_) | Self::InvalidToken => None,
         }
     }
 

@@ -88,6 +88,17 @@ pub struct Config {
     /// How often the dispatcher looks for due work when nothing wakes it.
     #[arg(long, env = "PROVISIOND_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
+
+    /// Tokens file (TOML: `[[token]]` and `[[certificate]]` entries with names, roles,
+    /// event patterns and token SHA-256 digests), reloaded on SIGHUP and on change.
+    /// Without it the server runs in development mode: no authentication, loopback only.
+    #[arg(long, env = "PROVISIOND_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Allow development mode (no tokens file, every caller is admin) on a non-loopback
+    /// address. Never use it on a network others can reach.
+    #[arg(long, env = "PROVISIOND_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 }
 
 /// A retry schedule.

@@ -53,6 +53,7 @@ pub fn provctl(server_url: &str) -> std::process::Command {
     let mut command = std::process::Command::new(bin_path("provctl-under-test"));
     command
         .env_remove("PROVISIONING_SERVER")
+        .env_remove("PROVISIONING_TOKEN")
         .arg("--server")
         .arg(server_url);
     command

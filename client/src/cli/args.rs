@@ -26,6 +26,15 @@ pub struct Cli {
         value_name = "URL"
     )]
     pub server: String,
+    /// Bearer token sent with every call (see the server's tokens file).
+    #[arg(
+        long,
+        global = true,
+        env = "PROVISIONING_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
     /// Output format: tables for people, JSON lines (one object per item) for scripts.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,

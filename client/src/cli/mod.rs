@@ -80,6 +80,7 @@ impl CliError {
 /// What every command needs: where the server is, how to print, and standard output.
 pub struct Context {
     server: String,
+    token: Option<String>,
     /// Output format chosen with `--output`.
     pub output: Output,
     /// Standard output.
@@ -89,15 +90,19 @@ pub struct Context {
 impl Context {
     /// Connects to the server. Called by commands only once their input is valid.
     pub async fn client(&self) -> Result<Client, CliError> {
-        Client::connect(self.server.clone())
-            .await
-            .map_err(|err| match err {
-                ClientError::InvalidUrl(_) => CliError::Input(err.to_string()),
-                source => CliError::Connect {
-                    url: self.server.clone(),
-                    source: Box::new(source),
-                },
-            })
+        let connected = match Client::connect(self.server.clone()).await {
+            Ok(client) => client.with_token(self.token.as_deref()),
+            Err(err) => Err(err),
+        };
+        connected.map_err(|err| match err {
+            ClientError::InvalidUrl(_) | ClientError::InvalidToken => {
+                CliError::Input(err.to_string())
+            }
+            source => CliError::Connect {
+                url: self.server.clone(),
+                source: Box::new(source),
+            },
+        })
     }
 
     /// Prints one line on standard output.
@@ -110,14 +115,25 @@ impl Context {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let mut ctx = Context {
         server: cli.server,
+        token: cli.token,
         output: cli.output,
         stdout: Stdout::new(),
     };
-    match cli.command {
+    let result = match cli.command {
         Command::Handlers(command) => handlers::run(&mut ctx, command).await,
         Command::EventTypes(command) => events::run_event_types(&mut ctx, command).await,
         Command::Events(command) => events::run(&mut ctx, command).await,
         Command::Logs(command) => logs::run(&mut ctx, command).await,
+    };
+    match result {
+        Err(CliError::Client(err))
+            if ctx.token.is_none() && err.code() == Some(tonic::Code::Unauthenticated) =>
+        {
+            Err(CliError::Failed(format!(
+                "{err} (no token given: use --token or PROVISIONING_TOKEN)"
+            )))
+        }
+        other => other,
     }
 }
 

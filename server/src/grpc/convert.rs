@@ -19,7 +19,25 @@ pub enum SecretView {
     Full,
     /// `whsec_…` and the last 4 characters.
     Masked,
+    /// Masked, and every HTTP header value too (callers who are not admins): header
+    /// values often carry credentials (`Authorization`).
+    Redacted,
 }
+
+impl SecretView {
+    /// What a reader sees: [`SecretView::Masked`] for admins, else
+    /// [`SecretView::Redacted`].
+    pub fn for_reader(caller: &crate::auth::Caller) -> SecretView {
+        if caller.is_admin() {
+            SecretView::Masked
+        } else {
+            SecretView::Redacted
+        }
+    }
+}
+
+/// What a redacted header value shows.
+pub const REDACTED: &str = "…";
 
 fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {message}"))
@@ -259,10 +277,16 @@ pub fn handler(handler: Handler, view: SecretView) -> pb::Handler {
             secret,
         } => pb::handler::Target::Http(pb::HttpTarget {
             url,
-            headers: headers.into_iter().collect(),
+            headers: headers
+                .into_iter()
+                .map(|(name, value)| match view {
+                    SecretView::Full | SecretView::Masked => (name, value),
+                    SecretView::Redacted => (name, REDACTED.to_owned()),
+                })
+                .collect(),
             secret: match view {
                 SecretView::Full => secret,
-                SecretView::Masked => mask_secret(&secret),
+                SecretView::Masked | SecretView::Redacted => mask_secret(&secret),
             },
         }),
         Target::Script { path } => pb::handler::Target::Script(pb::ScriptTarget { path }),

@@ -34,14 +34,16 @@ impl HandlerService for HandlerApi {
         &self,
         request: Request<pb::GetHandlerRequest>,
     ) -> Result<Response<pb::Handler>, Status> {
+        let view = SecretView::for_reader(&super::caller(&request)?);
         let handler = self.registry.get(request.into_inner().id).await?;
-        Ok(Response::new(convert::handler(handler, SecretView::Masked)))
+        Ok(Response::new(convert::handler(handler, view)))
     }
 
     async fn list(
         &self,
         request: Request<pb::ListHandlersRequest>,
     ) -> Result<Response<pb::ListHandlersResponse>, Status> {
+        let view = SecretView::for_reader(&super::caller(&request)?);
         let pb::ListHandlersRequest {
             event,
             phase,
@@ -62,7 +64,7 @@ impl HandlerService for HandlerApi {
         Ok(Response::new(pb::ListHandlersResponse {
             handlers: handlers
                 .into_iter()
-                .map(|h| convert::handler(h, SecretView::Masked))
+                .map(|h| convert::handler(h, view))
                 .collect(),
             next_page_token,
         }))

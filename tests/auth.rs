@@ -1,0 +1,664 @@
+//! Authentication and roles (issue #9): the role × RPC matrix over real sockets, open
+//! health and reflection, tokens-file reload, `provisiond token new`, development mode's
+//! loopback rule, and `provctl --token`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use provisioning_client::{proto, Client, ClientError};
+use provisioning_server::auth::identities::sha256_hex;
+use provisioning_tests::{
+    bin_path, eventually, health_status, provctl, run_command, spawn_server_with, TempDir,
+    TestDatabase, TestServer,
+};
+use tonic::Code;
+
+pub(crate) const ADMIN: &str = "pvt_test_admin_token";
+pub(crate) const EMITTER: &str = "pvt_test_emitter_token";
+pub(crate) const READER: &str = "pvt_test_reader_token";
+/// An emitter limited to `clients.*`.
+pub(crate) const LIMITED: &str = "pvt_test_limited_emitter_token";
+
+/// A tokens file with one admin, one emitter, one reader and one `clients.*` emitter.
+pub(crate) struct TokensFile {
+    pub(crate) path: PathBuf,
+    _dir: TempDir,
+}
+
+impl TokensFile {
+    pub(crate) fn new() -> TokensFile {
+        let dir = TempDir::new("provisiond-tokens");
+        let path = dir.path().join("tokens.toml");
+        std::fs::write(&path, tokens_text()).expect("writing the tokens file");
+        TokensFile { path, _dir: dir }
+    }
+}
+
+fn entry(name: &str, roles: &str, events: &str, token: &str) -> String {
+    format!(
+        "[[token]]\nname = \"{name}\"\nroles = {roles}\nevents = {events}\nsha256 = \"{}\"\n\n",
+        sha256_hex(token)
+    )
+}
+
+fn tokens_text() -> String {
+    [
+        entry("ops", r#"["admin"]"#, "[]", ADMIN),
+        entry("billing", r#"["emitter"]"#, "[]", EMITTER),
+        entry("dashboard", r#"["reader"]"#, "[]", READER),
+        entry("crm", r#"["emitter"]"#, r#"["clients.*"]"#, LIMITED),
+    ]
+    .concat()
+}
+
+/// A server using a fresh [`TokensFile`] (kept alive with it).
+pub(crate) async fn secured_server(db: &TestDatabase) -> (TestServer, TokensFile) {
+    let tokens = TokensFile::new();
+    let path = tokens.path.clone();
+    let server = spawn_server_with(db, |config| config.tokens_file = Some(path)).await;
+    (server, tokens)
+}
+
+pub(crate) fn with_token(server: &TestServer, token: &str) -> Client {
+    server
+        .client
+        .clone()
+        .with_token(Some(token))
+        .expect("a valid token")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rpc {
+    CreateHandler,
+    GetHandler,
+    ListHandlers,
+    UpdateHandler,
+    SetStatus,
+    DeleteHandler,
+    RotateSecret,
+    ListEventTypes,
+    CreateEventType,
+    Emit,
+    EmitBatch,
+    EmitStream,
+    GetLog,
+    SearchLogs,
+    TailLogs,
+    LogStats,
+    Retry,
+    RetryFailed,
+    Purge,
+}
+
+const ALL: [Rpc; 19] = [
+    Rpc::CreateHandler,
+    Rpc::GetHandler,
+    Rpc::ListHandlers,
+    Rpc::UpdateHandler,
+    Rpc::SetStatus,
+    Rpc::DeleteHandler,
+    Rpc::RotateSecret,
+    Rpc::ListEventTypes,
+    Rpc::CreateEventType,
+    Rpc::Emit,
+    Rpc::EmitBatch,
+    Rpc::EmitStream,
+    Rpc::GetLog,
+    Rpc::SearchLogs,
+    Rpc::TailLogs,
+    Rpc::LogStats,
+    Rpc::Retry,
+    Rpc::RetryFailed,
+    Rpc::Purge,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    Admin,
+    Emitter,
+    Reader,
+}
+
+impl Rpc {
+    fn needs(self) -> Needs {
+        use Rpc::*;
+        match self {
+            CreateHandler | UpdateHandler | SetStatus | DeleteHandler | RotateSecret
+            | CreateEventType | Retry | RetryFailed | Purge => Needs::Admin,
+            Emit | EmitBatch | EmitStream => Needs::Emitter,
+            GetHandler | ListHandlers | ListEventTypes | GetLog | SearchLogs | TailLogs
+            | LogStats => Needs::Reader,
+        }
+    }
+
+    /// What an authorized caller gets for the request [`call`] makes: requests name
+    /// missing ids or invalid input where a success would change state.
+    fn authorized_code(self) -> Code {
+        use Rpc::*;
+        match self {
+            CreateHandler | CreateEventType => Code::InvalidArgument,
+            GetHandler | UpdateHandler | SetStatus | DeleteHandler | RotateSecret | GetLog
+            | Retry | RetryFailed => Code::NotFound,
+            _ => Code::Ok,
+        }
+    }
+}
+
+const MISSING: i64 = 987_654_321;
+
+fn emit_request(event: &str) -> proto::EmitRequest {
+    proto::EmitRequest {
+        event: event.into(),
+        phase: proto::Phase::After.into(),
+        data_json: r#"{"id": 1}"#.into(),
+        idempotency_key: String::new(),
+    }
+}
+
+fn code(result: Result<(), ClientError>) -> Code {
+    match result {
+        Ok(()) => Code::Ok,
+        Err(error) => error
+            .code()
+            .unwrap_or_else(|| panic!("not an RPC error: {error}")),
+    }
+}
+
+/// Makes one call of `rpc` (emits name `event`) and returns its status code; for
+/// EmitStream, the first ack's code when the stream opened.
+async fn call(client: &Client, rpc: Rpc, event: &str) -> Code {
+    use Rpc::*;
+    let result = match rpc {
+        CreateHandler => client
+            .create_handler(proto::CreateHandlerRequest::default())
+            .await
+            .map(drop),
+        GetHandler => client
+            .get_handler(proto::GetHandlerRequest { id: MISSING })
+            .await
+            .map(drop),
+        ListHandlers => client
+            .list_handlers(proto::ListHandlersRequest::default())
+            .await
+            .map(drop),
+        UpdateHandler => client
+            .update_handler(proto::UpdateHandlerRequest {
+                handler: Some(proto::Handler {
+                    id: MISSING,
+                    name: "x".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["name".into()],
+                }),
+            })
+            .await
+            .map(drop),
+        SetStatus => client
+            .set_handler_status(proto::SetHandlerStatusRequest {
+                id: MISSING,
+                status: proto::HandlerStatus::Enabled.into(),
+            })
+            .await
+            .map(drop),
+        DeleteHandler => {
+            client
+                .delete_handler(proto::DeleteHandlerRequest { id: MISSING })
+                .await
+        }
+        RotateSecret => client
+            .rotate_secret(proto::RotateSecretRequest { id: MISSING })
+            .await
+            .map(drop),
+        ListEventTypes => client
+            .list_event_types(proto::ListEventTypesRequest {})
+            .await
+            .map(drop),
+        CreateEventType => client
+            .create_event_type(proto::CreateEventTypeRequest {
+                name: "NOT VALID".into(),
+                description: String::new(),
+            })
+            .await
+            .map(drop),
+        Emit => client.emit(emit_request(event)).await.map(drop),
+        EmitBatch => client
+            .emit_batch(proto::EmitBatchRequest {
+                events: vec![emit_request(event)],
+            })
+            .await
+            .map(drop),
+        EmitStream => {
+            let request = proto::EmitStreamRequest {
+                sequence: 1,
+                event: Some(emit_request(event)),
+            };
+            match client.emit_stream(tokio_stream::iter([request])).await {
+                Ok(mut acks) => {
+                    let ack = acks
+                        .next()
+                        .await
+                        .expect("an ack")
+                        .expect("an ack, not an error");
+                    return Code::from_i32(ack.error_code);
+                }
+                Err(error) => Err(error),
+            }
+        }
+        GetLog => client
+            .get_log(proto::GetLogRequest { id: MISSING })
+            .await
+            .map(drop),
+        SearchLogs => match client
+            .search_logs(proto::SearchLogsRequest::default())
+            .await
+        {
+            Ok(mut stream) => {
+                while let Some(item) = stream.next().await {
+                    item.expect("search item");
+                }
+                Ok(())
+            }
+            Err(error) => Err(error),
+        },
+        TailLogs => client
+            .tail_logs(proto::TailLogsRequest::default())
+            .await
+            .map(drop),
+        LogStats => client
+            .log_stats(proto::LogStatsRequest::default())
+            .await
+            .map(drop),
+        Retry => client
+            .retry(proto::RetryRequest {
+                log_id: MISSING,
+                resend: false,
+            })
+            .await
+            .map(drop),
+        RetryFailed => client
+            .retry_failed(proto::RetryFailedRequest {
+                handler_id: MISSING,
+                since: None,
+            })
+            .await
+            .map(drop),
+        Purge => client
+            .purge(proto::PurgeRequest {
+                older_than: Some(prost_types::Timestamp {
+                    seconds: 86_400,
+                    nanos: 0,
+                }),
+            })
+            .await
+            .map(drop),
+    };
+    code(result)
+}
+
+/// Every RPC of the three services, called with no token, a wrong token, each role and
+/// an emitter outside its patterns, answers exactly the expected code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_answers_the_role_matrix() {
+    let db = TestDatabase::new().await;
+    let (server, _tokens) = secured_server(&db).await;
+    let anonymous = server.client.clone();
+    let wrong = with_token(&server, "pvt_not_a_configured_token");
+    let admin = with_token(&server, ADMIN);
+    let emitter = with_token(&server, EMITTER);
+    let reader = with_token(&server, READER);
+    let limited = with_token(&server, LIMITED);
+
+    let mut failures = Vec::new();
+    for rpc in ALL {
+        let allowed = rpc.authorized_code();
+        let denied = Code::PermissionDenied;
+        let needs = rpc.needs();
+        let cases = [
+            ("no token", &anonymous, Code::Unauthenticated),
+            ("wrong token", &wrong, Code::Unauthenticated),
+            (
+                "admin",
+                &admin,
+                if needs == Needs::Emitter {
+                    denied
+                } else {
+                    allowed
+                },
+            ),
+            (
+                "emitter",
+                &emitter,
+                if needs == Needs::Emitter {
+                    allowed
+                } else {
+                    denied
+                },
+            ),
+            (
+                "reader",
+                &reader,
+                if needs == Needs::Reader {
+                    allowed
+                } else {
+                    denied
+                },
+            ),
+            // Emits name accounts.create, outside the limited emitter's clients.*.
+            ("limited emitter", &limited, denied),
+        ];
+        for (who, client, expected) in cases {
+            let got = call(client, rpc, "accounts.create").await;
+            if got != expected {
+                failures.push(format!(
+                    "{rpc:?} as {who}: expected {expected:?}, got {got:?}"
+                ));
+            }
+        }
+        if needs == Needs::Emitter {
+            let got = call(&limited, rpc, "clients.create").await;
+            if got != Code::Ok {
+                failures.push(format!(
+                    "{rpc:?} of clients.create as limited emitter: got {got:?}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A refusal says what is wrong without repeating the token, and a batch is checked
+/// event by event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_clear_and_never_echo_the_token() {
+    let db = TestDatabase::new().await;
+    let (server, _tokens) = secured_server(&db).await;
+    let wrong = "pvt_wrong_secret_value";
+    let error = with_token(&server, wrong)
+        .list_handlers(proto::ListHandlersRequest::default())
+        .await
+        .unwrap_err();
+    let status = error.status().expect("a status");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(
+        status.message().contains("invalid bearer token"),
+        "{status:?}"
+    );
+    assert!(!format!("{status:?}").contains(wrong), "{status:?}");
+
+    let error = server
+        .client
+        .list_handlers(proto::ListHandlersRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("authorization: Bearer"),
+        "{error}"
+    );
+
+    let error = with_token(&server, READER)
+        .purge(proto::PurgeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(Code::PermissionDenied));
+    assert!(
+        error.to_string().contains("needs the admin role") && !error.to_string().contains(READER),
+        "{error}"
+    );
+
+    let error = with_token(&server, LIMITED)
+        .emit_batch(proto::EmitBatchRequest {
+            events: vec![
+                emit_request("clients.create"),
+                emit_request("accounts.delete"),
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(Code::PermissionDenied));
+    assert!(
+        error.to_string().contains("events[1].event") && error.to_string().contains("clients.*"),
+        "{error}"
+    );
+}
+
+/// Health and reflection stay open: load balancers and grpcurl carry no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_need_no_token() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let db = TestDatabase::new().await;
+    let (server, _tokens) = secured_server(&db).await;
+    assert_eq!(
+        health_status(&server.url, "provisioning.v1.EventService").await,
+        Some(tonic_health::pb::health_check_response::ServingStatus::Serving)
+    );
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection without a token")
+        .into_inner();
+    assert!(replies.message().await.expect("a reply").is_some());
+}
+
+/// Non-admin readers see neither secrets nor header values; admins see header values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_see_handlers_with_header_values_masked() {
+    let db = TestDatabase::new().await;
+    let (server, _tokens) = secured_server(&db).await;
+    let admin = with_token(&server, ADMIN);
+    let created = admin
+        .create_handler(proto::CreateHandlerRequest {
+            name: "crm".into(),
+            event: "clients.create".into(),
+            phase: proto::Phase::After.into(),
+            target: Some(proto::create_handler_request::Target::Http(
+                proto::HttpTarget {
+                    url: "http://127.0.0.1:9/hook".into(),
+                    headers: [("authorization".to_owned(), "Bearer crm-secret".to_owned())].into(),
+                    secret: String::new(),
+                },
+            )),
+            ..Default::default()
+        })
+        .await
+        .expect("create as admin");
+    let http = |handler: proto::Handler| match handler.target {
+        Some(proto::handler::Target::Http(http)) => http,
+        other => panic!("not HTTP: {other:?}"),
+    };
+    let full_secret = http(created.clone()).secret;
+    let request = proto::GetHandlerRequest { id: created.id };
+    let as_reader = http(
+        with_token(&server, READER)
+            .get_handler(request)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(as_reader.headers["authorization"], "…");
+    assert_ne!(as_reader.secret, full_secret);
+    let listed = with_token(&server, READER)
+        .list_handlers(proto::ListHandlersRequest::default())
+        .await
+        .unwrap();
+    let text = format!("{listed:?}");
+    assert!(
+        !text.contains("crm-secret") && !text.contains(&full_secret),
+        "{text}"
+    );
+    let as_admin = http(admin.get_handler(request).await.unwrap());
+    assert_eq!(as_admin.headers["authorization"], "Bearer crm-secret");
+    assert_ne!(as_admin.secret, full_secret);
+}
+
+/// Rewriting the tokens file takes effect without a restart, within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_tokens_file_is_reloaded() {
+    let db = TestDatabase::new().await;
+    let (server, tokens) = secured_server(&db).await;
+    let fresh = "pvt_added_after_start";
+    let client = with_token(&server, fresh);
+    let error = client
+        .list_event_types(proto::ListEventTypesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(Code::Unauthenticated));
+
+    // A broken file keeps the previous identities.
+    std::fs::write(&tokens.path, "[[token]]\nname = ").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    with_token(&server, READER)
+        .list_event_types(proto::ListEventTypesRequest {})
+        .await
+        .expect("the previous identities stay after a failed reload");
+
+    // The new file: the fresh token in, the old reader out.
+    std::fs::write(&tokens.path, entry("late", r#"["reader"]"#, "[]", fresh)).unwrap();
+    eventually(Duration::from_secs(10), "the fresh token to work", || {
+        let client = client.clone();
+        async move {
+            client
+                .list_event_types(proto::ListEventTypesRequest {})
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let error = with_token(&server, READER)
+        .list_event_types(proto::ListEventTypesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(Code::Unauthenticated));
+}
+
+/// `provisiond token new | tail -n +2` is a tokens file whose entry accepts the token
+/// printed on the first line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_new_prints_a_token_and_its_entry() {
+    let mut command = std::process::Command::new(bin_path("provisiond-under-test"));
+    command.args([
+        "token",
+        "new",
+        "--name",
+        "billing",
+        "--role",
+        "emitter",
+        "--role",
+        "reader",
+        "--events",
+        "clients.*,accounts.create",
+    ]);
+    let output = run_command(command).await;
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let (token, entry) = stdout.split_once('\n').expect("two parts");
+    assert!(
+        token.starts_with("pvt_") && !entry.contains(token),
+        "{stdout}"
+    );
+
+    let db = TestDatabase::new().await;
+    let dir = TempDir::new("provisiond-tokens");
+    let path = dir.path().join("tokens.toml");
+    std::fs::write(&path, entry).unwrap();
+    let server = spawn_server_with(&db, |config| config.tokens_file = Some(path)).await;
+    let client = with_token(&server, token);
+    client
+        .emit(emit_request("accounts.create"))
+        .await
+        .expect("emitter role and pattern");
+    client
+        .list_event_types(proto::ListEventTypesRequest {})
+        .await
+        .expect("reader role");
+    let error = client
+        .emit(emit_request("accounts.delete"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(Code::PermissionDenied));
+
+    let mut command = std::process::Command::new(bin_path("provisiond-under-test"));
+    command.args(["token", "new", "--name", "x", "--role", "root"]);
+    let output = run_command(command).await;
+    assert!(!output.status.success());
+}
+
+/// Without a tokens file the server refuses a non-loopback address unless told to
+/// accept the risk, and says which flag that is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn development_mode_refuses_a_non_loopback_address() {
+    let db = TestDatabase::new().await;
+    let scripts = TempDir::new("provisiond-scripts");
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let mut config = provisioning_tests::test_config(&db, scripts.path());
+    config.tokens_file = None;
+    let shutdown = provisioning_server::shutdown::Shutdown::default();
+    let error = provisioning_server::run(config.clone(), listener, shutdown)
+        .await
+        .expect_err("development mode on 0.0.0.0");
+    let message = error.to_string();
+    assert!(
+        message.contains("--insecure-no-auth") && message.contains("0.0.0.0"),
+        "{message}"
+    );
+
+    // An unreadable or invalid tokens file is a start-up error too.
+    config.tokens_file = Some(scripts.path().join("missing.toml"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = provisioning_server::run(config, listener, Default::default())
+        .await
+        .expect_err("a missing tokens file");
+    assert!(error.to_string().contains("missing.toml"), "{error}");
+
+    // The real binary: exit code 1 and the message on stderr.
+    let mut command = std::process::Command::new(bin_path("provisiond-under-test"));
+    command
+        .env_remove("PROVISIOND_TOKENS_FILE")
+        .env("DATABASE_URL", &db.url)
+        .args(["--listen", "0.0.0.0:0"]);
+    let output = run_command(command).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--insecure-no-auth"));
+}
+
+/// provctl sends --token (or PROVISIONING_TOKEN); without one it fails saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provctl_uses_its_token() {
+    let db = TestDatabase::new().await;
+    let (server, _tokens) = secured_server(&db).await;
+    let mut command = provctl(&server.url);
+    command.args(["event-types", "list"]);
+    let output = run_command(command).await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("Unauthenticated") && stderr.contains("--token"),
+        "{stderr}"
+    );
+
+    let mut command = provctl(&server.url);
+    command.args(["--token", READER, "event-types", "list"]);
+    let output = run_command(command).await;
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("clients.create"));
+
+    let mut command = provctl(&server.url);
+    command
+        .env("PROVISIONING_TOKEN", READER)
+        .args(["handlers", "delete", "1"]);
+    let output = run_command(command).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("PermissionDenied"));
+}
