@@ -662,3 +662,125 @@ async fn provctl_uses_its_token() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("PermissionDenied"));
 }
+
+/// Every handler change is recorded with the caller's name, and the snapshots hold
+/// neither the signing secret nor header values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_changes_are_audited_with_the_callers_name() {
+    let db = TestDatabase::new().await;
+    let (server, _tokens) = secured_server(&db).await;
+    let admin = with_token(&server, ADMIN);
+    let created = admin
+        .create_handler(proto::CreateHandlerRequest {
+            name: "crm".into(),
+            event: "clients.create".into(),
+            phase: proto::Phase::After.into(),
+            target: Some(proto::create_handler_request::Target::Http(
+                proto::HttpTarget {
+                    url: "http://127.0.0.1:9/hook".into(),
+                    headers: [("authorization".to_owned(), "Bearer crm-secret".to_owned())].into(),
+                    secret: String::new(),
+                },
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let id = created.id;
+    let mut secrets = vec!["crm-secret".to_owned()];
+    if let Some(proto::handler::Target::Http(http)) = &created.target {
+        secrets.push(http.secret.clone());
+    }
+    admin
+        .update_handler(proto::UpdateHandlerRequest {
+            handler: Some(proto::Handler {
+                id,
+                name: "crm v2".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["name".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    admin
+        .set_handler_status(proto::SetHandlerStatusRequest {
+            id,
+            status: proto::HandlerStatus::Disabled.into(),
+        })
+        .await
+        .unwrap();
+    let rotated = admin
+        .rotate_secret(proto::RotateSecretRequest { id })
+        .await
+        .unwrap();
+    if let Some(proto::handler::Target::Http(http)) = &rotated.target {
+        secrets.push(http.secret.clone());
+    }
+    admin
+        .delete_handler(proto::DeleteHandlerRequest { id })
+        .await
+        .unwrap();
+    admin
+        .create_event_type(proto::CreateEventTypeRequest {
+            name: "crm.sync".into(),
+            description: "synced".into(),
+        })
+        .await
+        .unwrap();
+
+    let reader = with_token(&server, READER);
+    let trail = reader
+        .list_audit(proto::ListAuditRequest {
+            handler_id: id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<&str> = trail.entries.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["Delete", "RotateSecret", "SetStatus", "Update", "Create"]
+    );
+    for entry in &trail.entries {
+        assert_eq!((entry.actor.as_str(), entry.handler_id), ("ops", id));
+        for secret in &secrets {
+            assert!(
+                !entry.before_json.contains(secret.as_str())
+                    && !entry.after_json.contains(secret.as_str()),
+                "{entry:?}"
+            );
+        }
+    }
+    let update = &trail.entries[3];
+    assert!(update.before_json.contains("\"crm\"") && update.after_json.contains("crm v2"));
+    assert!(
+        update.after_json.contains("authorization"),
+        "header names stay"
+    );
+    assert!(trail.entries[0].after_json.is_empty());
+    assert!(trail.entries[4].before_json.is_empty());
+
+    let all = reader
+        .list_audit(proto::ListAuditRequest {
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.entries[0].action, "CreateEventType");
+    assert_eq!(all.entries[0].handler_id, 0);
+    assert!(!all.next_page_token.is_empty());
+
+    // provctl audit, with its token.
+    let mut command = provctl(&server.url);
+    command.args(["--token", READER, "audit", "--handler", &id.to_string()]);
+    let output = run_command(command).await;
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("ops") && stdout.contains("RotateSecret") && stdout.contains("name"),
+        "{stdout}"
+    );
+}

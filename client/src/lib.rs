@@ -243,6 +243,19 @@ impl Client {
             .into_inner())
     }
 
+    /// `HandlerService.ListAudit`: who changed handlers and event types, newest first.
+    pub async fn list_audit(
+        &self,
+        request: proto::ListAuditRequest,
+    ) -> Result<proto::ListAuditResponse, ClientError> {
+        Ok(self
+            .handlers
+            .clone()
+            .list_audit(request)
+            .await?
+            .into_inner())
+    }
+
     // EventService
 
     /// `EventService.Emit`: one event; for BEFORE, the decision and the final data.

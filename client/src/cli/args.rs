@@ -67,6 +67,19 @@ pub enum Command {
     /// Execution logs: one row per handler run.
     #[command(subcommand)]
     Logs(LogsCommand),
+    /// Who changed handlers and event types (newest first).
+    Audit(AuditArgs),
+}
+
+/// `provctl audit`
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only changes of this handler.
+    #[arg(long = "handler", value_name = "ID")]
+    pub handler_id: Option<i64>,
+    /// At most this many changes (all pages are followed up to it).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
 }
 
 /// `provctl handlers ...`

@@ -9,6 +9,7 @@
 //! Errors are [`CliError`]; `main` prints them as one line and maps them to exit codes.
 
 pub mod args;
+mod audit;
 mod emit_file;
 mod events;
 mod handler_view;
@@ -124,6 +125,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::EventTypes(command) => events::run_event_types(&mut ctx, command).await,
         Command::Events(command) => events::run(&mut ctx, command).await,
         Command::Logs(command) => logs::run(&mut ctx, command).await,
+        Command::Audit(args) => audit::run(&mut ctx, args).await,
     };
     match result {
         Err(CliError::Client(err))

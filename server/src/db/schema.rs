@@ -58,6 +58,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    handler_audit (id) {
+        id -> Int8,
+        created_at -> Timestamptz,
+        actor -> Text,
+        action -> Text,
+        handler_id -> Nullable<Int8>,
+        before -> Nullable<Jsonb>,
+        after -> Nullable<Jsonb>,
+    }
+}
+
+diesel::table! {
     handlers (id) {
         id -> Int8,
         name -> Text,
@@ -89,5 +101,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     event_types,
     events,
     execution_logs,
+    handler_audit,
     handlers,
 );

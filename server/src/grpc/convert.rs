@@ -336,6 +336,20 @@ fn mask_secret(secret: &str) -> String {
     format!("whsec_…{tail}")
 }
 
+/// AuditEntry → proto.
+pub fn audit_entry(entry: crate::domain::handlers::AuditEntry) -> pb::AuditEntry {
+    let json = |value: Option<serde_json::Value>| value.map(|v| v.to_string()).unwrap_or_default();
+    pb::AuditEntry {
+        id: entry.id,
+        created_at: Some(timestamp(entry.at)),
+        actor: entry.actor,
+        action: entry.action,
+        handler_id: entry.handler_id.unwrap_or_default(),
+        before_json: json(entry.before),
+        after_json: json(entry.after),
+    }
+}
+
 /// EventType → proto.
 pub fn event_type(event_type: EventType) -> pb::EventType {
     pb::EventType {
