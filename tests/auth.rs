@@ -784,3 +784,60 @@ async fn handler_changes_are_audited_with_the_callers_name() {
         "{stdout}"
     );
 }
+
+/// The execution log says who emitted each event, for AFTER and BEFORE runs, and
+/// development mode records `anonymous`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_rows_show_who_emitted_the_event() {
+    let db = TestDatabase::new().await;
+    let (server, _tokens) = secured_server(&db).await;
+    let admin = with_token(&server, ADMIN);
+    for phase in [proto::Phase::After, proto::Phase::Before] {
+        admin
+            .create_handler(proto::CreateHandlerRequest {
+                name: format!("{phase:?}"),
+                event: "clients.create".into(),
+                phase: phase.into(),
+                target: Some(proto::create_handler_request::Target::Script(
+                    proto::ScriptTarget {
+                        path: "echo.sh".into(),
+                    },
+                )),
+                ..Default::default()
+            })
+            .await
+            .expect("a script handler");
+    }
+    let emitter = with_token(&server, LIMITED);
+    emitter
+        .emit(emit_request("clients.create"))
+        .await
+        .expect("AFTER");
+    let mut before = emit_request("clients.create");
+    before.phase = proto::Phase::Before.into();
+    emitter.emit(before).await.expect("BEFORE");
+
+    let reader = with_token(&server, READER);
+    let rows = eventually(Duration::from_secs(20), "both runs logged", || {
+        let reader = reader.clone();
+        async move {
+            let mut stream = reader
+                .search_logs(proto::SearchLogsRequest::default())
+                .await
+                .ok()?;
+            let mut rows = Vec::new();
+            while let Some(Ok(entry)) = stream.next().await {
+                rows.extend(entry.log);
+            }
+            (rows.len() >= 2).then_some(rows)
+        }
+    })
+    .await;
+    for row in rows {
+        let log = reader
+            .get_log(proto::GetLogRequest { id: row.id })
+            .await
+            .unwrap();
+        assert_eq!(log.emitted_by, "crm", "{log:?}");
+    }
+}

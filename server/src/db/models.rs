@@ -105,6 +105,7 @@ pub struct LogRow {
     pub exit_code: Option<i32>,
     pub event_id: i64,
     pub delivery_id: Option<i64>,
+    pub emitted_by: Option<String>,
 }
 
 /// A `jsonb` value read as PostgreSQL prints it, without parsing: whatever a stored row

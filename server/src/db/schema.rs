@@ -31,6 +31,7 @@ diesel::table! {
         data -> Text,
         idempotency_key -> Nullable<Text>,
         created_at -> Timestamptz,
+        emitted_by -> Nullable<Text>,
     }
 }
 
@@ -54,6 +55,7 @@ diesel::table! {
         exit_code -> Nullable<Int4>,
         event_id -> Int8,
         delivery_id -> Nullable<Int8>,
+        emitted_by -> Nullable<Text>,
     }
 }
 

@@ -86,6 +86,8 @@ pub struct ExecutionLog {
     pub event_id: i64,
     /// Delivery id (AFTER).
     pub delivery_id: Option<i64>,
+    /// Who emitted the event (the caller's name), when recorded.
+    pub emitted_by: Option<String>,
 }
 
 impl ExecutionLog {
@@ -121,6 +123,7 @@ impl TryFrom<LogRow> for ExecutionLog {
             exit_code,
             event_id,
             delivery_id,
+            emitted_by,
         } = row;
         Ok(ExecutionLog {
             id,
@@ -141,6 +144,7 @@ impl TryFrom<LogRow> for ExecutionLog {
             exit_code,
             event_id,
             delivery_id,
+            emitted_by,
         })
     }
 }

@@ -60,7 +60,7 @@ impl EventService for EventApi {
         let phase = convert::required_phase(phase, "phase")?;
         let event = self
             .ingest
-            .validate("", event, data_json, idempotency_key)
+            .validate(&caller, "", event, data_json, idempotency_key)
             .await?;
         let reply = match phase {
             Phase::After => {
@@ -76,8 +76,11 @@ impl EventService for EventApi {
                 // A task of its own: if the caller goes away (or tonic's own timeout
                 // fires), the runs already started still finish and are logged.
                 let chain = self.before.clone();
-                let run =
-                    tokio::spawn(async move { chain.run(event.event, event.data, deadline).await });
+                let run = tokio::spawn(async move {
+                    chain
+                        .run(event.event, event.data, event.emitted_by, deadline)
+                        .await
+                });
                 let chain_result = run.await.map_err(|e| DomainError::Internal(Box::new(e)))?;
                 before_reply(chain_result?)
             }
@@ -194,7 +197,7 @@ impl EventApi {
             )));
         }
         self.ingest
-            .validate(field, event, data_json, idempotency_key)
+            .validate(caller, field, event, data_json, idempotency_key)
             .await
             .map_err(Status::from)
     }
