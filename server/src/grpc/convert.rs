@@ -363,6 +363,72 @@ pub fn event_type(event_type: EventType) -> pb::EventType {
 mod tests {
     use super::*;
 
+    fn http_handler() -> Handler {
+        Handler {
+            id: 1,
+            name: "crm".into(),
+            event: "clients.create".into(),
+            phase: Phase::After,
+            status: HandlerStatus::Enabled,
+            priority: 0,
+            timeout_ms: 1000,
+            target: Target::Http {
+                url: "http://crm/hook".into(),
+                headers: [("authorization".to_owned(), "Bearer crm-key".to_owned())].into(),
+                secret: "whsec_abcdefgh".into(),
+            },
+            failure_policy: FailurePolicy::FailClosed,
+            filter: None,
+            disabled_reason: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn readers_who_are_not_admins_see_header_values_masked() {
+        let reader = crate::auth::Caller {
+            name: "r".into(),
+            roles: vec![crate::auth::Role::Reader],
+            event_patterns: vec![],
+        };
+        assert_eq!(SecretView::for_reader(&reader), SecretView::Redacted);
+        assert_eq!(
+            SecretView::for_reader(&crate::auth::Caller::development()),
+            SecretView::Masked
+        );
+        let shown = |view| match convert_target(handler(http_handler(), view)) {
+            pb::handler::Target::Http(http) => (http.headers["authorization"].clone(), http.secret),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            shown(SecretView::Redacted),
+            ("…".into(), "whsec_…efgh".into())
+        );
+        assert_eq!(
+            shown(SecretView::Masked),
+            ("Bearer crm-key".into(), "whsec_…efgh".into())
+        );
+        assert_eq!(shown(SecretView::Full).1, "whsec_abcdefgh");
+    }
+
+    #[test]
+    fn audit_snapshots_hold_no_secret_and_no_header_value() {
+        let text = crate::domain::handlers::snapshot(&http_handler()).to_string();
+        assert!(
+            !text.contains("whsec_") && !text.contains("crm-key"),
+            "{text}"
+        );
+        assert!(
+            text.contains("authorization") && text.contains("http://crm/hook"),
+            "{text}"
+        );
+    }
+
+    fn convert_target(handler: pb::Handler) -> pb::handler::Target {
+        handler.target.expect("a target")
+    }
+
     #[test]
     fn secrets_are_masked_to_their_last_four_characters() {
         assert_eq!(mask_secret("whsec_abcdefgh"), "whsec_…efgh");
