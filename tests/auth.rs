@@ -841,3 +841,88 @@ async fn log_rows_show_who_emitted_the_event() {
         assert_eq!(log.emitted_by, "crm", "{log:?}");
     }
 }
+
+/// `--insecure-no-auth` lets development mode listen on every interface.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_no_auth_allows_a_non_loopback_address() {
+    let db = TestDatabase::new().await;
+    let scripts = TempDir::new("provisiond-scripts");
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut config = provisioning_tests::test_config(&db, scripts.path());
+    config.insecure_no_auth = true;
+    let shutdown = provisioning_server::shutdown::Shutdown::default();
+    let token = shutdown.token.clone();
+    let task = tokio::spawn(provisioning_server::run(config, listener, shutdown));
+    let url = format!("http://127.0.0.1:{port}");
+    eventually(Duration::from_secs(30), "the server to serve", || {
+        let url = url.clone();
+        async move { provisioning_tests::is_serving(&url).await.then_some(()) }
+    })
+    .await;
+    token.cancel();
+    task.await.expect("join").expect("a clean stop");
+}
+
+/// SIGHUP reloads the tokens file even when its metadata looks unchanged (the real
+/// binary; the file is rewritten in place with the same size and modification time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tokens_file() {
+    use std::os::unix::ffi::OsStrExt;
+
+    let db = TestDatabase::new().await;
+    let scripts = TempDir::new("provisiond-scripts");
+    let dir = TempDir::new("provisiond-tokens");
+    let path = dir.path().join("tokens.toml");
+    // Two tokens of the same length, so the file keeps its size.
+    let (first, second) = ("pvt_sighup_token_aaaa", "pvt_sighup_token_bbbb");
+    std::fs::write(&path, entry("first", r#"["reader"]"#, "[]", first)).unwrap();
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let path_arg = path.to_str().unwrap().to_owned();
+    let mut server = provisioning_tests::spawn_server_process(
+        &db,
+        scripts.path(),
+        &["--tokens-file", &path_arg],
+    )
+    .await;
+    let list = |token: &'static str| {
+        let client = server.client.clone().with_token(Some(token)).unwrap();
+        async move {
+            client
+                .list_event_types(proto::ListEventTypesRequest {})
+                .await
+                .map(drop)
+                .map_err(|e| e.code())
+        }
+    };
+    list(first).await.expect("the first token");
+
+    std::fs::write(&path, entry("first", r#"["reader"]"#, "[]", second)).unwrap();
+    // Put the modification time back: only SIGHUP can reveal the change now.
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let since = mtime.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let times = [libc::timespec {
+        tv_sec: since.as_secs() as libc::time_t,
+        tv_nsec: since.subsec_nanos() as _,
+    }; 2];
+    // SAFETY: a valid NUL-terminated path and two timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c_path.as_ptr(), times.as_ptr(), 0) };
+    assert_eq!(rc, 0, "utimensat");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(list(second).await, Err(Some(Code::Unauthenticated)));
+
+    let pid = server.pid().expect("running");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+    eventually(Duration::from_secs(10), "the reload on SIGHUP", || async {
+        list(second).await.ok()
+    })
+    .await;
+    assert_eq!(list(first).await, Err(Some(Code::Unauthenticated)));
+    assert!(
+        server.log().contains("tokens file reloaded"),
+        "{}",
+        server.log()
+    );
+    server.stop().await;
+}
