@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area, helpers in `support/`
 //! (the `provisioning_tests` library).
 
+mod auth;
 mod before;
 mod cli;
 mod cli_logs;

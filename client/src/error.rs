@@ -32,6 +32,9 @@ pub enum ClientError {
     /// The TLS settings are unusable (e.g. a CA or client certificate that is not PEM).
     #[error("invalid TLS settings")]
     Tls(#[source] tonic::transport::Error),
+    /// The bearer token cannot be sent (not printable ASCII); it is not repeated here.
+    #[error("invalid token: it must be printable ASCII")]
+    InvalidToken,
     /// The server (or the transport on its behalf) answered with a non-OK status.
     #[error("{}", display_status(.0))]
     Rpc(tonic::Status),
@@ -46,7 +49,8 @@ impl ClientError {
             | Self::InvalidUrl(_)
             | Self::ReadFile { .. }
             | Self::TlsOptions(_)
-            | Self::Tls(_) => None,
+            | Self::Tls(_)
+            | Self::InvalidToken => None,
         }
     }
 

@@ -41,6 +41,8 @@ mod retry;
 
 use futures_util::Stream;
 use tonic::codec::Streaming;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub use connect::ConnectOptions;
@@ -57,15 +59,48 @@ use proto::handler_service_client::HandlerServiceClient;
 /// two data objects (1 MiB each by default) and a handler page up to 1000 handlers.
 const MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
+/// Sends `authorization: Bearer <token>` with every call when a token is set.
+#[derive(Clone, Default)]
+pub struct BearerAuth {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl std::fmt::Debug for BearerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.debug_struct("BearerAuth")
+            .field("token", &self.header.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(header) = &self.header {
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The channel every generated client uses: the connection plus the bearer token.
+type Transport = InterceptedService<Channel, BearerAuth>;
+
 /// A connection to the Provisioning API: one method per RPC.
 ///
 /// Cloning is cheap and clones share the connection; methods take `&self`, so one client
 /// can serve concurrent tasks.
 #[derive(Debug, Clone)]
 pub struct Client {
-    handlers: HandlerServiceClient<Channel>,
-    events: EventServiceClient<Channel>,
-    logs: ExecutionLogServiceClient<Channel>,
+    channel: Channel,
+    handlers: HandlerServiceClient<Transport>,
+    events: EventServiceClient<Transport>,
+    logs: ExecutionLogServiceClient<Transport>,
     /// How emits are retried.
     retry: RetryPolicy,
 }
@@ -97,12 +132,40 @@ impl Client {
     /// Builds a client over an existing channel (for example a lazily connected one, or
     /// one with TLS or interceptors configured by the caller).
     pub fn from_channel(channel: Channel) -> Self {
+        Self::with_auth(channel, BearerAuth::default())
+    }
+
+    /// The same connection, sending `authorization: Bearer <token>` with every call
+    /// (`None`: no token). [`ClientError::InvalidToken`] when the token cannot be sent
+    /// as metadata (it is not printable ASCII); the error does not contain it.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the crate's one error type, as every async method returns"
+    )]
+    pub fn with_token(self, token: Option<&str>) -> Result<Self, ClientError> {
+        let header = match token {
+            None => None,
+            Some(token) => Some(
+                format!("Bearer {}", token.trim())
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| ClientError::InvalidToken)?,
+            ),
+        };
+        Ok(Self {
+            retry: self.retry,
+            ..Self::with_auth(self.channel, BearerAuth { header })
+        })
+    }
+
+    fn with_auth(channel: Channel, auth: BearerAuth) -> Self {
+        let transport = InterceptedService::new(channel.clone(), auth);
         Self {
-            handlers: HandlerServiceClient::new(channel.clone())
+            channel,
+            handlers: HandlerServiceClient::new(transport.clone())
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
-            events: EventServiceClient::new(channel.clone())
+            events: EventServiceClient::new(transport.clone())
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
-            logs: ExecutionLogServiceClient::new(channel)
+            logs: ExecutionLogServiceClient::new(transport)
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
             retry: RetryPolicy::default(),
         }
@@ -206,6 +269,19 @@ impl Client {
             .handlers
             .clone()
             .create_event_type(request)
+            .await?
+            .into_inner())
+    }
+
+    /// `HandlerService.ListAudit`: who changed handlers and event types, newest first.
+    pub async fn list_audit(
+        &self,
+        request: proto::ListAuditRequest,
+    ) -> Result<proto::ListAuditResponse, ClientError> {
+        Ok(self
+            .handlers
+            .clone()
+            .list_audit(request)
             .await?
             .into_inner())
     }

@@ -176,6 +176,17 @@ pub struct Config {
         value_name = "PEM"
     )]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// Tokens file (TOML: `[[token]]` and `[[certificate]]` entries with names, roles,
+    /// event patterns and token SHA-256 digests), reloaded on SIGHUP and on change.
+    /// Without it the server runs in development mode: no authentication, loopback only.
+    #[arg(long, env = "PROVISIOND_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Allow development mode (no tokens file, every caller is admin) on a non-loopback
+    /// address. Never use it on a network others can reach.
+    #[arg(long, env = "PROVISIOND_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 }
 
 /// Bytes a gRPC message may hold beyond the event data it carries (other fields,

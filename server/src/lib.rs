@@ -7,6 +7,8 @@
 //!
 //! # Layout
 //! - `config`: flags and environment, validated once.
+//! - `auth`: callers and roles: the tokens file, the tower layer that turns credentials
+//!   into a `Caller` in request extensions, the reloader, development mode.
 //! - `db`: pool, blocking helper, schema, row models, one query module per aggregate,
 //!   prepared hand-written statements, the embedded PostgreSQL cluster (one owning
 //!   process per data directory, restarted by its supervisor if it dies).
@@ -70,6 +72,9 @@ pub enum ServerError {
     /// The gRPC transport failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The tokens file is unusable, or development mode would expose the server.
+    #[error("{0}")]
+    Auth(String),
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -95,6 +100,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), ServerError> {
     config.validate().map_err(ServerError::Config)?;
+    let gate = auth_gate(&config, &listener)?;
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };
     // Refused before anything starts: as root, scripts must have an account to run as.
@@ -123,6 +129,9 @@ pub async fn run(
         ))
     })?;
 
+    if let Some(path) = &config.tokens_file {
+        auth::reload::spawn(path.clone(), gate.clone(), &shutdown);
+    }
     let config = Arc::new(config);
     let signals = listener::spawn(db.clone(), &shutdown);
     let recorder =
@@ -208,10 +217,11 @@ pub async fn run(
             config.default_deadline,
         ))
         // Turns a verified client certificate into `auth::PeerSubjects`; must stay
-        // outside (added before) any layer that reads caller identities.
+        // outside (added before) the auth layer, which reads caller identities.
         .layer(tonic::service::InterceptorLayer::new(
             tls::insert_peer_subjects as fn(_) -> _,
         ))
+        .layer(auth::layer::AuthLayer::new(gate))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -260,6 +270,33 @@ pub async fn run(
     }
     tracing::info!("provisiond stopped");
     Ok(served?)
+}
+
+/// The identities requests are checked against: the tokens file, or development mode,
+/// which is refused on a non-loopback address unless `--insecure-no-auth` is given.
+fn auth_gate(config: &Config, listener: &TcpListener) -> Result<auth::layer::Gate, ServerError> {
+    if let Some(path) = &config.tokens_file {
+        let identities = auth::identities::Identities::load(path)
+            .map_err(|e| ServerError::Auth(e.to_string()))?;
+        let (tokens, certificates) = identities.counts();
+        tracing::info!(path = %path.display(), tokens, certificates, "authentication on: tokens file loaded");
+        return Ok(auth::layer::Gate::with_identities(identities));
+    }
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Io(format!("listener address: {e}")))?;
+    if !addr.ip().is_loopback() && !config.insecure_no_auth {
+        return Err(ServerError::Auth(format!(
+            "no --tokens-file: development mode (no authentication, every caller is admin) \
+             serves loopback addresses only, and {addr} is not one; configure \
+             --tokens-file, or pass --insecure-no-auth to accept the risk"
+        )));
+    }
+    tracing::warn!(
+        listen = %addr,
+        "DEVELOPMENT MODE: no --tokens-file, so there is no authentication and every caller is admin"
+    );
+    Ok(auth::layer::Gate::development())
 }
 
 /// Sets every service's health.

@@ -57,6 +57,7 @@ pub fn provctl(server_url: &str) -> std::process::Command {
         .env_remove("PROVISIONING_CA_CERT")
         .env_remove("PROVISIONING_CLIENT_CERT")
         .env_remove("PROVISIONING_CLIENT_KEY")
+        .env_remove("PROVISIONING_TOKEN")
         .arg("--server")
         .arg(server_url);
     command

@@ -27,6 +27,15 @@ pub struct Cli {
         value_name = "URL"
     )]
     pub server: String,
+    /// Bearer token sent with every call (see the server's tokens file).
+    #[arg(
+        long,
+        global = true,
+        env = "PROVISIONING_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
     /// Output format: tables for people, JSON lines (one object per item) for scripts.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -89,6 +98,19 @@ pub enum Command {
     /// Execution logs: one row per handler run.
     #[command(subcommand)]
     Logs(LogsCommand),
+    /// Who changed handlers and event types (newest first).
+    Audit(AuditArgs),
+}
+
+/// `provctl audit`
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only changes of this handler.
+    #[arg(long = "handler", value_name = "ID")]
+    pub handler_id: Option<i64>,
+    /// At most this many changes (all pages are followed up to it).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
 }
 
 /// `provctl handlers ...`

@@ -299,6 +299,7 @@ fn log_json(log: &proto::ExecutionLog) -> JsonObject {
             "kind",
             &enum_name(log.kind, "HANDLER_KIND_", proto::HandlerKind::as_str_name),
         )
+        .str("emitted_by", &log.emitted_by)
 }
 
 #[cfg(test)]
@@ -391,7 +392,7 @@ mod tests {
         assert!(line.contains(r#""data_sent_json":{"id":178,"big":9007199254740993,"amount":12.345678901234567890},"data_returned_json":null"#), "{line}");
         assert!(
             line.ends_with(
-                r#""exit_code":127,"event_id":55,"delivery_id":0,"kind":"script","cursor":"c1"}"#
+                r#""exit_code":127,"event_id":55,"delivery_id":0,"kind":"script","emitted_by":"","cursor":"c1"}"#
             ),
             "{line}"
         );

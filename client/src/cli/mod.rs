@@ -9,6 +9,7 @@
 //! Errors are [`CliError`]; `main` prints them as one line and maps them to exit codes.
 
 pub mod args;
+mod audit;
 mod emit_file;
 mod events;
 mod handler_view;
@@ -81,6 +82,7 @@ impl CliError {
 pub struct Context {
     server: String,
     tls: TlsArgs,
+    token: Option<String>,
     /// Output format chosen with `--output`.
     pub output: Output,
     /// Standard output.
@@ -96,17 +98,20 @@ impl Context {
             self.tls.client_key.as_deref(),
         )
         .map_err(|err| CliError::Input(one_line(&err)))?;
-        Client::connect_with(self.server.clone(), &options)
-            .await
-            .map_err(|err| match err {
-                ClientError::InvalidUrl(_) | ClientError::TlsOptions(_) | ClientError::Tls(_) => {
-                    CliError::Input(one_line(&err))
-                }
-                source => CliError::Connect {
-                    url: self.server.clone(),
-                    source: Box::new(source),
-                },
-            })
+        let connected = match Client::connect_with(self.server.clone(), &options).await {
+            Ok(client) => client.with_token(self.token.as_deref()),
+            Err(err) => Err(err),
+        };
+        connected.map_err(|err| match err {
+            ClientError::InvalidUrl(_)
+            | ClientError::TlsOptions(_)
+            | ClientError::Tls(_)
+            | ClientError::InvalidToken => CliError::Input(one_line(&err)),
+            source => CliError::Connect {
+                url: self.server.clone(),
+                source: Box::new(source),
+            },
+        })
     }
 
     /// Prints one line on standard output.
@@ -120,14 +125,26 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let mut ctx = Context {
         server: cli.server,
         tls: cli.tls,
+        token: cli.token,
         output: cli.output,
         stdout: Stdout::new(),
     };
-    match cli.command {
+    let result = match cli.command {
         Command::Handlers(command) => handlers::run(&mut ctx, command).await,
         Command::EventTypes(command) => events::run_event_types(&mut ctx, command).await,
         Command::Events(command) => events::run(&mut ctx, command).await,
         Command::Logs(command) => logs::run(&mut ctx, command).await,
+        Command::Audit(args) => audit::run(&mut ctx, args).await,
+    };
+    match result {
+        Err(CliError::Client(err))
+            if ctx.token.is_none() && err.code() == Some(tonic::Code::Unauthenticated) =>
+        {
+            Err(CliError::Failed(format!(
+                "{err} (no token given: use --token or PROVISIONING_TOKEN)"
+            )))
+        }
+        other => other,
     }
 }
 

@@ -8,7 +8,7 @@ use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
 use diesel::sql_types::Jsonb;
 
-use super::schema::{event_types, execution_logs, handlers};
+use super::schema::{event_types, execution_logs, handler_audit, handlers};
 
 /// A row of `handlers`.
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
@@ -105,6 +105,7 @@ pub struct LogRow {
     pub exit_code: Option<i32>,
     pub event_id: i64,
     pub delivery_id: Option<i64>,
+    pub emitted_by: Option<String>,
 }
 
 /// A `jsonb` value read as PostgreSQL prints it, without parsing: whatever a stored row
@@ -122,4 +123,28 @@ impl FromSql<Jsonb, Pg> for JsonText {
             _ => Err("unsupported jsonb binary format version".into()),
         }
     }
+}
+
+/// A row of `handler_audit`.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = handler_audit, check_for_backend(diesel::pg::Pg))]
+pub struct AuditRow {
+    pub id: i64,
+    pub created_at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub handler_id: Option<i64>,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+/// A new row of `handler_audit` (id and time from the database).
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = handler_audit, check_for_backend(diesel::pg::Pg))]
+pub struct NewAuditRow {
+    pub actor: String,
+    pub action: String,
+    pub handler_id: Option<i64>,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
 }

@@ -31,6 +31,7 @@ diesel::table! {
         data -> Text,
         idempotency_key -> Nullable<Text>,
         created_at -> Timestamptz,
+        emitted_by -> Nullable<Text>,
     }
 }
 
@@ -54,6 +55,19 @@ diesel::table! {
         exit_code -> Nullable<Int4>,
         event_id -> Int8,
         delivery_id -> Nullable<Int8>,
+        emitted_by -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    handler_audit (id) {
+        id -> Int8,
+        created_at -> Timestamptz,
+        actor -> Text,
+        action -> Text,
+        handler_id -> Nullable<Int8>,
+        before -> Nullable<Jsonb>,
+        after -> Nullable<Jsonb>,
     }
 }
 
@@ -89,5 +103,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     event_types,
     events,
     execution_logs,
+    handler_audit,
     handlers,
 );

@@ -99,11 +99,13 @@ impl BeforeChain {
         }
     }
 
-    /// Runs the chain for a validated event; `deadline` bounds the whole chain.
+    /// Runs the chain for a validated event emitted by `emitted_by` (recorded in its
+    /// log rows); `deadline` bounds the whole chain.
     pub async fn run(
         &self,
         event: String,
         data: String,
+        emitted_by: Option<String>,
         deadline: Instant,
     ) -> Result<ChainResult, DomainError> {
         let (event_id, chain) = self.load(event.clone(), data.clone()).await?;
@@ -159,6 +161,7 @@ impl BeforeChain {
             self.log(
                 &handler,
                 &event,
+                emitted_by.as_deref(),
                 event_id,
                 &data,
                 new_data.as_deref(),
@@ -252,6 +255,7 @@ impl BeforeChain {
         &self,
         handler: &Handler,
         event: &str,
+        emitted_by: Option<&str>,
         event_id: i64,
         data_sent: &str,
         data_returned: Option<&str>,
@@ -283,6 +287,7 @@ impl BeforeChain {
                 exit_code,
                 event_id,
                 delivery_id: None,
+                emitted_by: emitted_by.map(str::to_owned),
             },
             delivery: None,
         };

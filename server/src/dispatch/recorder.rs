@@ -69,6 +69,8 @@ pub struct LogRecord {
     pub event_id: i64,
     /// Delivery id (AFTER).
     pub delivery_id: Option<i64>,
+    /// Who emitted the event, if known.
+    pub emitted_by: Option<String>,
 }
 
 /// What became of an AFTER delivery after this attempt.
@@ -327,6 +329,7 @@ fn write_batch(
         columns.exit_code.push(log.exit_code);
         columns.event_id.push(log.event_id);
         columns.delivery_id.push(log.delivery_id);
+        columns.emitted_by.push(log.emitted_by.as_deref());
     }
     succeeded_handlers.sort_unstable();
     succeeded_handlers.dedup();

@@ -321,6 +321,7 @@ fn after_record(
             exit_code,
             event_id: delivery.event_id,
             delivery_id: Some(delivery.id),
+            emitted_by: delivery.emitted_by,
         },
         delivery: Some(outcome),
     }

@@ -17,6 +17,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{event_data, text, DomainError};
+use crate::auth::Caller;
 use crate::config::Config;
 use crate::db::queries::deliveries::ClaimedDelivery;
 use crate::db::queries::events::LeaseAtInsert;
@@ -42,6 +43,8 @@ pub struct NewEvent {
     pub data: String,
     /// Idempotency key, if any.
     pub idempotency_key: Option<String>,
+    /// The name of the caller who emitted it.
+    pub emitted_by: Option<String>,
 }
 
 /// An accepted AFTER event.
@@ -103,9 +106,10 @@ impl Ingest {
         }
     }
 
-    /// Checks an event; `field` prefixes messages (e.g. `events[3].`).
+    /// Checks an event emitted by `caller`; `field` prefixes messages (e.g. `events[3].`).
     pub async fn validate(
         &self,
+        caller: &Caller,
         field: &str,
         event: String,
         data: String,
@@ -134,6 +138,7 @@ impl Ingest {
             event,
             data,
             idempotency_key: (!key.is_empty()).then_some(key),
+            emitted_by: Some(caller.name.clone()),
         })
     }
 
@@ -281,15 +286,17 @@ fn store_statement(
     let names: Vec<&str> = batch.iter().map(|e| e.event.as_str()).collect();
     let data: Vec<&str> = batch.iter().map(|e| e.data.as_str()).collect();
     let keys: Vec<Option<&str>> = batch.iter().map(|e| e.idempotency_key.as_deref()).collect();
-    let rows = events::insert_batch(conn, &names, &data, &keys, lease).map_err(|error| {
-        // Sent, then the connection broke: the statement may have committed.
-        let error = DbError::Query(error);
-        if error.is_unavailable() {
-            DomainError::OutcomeUnknown(Box::new(error))
-        } else {
-            DomainError::from(error)
-        }
-    })?;
+    let emitted_by: Vec<Option<&str>> = batch.iter().map(|e| e.emitted_by.as_deref()).collect();
+    let rows =
+        events::insert_batch(conn, &names, &data, &keys, &emitted_by, lease).map_err(|error| {
+            // Sent, then the connection broke: the statement may have committed.
+            let error = DbError::Query(error);
+            if error.is_unavailable() {
+                DomainError::OutcomeUnknown(Box::new(error))
+            } else {
+                DomainError::from(error)
+            }
+        })?;
     let duplicate_keys: Vec<&str> = rows
         .iter()
         .filter(|r| !r.inserted)
@@ -343,6 +350,7 @@ fn store_statement(
                 secret: row.secret,
                 script_path: row.script_path,
                 timeout_ms: row.timeout_ms.unwrap_or_default(),
+                emitted_by: event.emitted_by.clone(),
             });
         }
     }

@@ -88,6 +88,8 @@ pub struct ExecutionLog {
     pub event_id: i64,
     /// Delivery id (AFTER).
     pub delivery_id: Option<i64>,
+    /// Who emitted the event (the caller's name), when recorded.
+    pub emitted_by: Option<String>,
 }
 
 impl ExecutionLog {
@@ -123,6 +125,7 @@ impl TryFrom<LogRow> for ExecutionLog {
             exit_code,
             event_id,
             delivery_id,
+            emitted_by,
         } = row;
         Ok(ExecutionLog {
             id,
@@ -143,6 +146,7 @@ impl TryFrom<LogRow> for ExecutionLog {
             exit_code,
             event_id,
             delivery_id,
+            emitted_by,
         })
     }
 }

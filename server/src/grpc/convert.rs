@@ -19,7 +19,25 @@ pub enum SecretView {
     Full,
     /// `whsec_…` and the last 4 characters.
     Masked,
+    /// Masked, and every HTTP header value too (callers who are not admins): header
+    /// values often carry credentials (`Authorization`).
+    Redacted,
 }
+
+impl SecretView {
+    /// What a reader sees: [`SecretView::Masked`] for admins, else
+    /// [`SecretView::Redacted`].
+    pub fn for_reader(caller: &crate::auth::Caller) -> SecretView {
+        if caller.is_admin() {
+            SecretView::Masked
+        } else {
+            SecretView::Redacted
+        }
+    }
+}
+
+/// What a redacted header value shows.
+pub const REDACTED: &str = "…";
 
 fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {message}"))
@@ -259,10 +277,16 @@ pub fn handler(handler: Handler, view: SecretView) -> pb::Handler {
             secret,
         } => pb::handler::Target::Http(pb::HttpTarget {
             url,
-            headers: headers.into_iter().collect(),
+            headers: headers
+                .into_iter()
+                .map(|(name, value)| match view {
+                    SecretView::Full | SecretView::Masked => (name, value),
+                    SecretView::Redacted => (name, REDACTED.to_owned()),
+                })
+                .collect(),
             secret: match view {
                 SecretView::Full => secret,
-                SecretView::Masked => mask_secret(&secret),
+                SecretView::Masked | SecretView::Redacted => mask_secret(&secret),
             },
         }),
         Target::Script { path } => pb::handler::Target::Script(pb::ScriptTarget { path }),
@@ -312,6 +336,20 @@ fn mask_secret(secret: &str) -> String {
     format!("whsec_…{tail}")
 }
 
+/// AuditEntry → proto.
+pub fn audit_entry(entry: crate::domain::handlers::AuditEntry) -> pb::AuditEntry {
+    let json = |value: Option<serde_json::Value>| value.map(|v| v.to_string()).unwrap_or_default();
+    pb::AuditEntry {
+        id: entry.id,
+        created_at: Some(timestamp(entry.at)),
+        actor: entry.actor,
+        action: entry.action,
+        handler_id: entry.handler_id.unwrap_or_default(),
+        before_json: json(entry.before),
+        after_json: json(entry.after),
+    }
+}
+
 /// EventType → proto.
 pub fn event_type(event_type: EventType) -> pb::EventType {
     pb::EventType {
@@ -324,6 +362,72 @@ pub fn event_type(event_type: EventType) -> pb::EventType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn http_handler() -> Handler {
+        Handler {
+            id: 1,
+            name: "crm".into(),
+            event: "clients.create".into(),
+            phase: Phase::After,
+            status: HandlerStatus::Enabled,
+            priority: 0,
+            timeout_ms: 1000,
+            target: Target::Http {
+                url: "http://crm/hook".into(),
+                headers: [("authorization".to_owned(), "Bearer crm-key".to_owned())].into(),
+                secret: "whsec_abcdefgh".into(),
+            },
+            failure_policy: FailurePolicy::FailClosed,
+            filter: None,
+            disabled_reason: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn readers_who_are_not_admins_see_header_values_masked() {
+        let reader = crate::auth::Caller {
+            name: "r".into(),
+            roles: vec![crate::auth::Role::Reader],
+            event_patterns: vec![],
+        };
+        assert_eq!(SecretView::for_reader(&reader), SecretView::Redacted);
+        assert_eq!(
+            SecretView::for_reader(&crate::auth::Caller::development()),
+            SecretView::Masked
+        );
+        let shown = |view| match convert_target(handler(http_handler(), view)) {
+            pb::handler::Target::Http(http) => (http.headers["authorization"].clone(), http.secret),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            shown(SecretView::Redacted),
+            ("…".into(), "whsec_…efgh".into())
+        );
+        assert_eq!(
+            shown(SecretView::Masked),
+            ("Bearer crm-key".into(), "whsec_…efgh".into())
+        );
+        assert_eq!(shown(SecretView::Full).1, "whsec_abcdefgh");
+    }
+
+    #[test]
+    fn audit_snapshots_hold_no_secret_and_no_header_value() {
+        let text = crate::domain::handlers::snapshot(&http_handler()).to_string();
+        assert!(
+            !text.contains("whsec_") && !text.contains("crm-key"),
+            "{text}"
+        );
+        assert!(
+            text.contains("authorization") && text.contains("http://crm/hook"),
+            "{text}"
+        );
+    }
+
+    fn convert_target(handler: pb::Handler) -> pb::handler::Target {
+        handler.target.expect("a target")
+    }
 
     #[test]
     fn secrets_are_masked_to_their_last_four_characters() {

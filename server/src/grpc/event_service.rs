@@ -10,6 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
+use crate::auth::{AuthError, Caller};
 use crate::dispatch::before::{BeforeChain, ChainResult, Decision, Outcome};
 use crate::domain::events::{Accepted, Ingest, MAX_BATCH_EVENTS};
 use crate::domain::{DomainError, Phase};
@@ -48,16 +49,18 @@ impl EventService for EventApi {
             t.saturating_sub(DEADLINE_MARGIN)
         });
         let deadline = Instant::now() + budget;
+        let caller = super::caller(&request)?;
         let pb::EmitRequest {
             event,
             phase,
             data_json,
             idempotency_key,
         } = request.into_inner();
+        may_emit(&caller, "", &event)?;
         let phase = convert::required_phase(phase, "phase")?;
         let event = self
             .ingest
-            .validate("", event, data_json, idempotency_key)
+            .validate(&caller, "", event, data_json, idempotency_key)
             .await?;
         let reply = match phase {
             Phase::After => {
@@ -73,8 +76,11 @@ impl EventService for EventApi {
                 // A task of its own: if the caller goes away (or tonic's own timeout
                 // fires), the runs already started still finish and are logged.
                 let chain = self.before.clone();
-                let run =
-                    tokio::spawn(async move { chain.run(event.event, event.data, deadline).await });
+                let run = tokio::spawn(async move {
+                    chain
+                        .run(event.event, event.data, event.emitted_by, deadline)
+                        .await
+                });
                 let chain_result = run.await.map_err(|e| DomainError::Internal(Box::new(e)))?;
                 before_reply(chain_result?)
             }
@@ -86,6 +92,7 @@ impl EventService for EventApi {
         &self,
         request: Request<pb::EmitBatchRequest>,
     ) -> Result<Response<pb::EmitBatchResponse>, Status> {
+        let caller = super::caller(&request)?;
         let pb::EmitBatchRequest { events } = request.into_inner();
         if events.is_empty() || events.len() > MAX_BATCH_EVENTS {
             return Err(Status::invalid_argument(format!(
@@ -96,7 +103,7 @@ impl EventService for EventApi {
         let mut batch = Vec::with_capacity(events.len());
         for (index, request) in events.into_iter().enumerate() {
             batch.push(
-                self.validate_after(&format!("events[{index}]."), request)
+                self.validate_after(&caller, &format!("events[{index}]."), request)
                     .await?,
             );
         }
@@ -116,6 +123,7 @@ impl EventService for EventApi {
         &self,
         request: Request<Streaming<pb::EmitStreamRequest>>,
     ) -> Result<Response<Self::EmitStreamStream>, Status> {
+        let caller = super::caller(&request)?;
         let mut inbound = request.into_inner();
         let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_WINDOW);
         let api = EventApi {
@@ -131,7 +139,7 @@ impl EventService for EventApi {
                         Some(Ok(pb::EmitStreamRequest { sequence, event })) => {
                             let api_ingest = api.ingest.clone();
                             let validated = match event {
-                                Some(event) => api.validate_after("event.", event).await,
+                                Some(event) => api.validate_after(&caller, "event.", event).await,
                                 None => Err(Status::invalid_argument("event: required")),
                             };
                             in_flight.push_back(async move {
@@ -171,6 +179,7 @@ impl EventService for EventApi {
 impl EventApi {
     async fn validate_after(
         &self,
+        caller: &Caller,
         field: &str,
         request: pb::EmitRequest,
     ) -> Result<crate::domain::events::NewEvent, Status> {
@@ -180,6 +189,7 @@ impl EventApi {
             data_json,
             idempotency_key,
         } = request;
+        may_emit(caller, field, &event)?;
         // The same rule as Emit: the phase is required, and only AFTER can be batched.
         if convert::required_phase(phase, &format!("{field}phase"))? == Phase::Before {
             return Err(Status::invalid_argument(format!(
@@ -187,10 +197,22 @@ impl EventApi {
             )));
         }
         self.ingest
-            .validate(field, event, data_json, idempotency_key)
+            .validate(caller, field, event, data_json, idempotency_key)
             .await
             .map_err(Status::from)
     }
+}
+
+/// PERMISSION_DENIED when `event` is outside the caller's event patterns.
+fn may_emit(caller: &Caller, field: &str, event: &str) -> Result<(), Status> {
+    if caller.may_emit(event) {
+        return Ok(());
+    }
+    Err(AuthError::PermissionDenied(format!(
+        "{field}event: {}",
+        caller.event_denied_message(event)
+    ))
+    .into())
 }
 
 fn ack(sequence: u64, accepted: Accepted) -> pb::EmitAck {

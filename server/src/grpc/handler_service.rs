@@ -5,7 +5,7 @@ use provisioning_api::v1::handler_service_server::HandlerService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, SecretView};
-use crate::domain::handlers::{HandlerQuery, HandlerRegistry};
+use crate::domain::handlers::{AuditQuery, HandlerQuery, HandlerRegistry};
 
 /// Serves handler management over a `HandlerRegistry`.
 pub struct HandlerApi {
@@ -25,8 +25,9 @@ impl HandlerService for HandlerApi {
         &self,
         request: Request<pb::CreateHandlerRequest>,
     ) -> Result<Response<pb::Handler>, Status> {
+        let caller = super::caller(&request)?;
         let spec = convert::handler_spec(request.into_inner())?;
-        let handler = self.registry.create(spec).await?;
+        let handler = self.registry.create(&caller, spec).await?;
         Ok(Response::new(convert::handler(handler, SecretView::Full)))
     }
 
@@ -34,14 +35,16 @@ impl HandlerService for HandlerApi {
         &self,
         request: Request<pb::GetHandlerRequest>,
     ) -> Result<Response<pb::Handler>, Status> {
+        let view = SecretView::for_reader(&super::caller(&request)?);
         let handler = self.registry.get(request.into_inner().id).await?;
-        Ok(Response::new(convert::handler(handler, SecretView::Masked)))
+        Ok(Response::new(convert::handler(handler, view)))
     }
 
     async fn list(
         &self,
         request: Request<pb::ListHandlersRequest>,
     ) -> Result<Response<pb::ListHandlersResponse>, Status> {
+        let view = SecretView::for_reader(&super::caller(&request)?);
         let pb::ListHandlersRequest {
             event,
             phase,
@@ -62,7 +65,7 @@ impl HandlerService for HandlerApi {
         Ok(Response::new(pb::ListHandlersResponse {
             handlers: handlers
                 .into_iter()
-                .map(|h| convert::handler(h, SecretView::Masked))
+                .map(|h| convert::handler(h, view))
                 .collect(),
             next_page_token,
         }))
@@ -72,8 +75,9 @@ impl HandlerService for HandlerApi {
         &self,
         request: Request<pb::UpdateHandlerRequest>,
     ) -> Result<Response<pb::Handler>, Status> {
+        let caller = super::caller(&request)?;
         let (id, patch) = convert::handler_patch(request.into_inner())?;
-        let (handler, secret_created) = self.registry.update(id, patch).await?;
+        let (handler, secret_created) = self.registry.update(&caller, id, patch).await?;
         let view = if secret_created {
             SecretView::Full
         } else {
@@ -86,10 +90,11 @@ impl HandlerService for HandlerApi {
         &self,
         request: Request<pb::SetHandlerStatusRequest>,
     ) -> Result<Response<pb::Handler>, Status> {
+        let caller = super::caller(&request)?;
         let pb::SetHandlerStatusRequest { id, status } = request.into_inner();
         let status = convert::optional_status(status, "status")?
             .ok_or_else(|| Status::invalid_argument("status: required"))?;
-        let handler = self.registry.set_status(id, status).await?;
+        let handler = self.registry.set_status(&caller, id, status).await?;
         Ok(Response::new(convert::handler(handler, SecretView::Masked)))
     }
 
@@ -97,7 +102,10 @@ impl HandlerService for HandlerApi {
         &self,
         request: Request<pb::DeleteHandlerRequest>,
     ) -> Result<Response<()>, Status> {
-        self.registry.delete(request.into_inner().id).await?;
+        let caller = super::caller(&request)?;
+        self.registry
+            .delete(&caller, request.into_inner().id)
+            .await?;
         Ok(Response::new(()))
     }
 
@@ -105,7 +113,11 @@ impl HandlerService for HandlerApi {
         &self,
         request: Request<pb::RotateSecretRequest>,
     ) -> Result<Response<pb::Handler>, Status> {
-        let handler = self.registry.rotate_secret(request.into_inner().id).await?;
+        let caller = super::caller(&request)?;
+        let handler = self
+            .registry
+            .rotate_secret(&caller, request.into_inner().id)
+            .await?;
         Ok(Response::new(convert::handler(handler, SecretView::Full)))
     }
 
@@ -123,8 +135,33 @@ impl HandlerService for HandlerApi {
         &self,
         request: Request<pb::CreateEventTypeRequest>,
     ) -> Result<Response<pb::EventType>, Status> {
+        let caller = super::caller(&request)?;
         let pb::CreateEventTypeRequest { name, description } = request.into_inner();
-        let event_type = self.registry.create_event_type(name, description).await?;
+        let event_type = self
+            .registry
+            .create_event_type(&caller, name, description)
+            .await?;
         Ok(Response::new(convert::event_type(event_type)))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let pb::ListAuditRequest {
+            handler_id,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let query = AuditQuery {
+            handler_id: (handler_id != 0).then_some(handler_id),
+            page_size,
+            page_token,
+        };
+        let (entries, next_page_token) = self.registry.list_audit(query).await?;
+        Ok(Response::new(pb::ListAuditResponse {
+            entries: entries.into_iter().map(convert::audit_entry).collect(),
+            next_page_token,
+        }))
     }
 }

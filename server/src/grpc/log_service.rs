@@ -221,6 +221,7 @@ fn execution_log(log: ExecutionLog) -> pb::ExecutionLog {
         exit_code,
         event_id,
         delivery_id,
+        emitted_by,
     } = log;
     pb::ExecutionLog {
         id,
@@ -243,6 +244,7 @@ fn execution_log(log: ExecutionLog) -> pb::ExecutionLog {
         exit_code,
         event_id,
         delivery_id: delivery_id.unwrap_or(0),
+        emitted_by: emitted_by.unwrap_or_default(),
         kind: match kind {
             HandlerKind::Http => pb::HandlerKind::Http,
             HandlerKind::Script => pb::HandlerKind::Script,

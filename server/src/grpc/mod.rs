@@ -14,3 +14,22 @@ pub mod handler_service;
 pub mod health;
 pub mod log_service;
 pub mod status;
+
+use tonic::{Request, Status};
+
+use crate::auth::{AuthError, Caller};
+
+/// The caller the auth layer put in the request's extensions. Every method of our
+/// services passes through that layer; a request without a caller is refused rather
+/// than trusted.
+pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| {
+            Status::from(AuthError::Unauthenticated(
+                "no authenticated caller for this request".to_owned(),
+            ))
+        })
+}

@@ -4,6 +4,7 @@
 
 use tonic::Status;
 
+use crate::auth::AuthError;
 use crate::domain::DomainError;
 use crate::telemetry::error_chain;
 
@@ -30,6 +31,15 @@ impl From<DomainError> for Status {
                 tracing::error!(error = %error_chain(source.as_ref()), "internal error");
                 Status::internal("internal error (logged by the server)")
             }
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(error: AuthError) -> Status {
+        match error {
+            AuthError::Unauthenticated(message) => Status::unauthenticated(message),
+            AuthError::PermissionDenied(message) => Status::permission_denied(message),
         }
     }
 }

@@ -55,6 +55,9 @@ pub struct ClaimedDelivery {
     /// Timeout of one run.
     #[diesel(sql_type = Int4)]
     pub timeout_ms: i32,
+    /// Who emitted the event (NULL for events stored before this was recorded).
+    #[diesel(sql_type = Nullable<Text>)]
+    pub emitted_by: Option<String>,
 }
 
 /// Claims up to `limit` due deliveries, plus the waiting (lower-priority) siblings of
@@ -99,7 +102,8 @@ WITH heads AS (
     RETURNING d.id, d.event_id, d.handler_id, d.attempts, d.priority
 )
 SELECT c.id, c.event_id, c.attempts, e.event, e.data,
-       h.id AS handler_id, h.name, h.kind, h.status, h.url, h.headers, h.secret, h.script_path, h.timeout_ms
+       h.id AS handler_id, h.name, h.kind, h.status, h.url, h.headers, h.secret, h.script_path, h.timeout_ms,
+       e.emitted_by
 FROM claimed c
 JOIN events e ON e.id = c.event_id
 JOIN handlers h ON h.id = c.handler_id
@@ -309,8 +313,9 @@ WITH ended AS (
     RETURNING id, event_id, attempts
 )
 INSERT INTO execution_logs (created_at, phase, event, status, handler_id, handler_name, kind, error,
-    duration_ms, attempt, data_sent, event_id, delivery_id)
-SELECT now(), 'after', e.event, 'fail', h.id, h.name, h.kind, $2, 0, x.attempts, e.data::jsonb, x.event_id, x.id
+    duration_ms, attempt, data_sent, event_id, delivery_id, emitted_by)
+SELECT now(), 'after', e.event, 'fail', h.id, h.name, h.kind, $2, 0, x.attempts, e.data::jsonb, x.event_id, x.id,
+       e.emitted_by
 FROM ended x
 JOIN events e ON e.id = x.event_id
 JOIN handlers h ON h.id = $1

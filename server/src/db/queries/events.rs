@@ -73,16 +73,18 @@ pub fn insert_batch(
     names: &[&str],
     data: &[&str],
     keys: &[Option<&str>],
+    emitted_by: &[Option<&str>],
     lease: LeaseAtInsert<'_>,
 ) -> QueryResult<Vec<StoredEvent>> {
     prepared(
         r#"
 WITH input AS MATERIALIZED (
-    SELECT nextval('events_id_seq') AS id, t.event, t.data, t.key, t.ord
-    FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(event, data, key, ord)
+    SELECT nextval('events_id_seq') AS id, t.event, t.data, t.key, t.emitted_by, t.ord
+    FROM unnest($1::text[], $2::text[], $3::text[], $7::text[])
+        WITH ORDINALITY AS t(event, data, key, emitted_by, ord)
 ), ins AS (
-    INSERT INTO events (id, event, data, idempotency_key)
-    SELECT id, event, data, key FROM input ORDER BY ord
+    INSERT INTO events (id, event, data, idempotency_key, emitted_by)
+    SELECT id, event, data, key, emitted_by FROM input ORDER BY ord
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, event, data
 ), dl AS (
@@ -121,6 +123,7 @@ ORDER BY input.ord, l.priority, l.handler_id
     .bind::<Int4, _>(lease.events)
     .bind::<Text, _>(lease.owner)
     .bind::<BigInt, _>(lease.lease_ms)
+    .bind::<Array<Nullable<Text>>, _>(emitted_by)
     .load(conn)
 }
 

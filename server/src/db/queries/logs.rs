@@ -29,6 +29,8 @@ pub struct NewLogColumns<'a> {
     pub exit_code: Vec<Option<i32>>,
     pub event_id: Vec<i64>,
     pub delivery_id: Vec<Option<i64>>,
+    /// Who emitted each row's event.
+    pub emitted_by: Vec<Option<&'a str>>,
 }
 
 #[derive(QueryableByName)]
@@ -51,13 +53,17 @@ pub fn insert_batch(
         r#"
 WITH ins AS (
     INSERT INTO execution_logs (created_at, phase, event, status, handler_id, handler_name, kind, error,
-        duration_ms, attempt, data_sent, data_returned, response, http_status, exit_code, event_id, delivery_id)
+        duration_ms, attempt, data_sent, data_returned, response, http_status, exit_code, event_id, delivery_id,
+        emitted_by)
     SELECT created_at, phase, event, status, handler_id, handler_name, kind, error,
-        duration_ms, attempt, data_sent::jsonb, data_returned::jsonb, response, http_status, exit_code, event_id, delivery_id
+        duration_ms, attempt, data_sent::jsonb, data_returned::jsonb, response, http_status, exit_code, event_id, delivery_id,
+        emitted_by
     FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[],
-        $9::int[], $10::int[], $11::text[], $12::text[], $13::text[], $14::int[], $15::int[], $16::bigint[], $17::bigint[])
+        $9::int[], $10::int[], $11::text[], $12::text[], $13::text[], $14::int[], $15::int[], $16::bigint[], $17::bigint[],
+        $20::text[])
         AS t(created_at, phase, event, status, handler_id, handler_name, kind, error,
-        duration_ms, attempt, data_sent, data_returned, response, http_status, exit_code, event_id, delivery_id)
+        duration_ms, attempt, data_sent, data_returned, response, http_status, exit_code, event_id, delivery_id,
+        emitted_by)
     RETURNING id
 ), delivered AS (
     DELETE FROM deliveries WHERE id = ANY($18::bigint[])
@@ -87,6 +93,7 @@ SELECT max(id) AS max FROM ins
     .bind::<Array<Nullable<BigInt>>, _>(&rows.delivery_id)
     .bind::<Array<BigInt>, _>(delivered)
     .bind::<Array<BigInt>, _>(succeeded)
+    .bind::<Array<Nullable<Text>>, _>(&rows.emitted_by)
     .get_result(conn)?;
     Ok(max.max)
 }

@@ -11,8 +11,12 @@ use chrono::Utc;
 use diesel::{Connection, OptionalExtension};
 use rand::RngCore;
 
+mod audit;
 mod types;
 mod validation;
+
+use audit::record;
+pub use audit::{snapshot, AuditAction, AuditEntry, AuditQuery};
 
 pub(crate) use types::handler_from_row;
 pub use types::{EventType, Handler, HandlerPatch, HandlerQuery, HandlerSpec, Target, TargetSpec};
@@ -24,6 +28,7 @@ pub use validation::{
 };
 
 use super::{parse_stored, text, DomainError, HandlerKind, HandlerStatus, Phase};
+use crate::auth::Caller;
 use crate::db::models::{EventTypeRow, HandlerChangeset, NewHandlerRow};
 use crate::db::queries::{deliveries, event_types, handlers};
 use crate::db::Db;
@@ -65,7 +70,8 @@ impl HandlerRegistry {
     }
 
     /// Validates and stores a new handler; HTTP handlers get a fresh secret.
-    pub async fn create(&self, spec: HandlerSpec) -> Result<Handler, DomainError> {
+    pub async fn create(&self, caller: &Caller, spec: HandlerSpec) -> Result<Handler, DomainError> {
+        let caller = caller.clone();
         let mut spec = spec;
         validate_spec(&mut spec, &self.rules)?;
         let max_handlers = self.rules.max_handlers_per_event;
@@ -90,11 +96,20 @@ impl HandlerRegistry {
                 conn.transaction(|conn| {
                     ensure_event_exists(conn, &row.event)?;
                     ensure_room(conn, &row.event, None, max_handlers)?;
-                    Ok(handlers::insert(conn, &row)?)
+                    let handler = handler_from_row(handlers::insert(conn, &row)?)?;
+                    let after = Some(snapshot(&handler));
+                    record(
+                        conn,
+                        &caller,
+                        AuditAction::Create,
+                        Some(handler.id),
+                        None,
+                        after,
+                    )?;
+                    Ok(handler)
                 })
             })
             .await
-            .and_then(handler_from_row)
     }
 
     /// One handler.
@@ -172,10 +187,12 @@ impl HandlerRegistry {
     /// must then show in full once.
     pub async fn update(
         &self,
+        caller: &Caller,
         id: i64,
         patch: HandlerPatch,
     ) -> Result<(Handler, bool), DomainError> {
         let rules = self.rules.clone();
+        let caller = caller.clone();
         self.db
             .run(move |conn| {
                 conn.transaction(|conn| {
@@ -208,7 +225,7 @@ impl HandlerRegistry {
                         script_path,
                         failure_policy: spec.failure_policy.as_str().into(),
                         filter: spec.filter,
-                        disabled_reason: current.disabled_reason,
+                        disabled_reason: current.disabled_reason.clone(),
                         updated_at: Utc::now(),
                     };
                     let mut row = handlers::update(conn, id, &changes)?;
@@ -219,13 +236,23 @@ impl HandlerRegistry {
                     let new_status =
                         parse_stored(HandlerStatus::parse, &row.status, "handlers.status")?;
                     let settled = settle_deliveries(conn, id, current.status, new_status)?;
-                    Ok((row, secret_created, settled))
+                    let handler = handler_from_row(row)?;
+                    let (before, after) = (snapshot(&current), snapshot(&handler));
+                    record(
+                        conn,
+                        &caller,
+                        AuditAction::Update,
+                        Some(id),
+                        Some(before),
+                        Some(after),
+                    )?;
+                    Ok((handler, secret_created, settled))
                 })
             })
             .await
-            .and_then(|(row, secret_created, settled)| {
+            .map(|(handler, secret_created, settled)| {
                 self.announce(settled);
-                Ok((handler_from_row(row)?, secret_created))
+                (handler, secret_created)
             })
     }
 
@@ -235,42 +262,70 @@ impl HandlerRegistry {
     /// Disabling pauses the handler: its unfinished deliveries wait (not attempted, not
     /// counted as failures) and resume in order when it is enabled again. Archiving ends
     /// them, each with a failed log row saying why.
-    pub async fn set_status(&self, id: i64, status: HandlerStatus) -> Result<Handler, DomainError> {
+    pub async fn set_status(
+        &self,
+        caller: &Caller,
+        id: i64,
+        status: HandlerStatus,
+    ) -> Result<Handler, DomainError> {
+        let caller = caller.clone();
         let max_handlers = self.rules.max_handlers_per_event;
-        let (row, settled) = self
+        let (handler, settled) = self
             .db
             .run(move |conn| {
                 conn.transaction(|conn| {
                     let current = handlers::find_for_update(conn, id)
                         .optional()?
                         .ok_or_else(|| not_found(id))?;
-                    let old =
-                        parse_stored(HandlerStatus::parse, &current.status, "handlers.status")?;
-                    if old == HandlerStatus::Archived && status != HandlerStatus::Archived {
+                    let old = handler_from_row(current)?;
+                    if old.status == HandlerStatus::Archived && status != HandlerStatus::Archived {
                         // Back from the archive: it counts against the event's limit again.
-                        ensure_event_exists(conn, &current.event)?;
-                        ensure_room(conn, &current.event, Some(id), max_handlers)?;
+                        ensure_event_exists(conn, &old.event)?;
+                        ensure_room(conn, &old.event, Some(id), max_handlers)?;
                     }
-                    let row = handlers::set_status(conn, id, status.as_str())?;
-                    let settled = settle_deliveries(conn, id, old, status)?;
-                    Ok::<_, DomainError>((row, settled))
+                    let handler =
+                        handler_from_row(handlers::set_status(conn, id, status.as_str())?)?;
+                    let settled = settle_deliveries(conn, id, old.status, status)?;
+                    let (before, after) = (snapshot(&old), snapshot(&handler));
+                    record(
+                        conn,
+                        &caller,
+                        AuditAction::SetStatus,
+                        Some(id),
+                        Some(before),
+                        Some(after),
+                    )?;
+                    Ok::<_, DomainError>((handler, settled))
                 })
             })
             .await?;
         self.announce(settled);
-        handler_from_row(row)
+        Ok(handler)
     }
 
     /// Deletes a handler. Its unfinished deliveries end, each with a failed log row saying
     /// why; its log rows stay. Events whose next delivery in priority order was this
     /// handler's move on to the next one.
-    pub async fn delete(&self, id: i64) -> Result<(), DomainError> {
+    pub async fn delete(&self, caller: &Caller, id: i64) -> Result<(), DomainError> {
+        let caller = caller.clone();
         let deleted = self
             .db
             .run(move |conn| {
                 conn.transaction(|conn| {
+                    let Some(old) = handlers::find_for_update(conn, id).optional()? else {
+                        return Ok((0, Settled::default()));
+                    };
+                    let before = snapshot(&handler_from_row(old)?);
                     let ended = end_deliveries(conn, id, "handler deleted")?;
                     let deleted = handlers::delete(conn, id)?;
+                    record(
+                        conn,
+                        &caller,
+                        AuditAction::Delete,
+                        Some(id),
+                        Some(before),
+                        None,
+                    )?;
                     Ok::<_, DomainError>((deleted, ended))
                 })
             })
@@ -284,7 +339,8 @@ impl HandlerRegistry {
     }
 
     /// Gives an HTTP handler a new secret.
-    pub async fn rotate_secret(&self, id: i64) -> Result<Handler, DomainError> {
+    pub async fn rotate_secret(&self, caller: &Caller, id: i64) -> Result<Handler, DomainError> {
+        let caller = caller.clone();
         self.db
             .run(move |conn| {
                 conn.transaction(|conn| {
@@ -296,11 +352,21 @@ impl HandlerRegistry {
                             "handler {id} is a script handler: only HTTP handlers have a secret"
                         )));
                     }
-                    Ok(handlers::set_secret(conn, id, &new_secret())?)
+                    let before = snapshot(&handler_from_row(row)?);
+                    let handler = handler_from_row(handlers::set_secret(conn, id, &new_secret())?)?;
+                    let after = Some(snapshot(&handler));
+                    record(
+                        conn,
+                        &caller,
+                        AuditAction::RotateSecret,
+                        Some(id),
+                        Some(before),
+                        after,
+                    )?;
+                    Ok(handler)
                 })
             })
             .await
-            .and_then(handler_from_row)
     }
 
     /// The event catalogue.
@@ -315,9 +381,11 @@ impl HandlerRegistry {
     /// Adds an event type.
     pub async fn create_event_type(
         &self,
+        caller: &Caller,
         name: String,
         description: String,
     ) -> Result<EventType, DomainError> {
+        let caller = caller.clone();
         validate_event_type_name(&name)?;
         text::require_storable("description", &description)?;
         if description.chars().count() > 1000 {
@@ -332,16 +400,31 @@ impl HandlerRegistry {
             builtin: false,
         };
         self.db
-            .run(move |conn| match event_types::insert(conn, &row) {
-                Ok(row) => Ok(row),
-                Err(diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::UniqueViolation,
-                    _,
-                )) => Err(DomainError::AlreadyExists(format!(
-                    "event type {:?} already exists",
-                    row.name
-                ))),
-                Err(e) => Err(e.into()),
+            .run(move |conn| {
+                conn.transaction(|conn| match event_types::insert(conn, &row) {
+                    Ok(row) => {
+                        let after = serde_json::json!({
+                            "event_type": { "name": row.name, "description": row.description }
+                        });
+                        record(
+                            conn,
+                            &caller,
+                            AuditAction::CreateEventType,
+                            None,
+                            None,
+                            Some(after),
+                        )?;
+                        Ok(row)
+                    }
+                    Err(diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::UniqueViolation,
+                        _,
+                    )) => Err(DomainError::AlreadyExists(format!(
+                        "event type {:?} already exists",
+                        row.name
+                    ))),
+                    Err(e) => Err(e.into()),
+                })
             })
             .await
             .map(event_type_from_row)

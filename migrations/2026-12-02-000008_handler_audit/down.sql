@@ -1,0 +1,1 @@
+DROP TABLE handler_audit;
