@@ -362,3 +362,54 @@ async fn an_unreadable_certificate_stops_the_start_with_its_path() {
         "the data directory was touched"
     );
 }
+
+/// mTLS identities are callers: a client certificate mapped in the tokens file acts with
+/// that entry's roles and nothing more, without any bearer token.
+#[tokio::test]
+async fn a_client_certificate_mapped_in_the_tokens_file_acts_with_its_roles() {
+    let db = TestDatabase::new().await;
+    let pki = TestPki::generate("test CA");
+    let dir = TempDir::new("provisioning-tokens");
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[certificate]]\nname = \"crm-sync\"\nsubject = \"{CLIENT_CN}\"\nroles = [\"reader\"]\nevents = []\n"
+        ),
+    )
+    .expect("writing the tokens file");
+    let configure = |config: &mut Config| {
+        with_tls(&pki, true)(config);
+        config.tokens_file = Some(tokens.clone());
+    };
+    let server = spawn_server_connecting(&db, configure, pki.mtls_options()).await;
+
+    call(&server.client)
+        .await
+        .expect("the certificate's reader role may list event types");
+    let emit = server
+        .client
+        .emit(proto::EmitRequest {
+            event: "clients.create".into(),
+            phase: proto::Phase::After.into(),
+            data_json: "{}".into(),
+            idempotency_key: String::new(),
+        })
+        .await;
+    assert_eq!(
+        emit.as_ref().err().and_then(ClientError::code),
+        Some(tonic::Code::PermissionDenied),
+        "a reader certificate may not emit: {emit:?}"
+    );
+    let purge = server
+        .client
+        .purge(proto::PurgeRequest {
+            older_than: Some(prost_types::Timestamp::default()),
+        })
+        .await;
+    assert_eq!(
+        purge.as_ref().err().and_then(ClientError::code),
+        Some(tonic::Code::PermissionDenied),
+        "nor purge: {purge:?}"
+    );
+}
