@@ -13,6 +13,27 @@ use provisioning_tests::{spawn_server, TestDatabase};
 
 use crate::dispatch::{create, event_request, http_handler, numbers, WAIT};
 
+/// Kills every other connection to the test database 15 times, 60 ms apart, from a
+/// thread of its own; the task returns how many connections it killed.
+fn kill_connections_repeatedly(db: &TestDatabase) -> tokio::task::JoinHandle<usize> {
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || {
+        use diesel::Connection;
+        let mut conn = diesel::PgConnection::establish(&url).expect("killer connection");
+        let mut kills = 0;
+        for _ in 0..15 {
+            std::thread::sleep(Duration::from_millis(60));
+            kills += diesel::sql_query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .execute(&mut conn)
+            .expect("terminating backends");
+        }
+        kills
+    })
+}
+
 /// Killed connections mid-load: only OK and UNAVAILABLE, retries with the same key
 /// converge, nothing acknowledged is lost and nothing is delivered twice for a key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,22 +53,7 @@ async fn killed_database_connections_answer_unavailable_and_lose_nothing() {
     )
     .await;
 
-    let killer_db = db.url.clone();
-    let killer = tokio::task::spawn_blocking(move || {
-        use diesel::Connection;
-        let mut conn = diesel::PgConnection::establish(&killer_db).expect("killer connection");
-        let mut kills = 0;
-        for _ in 0..15 {
-            std::thread::sleep(Duration::from_millis(60));
-            kills += diesel::sql_query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
-            )
-            .execute(&mut conn)
-            .expect("terminating backends");
-        }
-        kills
-    });
+    let killer = kill_connections_repeatedly(&db);
 
     let emitters = (0..4).map(|worker| {
         // The raw statuses, as any gRPC client would see them.
@@ -130,22 +136,7 @@ async fn killed_database_connections_answer_unavailable_and_lose_nothing() {
 async fn the_client_crate_retries_emits_through_killed_connections_storing_each_once() {
     let db = TestDatabase::new().await;
     let server = spawn_server(&db).await;
-    let killer_db = db.url.clone();
-    let killer = tokio::task::spawn_blocking(move || {
-        use diesel::Connection;
-        let mut conn = diesel::PgConnection::establish(&killer_db).expect("killer connection");
-        let mut kills = 0;
-        for _ in 0..15 {
-            std::thread::sleep(Duration::from_millis(60));
-            kills += diesel::sql_query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
-            )
-            .execute(&mut conn)
-            .expect("terminating backends");
-        }
-        kills
-    });
+    let killer = kill_connections_repeatedly(&db);
     let emitters = (0..4).map(|worker| {
         let client = server.client.clone();
         tokio::spawn(async move {
