@@ -12,7 +12,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fuzz_target!(|input: &[u8]| {
-    // Six fields separated by 0xff (never part of UTF-8 text).
+    // Seven fields separated by 0xff (never part of UTF-8 text).
     let mut parts = input.split(|b| *b == 0xff).map(text);
     let mut field = || parts.next().unwrap_or_default();
     let mut log = LogRecord {
@@ -33,11 +33,13 @@ fuzz_target!(|input: &[u8]| {
         exit_code: None,
         event_id: 1,
         delivery_id: None,
+        emitted_by: Some(field()),
     };
     let check = |log: &LogRecord| {
         for value in [&log.event, &log.handler_name, &log.error, &log.response] {
             assert!(!value.contains('\0'));
         }
+        assert!(!log.emitted_by.as_deref().unwrap_or_default().contains('\0'));
         assert!(check_object(&log.data_sent, usize::MAX).is_ok(), "{:?}", log.data_sent);
         if let Some(data) = &log.data_returned {
             assert!(check_object(data, usize::MAX).is_ok(), "{data:?}");

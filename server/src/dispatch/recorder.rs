@@ -229,6 +229,12 @@ pub fn repair(log: &mut LogRecord) -> Vec<&'static str> {
             repaired.push(field);
         }
     }
+    if let Some(name) = &mut log.emitted_by {
+        if let Cow::Owned(fixed) = text::capped(name, MAX_STORED_TEXT) {
+            *name = fixed;
+            repaired.push("emitted_by");
+        }
+    }
     if let Err(error) = event_data::check_object(&log.data_sent, usize::MAX) {
         log.data_sent = marker("data_sent", &error.to_string(), &log.data_sent);
         repaired.push("data_sent");
@@ -258,6 +264,10 @@ pub fn strip(log: &mut LogRecord, why: &str) -> Vec<&'static str> {
     );
     log.handler_name = text::capped(&log.handler_name, 200).into_owned();
     log.event = text::capped(&log.event, 200).into_owned();
+    log.emitted_by = log
+        .emitted_by
+        .as_deref()
+        .map(|name| text::capped(name, 200).into_owned());
     vec![
         "data_sent",
         "data_returned",
@@ -265,6 +275,7 @@ pub fn strip(log: &mut LogRecord, why: &str) -> Vec<&'static str> {
         "error",
         "handler_name",
         "event",
+        "emitted_by",
     ]
 }
 
