@@ -8,6 +8,7 @@ mod cli_logs;
 mod dispatch;
 mod edges;
 mod embedded_ownership;
+mod faults;
 mod handlers;
 mod logs;
 mod outages;

@@ -6,9 +6,10 @@
 //! generated request message, make exactly one call and return the generated reply or
 //! stream, with errors folded into [`ClientError`]. Validation and formatting belong to
 //! the caller (the `provctl` binary of this crate is one such caller). The one exception
-//! is emitting: AFTER events get an idempotency key when they have none, and `emit` and
-//! `emit_batch` retry UNAVAILABLE and DEADLINE_EXCEEDED with backoff ([`RetryPolicy`];
-//! [`Client::with_retry_policy`] with [`RetryPolicy::NONE`] turns that off).
+//! is emitting: AFTER events get an idempotency key when they have none, `emit` and
+//! `emit_batch` retry UNAVAILABLE and DEADLINE_EXCEEDED with backoff, and `emit_stream`
+//! resumes a broken stream ([`RetryPolicy`]; [`Client::with_retry_policy`] with
+//! [`RetryPolicy::NONE`] turns all that off).
 //!
 //! [`Client::connect`] speaks plaintext; [`Client::connect_with`] takes
 //! [`ConnectOptions`] for TLS (a CA to trust, a client certificate for mutual TLS) and
@@ -36,6 +37,7 @@
 //! ```
 
 mod connect;
+mod emit_stream;
 mod error;
 mod retry;
 
@@ -46,6 +48,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub use connect::ConnectOptions;
+pub use emit_stream::AckStream;
 pub use error::ClientError;
 /// The generated messages, enums and stubs of `provisioning.v1`.
 pub use provisioning_api::v1 as proto;
@@ -329,11 +332,13 @@ impl Client {
 
     /// `EventService.EmitStream`: sends `events` as they are produced and returns the
     /// stream of acknowledgements (in order; a rejected event gets an ack with its error).
-    pub async fn emit_stream<S>(&self, events: S) -> Result<Streaming<proto::EmitAck>, ClientError>
+    /// Events without a key get one, and a broken stream is resumed by sending the
+    /// unacknowledged events again (see [`AckStream`] and [`RetryPolicy`]).
+    pub async fn emit_stream<S>(&self, events: S) -> Result<AckStream, ClientError>
     where
         S: Stream<Item = proto::EmitStreamRequest> + Send + 'static,
     {
-        Ok(self.events.clone().emit_stream(events).await?.into_inner())
+        emit_stream::open(self.events.clone(), self.retry, events).await
     }
 
     // ExecutionLogService

@@ -57,9 +57,15 @@ pub(crate) fn ensure_key(request: &mut proto::EmitRequest) {
 
 /// Whether a failed call may be sent again (with the same keys).
 fn is_retryable(error: &ClientError) -> bool {
+    error.code().is_some_and(is_retryable_code)
+}
+
+/// Whether a status code says the same emit may succeed if sent again: the service
+/// or the database was away, or the outcome is unknown (the key makes a resend safe).
+pub(crate) fn is_retryable_code(code: tonic::Code) -> bool {
     matches!(
-        error.code(),
-        Some(tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)
+        code,
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
     )
 }
 
@@ -91,7 +97,7 @@ where
 }
 
 /// A number in [0, 1) from the clock's low bits: jitter needs spread, not secrecy.
-fn jitter() -> f64 {
+pub(crate) fn jitter() -> f64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

@@ -49,8 +49,9 @@ use provisioning_api::v1::handler_service_server::HandlerServiceServer;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::db::embedded::supervisor::{self, ClusterStatus};
+use crate::db::embedded::supervisor;
 use crate::db::embedded::{EmbeddedError, EmbeddedPostgres};
+use crate::db::ClusterStatus;
 use crate::db::{Db, DbError};
 use crate::shutdown::Shutdown;
 
@@ -93,7 +94,8 @@ const HEALTH_SERVICES: [&str; 4] = [
 
 /// Serves the API on `listener` until `shutdown` is requested, then stops accepting,
 /// lets background tasks finish and stops the embedded database if it started one.
-/// While an embedded cluster that died is being restarted, health says NOT_SERVING.
+/// While the database is unreachable (an embedded cluster that died is being restarted, an
+/// external one does not answer), health says NOT_SERVING.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -180,18 +182,20 @@ pub async fn run(
     set_health(&health_reporter, tonic_health::ServingStatus::Serving).await;
     // Shared with the supervisor, whose task ends (shutdown) before the cluster stops.
     let embedded = embedded.map(Arc::new);
-    if let Some(pg) = &embedded {
-        let reporter = health_reporter.clone();
-        supervisor::spawn(pg.clone(), db.clone(), &shutdown, move |status| {
-            let reporter = reporter.clone();
-            async move {
-                let serving = match status {
-                    ClusterStatus::Up => tonic_health::ServingStatus::Serving,
-                    ClusterStatus::Down => tonic_health::ServingStatus::NotServing,
-                };
-                set_health(&reporter, serving).await
-            }
-        });
+    let reporter = health_reporter.clone();
+    let report = move |status| {
+        let reporter = reporter.clone();
+        async move {
+            let serving = match status {
+                ClusterStatus::Up => tonic_health::ServingStatus::Serving,
+                ClusterStatus::Down => tonic_health::ServingStatus::NotServing,
+            };
+            set_health(&reporter, serving).await
+        }
+    };
+    match &embedded {
+        Some(pg) => supervisor::spawn(pg.clone(), db.clone(), &shutdown, report),
+        None => db::probe::spawn(db.clone(), &shutdown, report),
     }
     let local_addr = listener.local_addr().ok();
     tracing::info!(

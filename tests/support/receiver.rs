@@ -199,9 +199,13 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver on a free loopback port.
     pub async fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the receiver");
+        Receiver::start_on("127.0.0.1:0".parse().expect("an address")).await
+    }
+
+    /// Starts a receiver on `addr`: a port that refused connections until now (a
+    /// handler endpoint coming up).
+    pub async fn start_on(addr: SocketAddr) -> Receiver {
+        let listener = TcpListener::bind(addr).await.expect("bind the receiver");
         let addr = listener.local_addr().expect("receiver address");
         let shared = Arc::new(Shared::default());
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));

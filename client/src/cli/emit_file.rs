@@ -159,7 +159,7 @@ async fn stream(
                     progress.show(sent.load(Ordering::Relaxed), tally, false);
                 }
                 Ok(None) => break Ok(()),
-                Err(status) => break Err(CliError::from(provisioning_client::ClientError::from(status))),
+                Err(error) => break Err(CliError::from(error)),
             },
             _ = ticker.tick() => progress.show(sent.load(Ordering::Relaxed), tally, false),
         }

@@ -8,6 +8,7 @@
 pub mod embedded;
 pub mod models;
 pub mod prepared;
+pub mod probe;
 pub mod queries;
 pub mod schema;
 
@@ -85,6 +86,17 @@ fn is_outage_message(message: &str) -> bool {
         "canceling statement due to conflict with recovery",
     ];
     OUTAGES.iter().any(|outage| message.contains(outage))
+}
+
+/// Whether the database can serve, as the embedded cluster's supervisor or the external
+/// database's probe sees it; the server's health follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterStatus {
+    /// Reachable (the embedded postmaster is running; the external database answers).
+    Up,
+    /// Not reachable (the embedded postmaster died and is being restarted; the external
+    /// database does not answer).
+    Down,
 }
 
 /// A cloneable handle on the connection pool.

@@ -17,6 +17,7 @@ use std::time::Duration;
 use chrono::Utc;
 use rand::Rng;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::recorder::{DeliveryOutcome, LogRecord, Record};
@@ -48,6 +49,9 @@ pub struct Worker {
     /// hand-over) until a claim finds less than it asked for, so under overload the
     /// oldest work runs first and the claim loop is never starved of slots.
     backlog: Arc<AtomicBool>,
+    /// Cancelled at shutdown: chains end after the run in progress and give the rest of
+    /// their leases back.
+    stop: CancellationToken,
 }
 
 impl Worker {
@@ -80,16 +84,47 @@ impl Worker {
     }
 
     /// Runs one event's deliveries, leased to this replica, in the given order; `slot`
-    /// is the run slot it holds until the chain ends.
+    /// is the run slot it holds until the chain ends. At shutdown the chain stops after
+    /// the run in progress and releases the leases of the rest at once.
     pub fn start(&self, chain: Vec<ClaimedDelivery>, slot: OwnedSemaphorePermit) {
         let worker = self.clone();
         self.chains.spawn(async move {
-            for delivery in chain {
+            let mut chain = chain.into_iter();
+            while let Some(delivery) = chain.next() {
+                if worker.stop.is_cancelled() {
+                    let ids = std::iter::once(delivery)
+                        .chain(chain)
+                        .map(|d| d.id)
+                        .collect();
+                    worker.release(ids).await;
+                    break;
+                }
                 run_delivery(&worker.db, &worker.runner, &worker.config, delivery).await;
             }
             drop(slot);
             worker.chain_done.notify_one();
         });
+    }
+
+    /// Gives back the leases of one event's deliveries that did not start (in run
+    /// order), so another replica takes them now rather than when the leases expire.
+    async fn release(&self, ids: Vec<i64>) {
+        let owner = self.owner();
+        let count = ids.len();
+        let released = self
+            .db
+            .run(move |conn| deliveries::release(conn, &ids, &owner).map_err(DbError::from))
+            .await;
+        match released {
+            Ok(released) => {
+                tracing::info!(
+                    released,
+                    "stopping: deliveries handed back to other replicas"
+                )
+            }
+            // They are taken over when their leases expire.
+            Err(error) => tracing::warn!(%error, count, "releasing leases at shutdown failed"),
+        }
     }
 }
 
@@ -110,6 +145,7 @@ pub fn spawn(
         chain_done: Arc::new(Notify::new()),
         owner: format!("{}-{:08x}", std::process::id(), rand::rng().random::<u32>()).into(),
         backlog: Arc::default(),
+        stop: shutdown.token.clone(),
     };
     let shutdown_for_task = shutdown.clone();
     let claiming = worker.clone();

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::EmbeddedPostgres;
-use crate::db::Db;
+use crate::db::{ClusterStatus, Db};
 use crate::shutdown::Shutdown;
 use crate::telemetry::error_chain;
 
@@ -32,15 +32,6 @@ pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
 /// Longest wait between two restart attempts.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
-
-/// Whether the supervised cluster can serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClusterStatus {
-    /// The postmaster is running.
-    Up,
-    /// The postmaster died; the supervisor is starting it again.
-    Down,
-}
 
 /// Starts supervising `pg` (whose pool is `db`) until shutdown. `report` is awaited at
 /// every change of the cluster's status, before the supervisor goes on: the server says

@@ -117,6 +117,31 @@ ORDER BY c.event_id, c.priority, c.handler_id
     })
 }
 
+/// Gives back `owner`'s leases on one event's deliveries that did not start, listed in
+/// run order: the first becomes due now, the others wait behind it as they did before
+/// the claim, so whichever replica claims it runs them in order. Wakes every replica.
+/// Returns how many were released.
+pub fn release(conn: &mut PgConnection, ids: &[i64], owner: &str) -> QueryResult<usize> {
+    let Some(&head) = ids.first() else {
+        return Ok(0);
+    };
+    let released = prepared(
+        r#"
+UPDATE deliveries
+SET state = CASE WHEN id = $1 THEN 1 ELSE 0 END, next_attempt_at = now(), leased_by = NULL
+WHERE id = ANY($2) AND leased_by = $3 AND state = 1
+"#,
+    )
+    .bind::<BigInt, _>(head)
+    .bind::<Array<BigInt>, _>(ids)
+    .bind::<Text, _>(owner)
+    .execute(conn)?;
+    diesel::sql_query("SELECT pg_notify($1, '')")
+        .bind::<Text, _>(crate::listener::WORK_CHANNEL)
+        .execute(conn)?;
+    Ok(released)
+}
+
 /// Records failed attempts: attempts + 1, the error, and either the next attempt time
 /// or, where it is `NULL`, death.
 pub fn record_failures(
