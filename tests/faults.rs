@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
+use futures_util::StreamExt;
 use provisioning_client::proto::event_service_client::EventServiceClient;
 use provisioning_client::{proto, RetryPolicy};
 use provisioning_server::db::embedded::EmbeddedPostgres;
@@ -550,4 +551,75 @@ async fn a_flapping_endpoint_is_retried_on_schedule_and_every_attempt_is_logged(
         );
     }
     assert_eq!(count(&db, "SELECT count(*) AS n FROM deliveries"), 0);
+}
+
+/// The client crate's EmitStream across a server killed mid-stream and started again
+/// on the same address: the stream is resumed with the unacknowledged events (same
+/// keys), the caller gets exactly one ack per event in order, and each event is stored
+/// once and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_stream_resumes_after_the_server_is_killed_mid_stream() {
+    const EVENTS: u64 = 1_000;
+    let db = TestDatabase::new().await;
+    let scripts = TempDir::new("provisioning-scripts");
+    let receiver = Receiver::start().await;
+    let addr = free_addr();
+    let mut server = replica_at(addr, &db.url, scripts.path(), &[]).await;
+    create(
+        &server.client,
+        http_handler(
+            "count",
+            "clients.create",
+            proto::Phase::After,
+            &receiver.url("/count"),
+        ),
+    )
+    .await;
+    // Paced, so the kill lands mid-stream; no keys: the client gives each one.
+    let events = futures_util::stream::iter(0..EVENTS).then(|n| async move {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        proto::EmitStreamRequest {
+            sequence: n,
+            event: Some(event_request(
+                "clients.create",
+                proto::Phase::After,
+                &format!(r#"{{"n": {n}}}"#),
+            )),
+        }
+    });
+    let mut acks = server
+        .client
+        .emit_stream(events)
+        .await
+        .expect("open the stream");
+    let mut sequences = Vec::new();
+    let mut duplicates = 0;
+    while let Some(ack) = acks.message().await.expect("the stream resumes, not fails") {
+        assert_eq!(ack.error_code, 0, "{ack:?}");
+        duplicates += usize::from(ack.duplicate);
+        sequences.push(ack.sequence);
+        if sequences.len() == 300 {
+            server.kill().await;
+            server = replica_at(addr, &db.url, scripts.path(), &[]).await;
+        }
+    }
+    println!(
+        "EmitStream across a kill: {} acks, {duplicates} of them duplicates",
+        sequences.len()
+    );
+    assert_eq!(
+        sequences,
+        (0..EVENTS).collect::<Vec<_>>(),
+        "one ack per event, in order"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) AS n FROM events"),
+        EVENTS as i64,
+        "each stored once"
+    );
+    let accepted: BTreeSet<u64> = (0..EVENTS).collect();
+    let tally = drain(&receiver, "/count", &accepted).await;
+    tally.print("EmitStream across a kill");
+    assert!(tally.missing.is_empty(), "lost: {:?}", tally.missing);
+    drop(server);
 }

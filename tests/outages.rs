@@ -1,7 +1,8 @@
 //! Database outages answer UNAVAILABLE, never INTERNAL: the server's connections are
 //! killed (`pg_terminate_backend`) again and again while callers emit; every call either
 //! succeeds or says UNAVAILABLE, a retry with the same idempotency key is safe, and every
-//! acknowledged event is delivered.
+//! acknowledged event is delivered. A database turned read-only (a failover) answers
+//! writes with UNAVAILABLE too. (Stopping and restarting PostgreSQL: `faults.rs`.)
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -166,5 +167,95 @@ async fn the_client_crate_retries_emits_through_killed_connections_storing_each_
         ),
         240,
         "each with a key of its own"
+    );
+}
+
+/// A database that turned read-only (a primary demoted to a standby by a failover)
+/// refuses writes: Emit and handler changes answer UNAVAILABLE, reads still work, and
+/// writes succeed again once it accepts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_database_answers_unavailable_to_writes() {
+    let db = TestDatabase::new().await;
+    let server = spawn_server(&db).await;
+    let client = server
+        .client
+        .clone()
+        .with_retry_policy(provisioning_client::RetryPolicy::NONE);
+    let set_read_only = |on: bool| {
+        let url = db.url.clone();
+        let name = db.name().to_owned();
+        tokio::task::spawn_blocking(move || {
+            use diesel::connection::SimpleConnection;
+            use diesel::Connection;
+            let mut conn = diesel::PgConnection::establish(&url).expect("connection");
+            // This session may itself have started read-only.
+            conn.batch_execute("SET default_transaction_read_only = off")
+                .expect("SET");
+            conn.batch_execute(&format!(
+                "ALTER DATABASE {name} SET default_transaction_read_only = {on}"
+            ))
+            .expect("ALTER DATABASE");
+            // Sessions read the setting when they start: make the server open new ones.
+            diesel::sql_query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .execute(&mut conn)
+            .expect("terminating backends");
+        })
+    };
+    set_read_only(true).await.expect("read-only");
+    // Reads work; each terminated pooled connection fails one call and is replaced, so
+    // after a run of successes every connection in the pool is a read-only one.
+    let mut successes = 0;
+    let deadline = Instant::now() + WAIT;
+    while successes < 20 {
+        match client
+            .list_handlers(proto::ListHandlersRequest::default())
+            .await
+        {
+            Ok(_) => successes += 1,
+            Err(error) => {
+                assert_eq!(error.code(), Some(tonic::Code::Unavailable), "{error}");
+                successes = 0;
+            }
+        }
+        assert!(Instant::now() < deadline, "reads never recovered");
+    }
+    let request = event_request("clients.create", proto::Phase::After, r#"{"n": 1}"#);
+    for _ in 0..5 {
+        let emitted = client.emit(request.clone()).await;
+        assert!(
+            matches!(&emitted, Err(e) if e.code() == Some(tonic::Code::Unavailable)),
+            "{emitted:?}"
+        );
+    }
+    let created = client
+        .create_handler(http_handler(
+            "h",
+            "clients.create",
+            proto::Phase::After,
+            "http://127.0.0.1:9/h",
+        ))
+        .await;
+    assert!(
+        matches!(&created, Err(e) if e.code() == Some(tonic::Code::Unavailable)),
+        "{created:?}"
+    );
+    assert_eq!(
+        crate::dispatch::count(&db, "SELECT count(*) AS n FROM events"),
+        0
+    );
+
+    set_read_only(false).await.expect("read-write");
+    let deadline = Instant::now() + WAIT;
+    while let Err(error) = client.emit(request.clone()).await {
+        assert_eq!(error.code(), Some(tonic::Code::Unavailable), "{error}");
+        assert!(Instant::now() < deadline, "writes never came back: {error}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        crate::dispatch::count(&db, "SELECT count(*) AS n FROM events"),
+        1
     );
 }

@@ -1,6 +1,6 @@
 //! `EmitStream` that survives a broken stream. The events sent and not yet
 //! acknowledged are kept (each with its idempotency key); when the stream breaks (the
-//! server stopped, the connection dropped, or an event's ack says UNAVAILABLE or
+//! server stopped, the connection broke, or an event's ack says UNAVAILABLE or
 //! DEADLINE_EXCEEDED) a new stream is opened after a backoff and those events are sent
 //! again, first, in their order. The service stores a keyed event at most once, so an
 //! event that had been stored before the break comes back acknowledged as a duplicate.
@@ -214,7 +214,7 @@ async fn run_one(
 
 /// A failed call: retried when its code says the same events may succeed later.
 fn classify(status: tonic::Status) -> Broken {
-    if retry::is_retryable_code(status.code()) {
+    if retry::is_retryable_status(&status) {
         Broken::Retry(status)
     } else {
         Broken::Fail(ClientError::Rpc(status))

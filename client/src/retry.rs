@@ -57,7 +57,16 @@ pub(crate) fn ensure_key(request: &mut proto::EmitRequest) {
 
 /// Whether a failed call may be sent again (with the same keys).
 fn is_retryable(error: &ClientError) -> bool {
-    error.code().is_some_and(is_retryable_code)
+    error.status().is_some_and(is_retryable_status)
+}
+
+/// Whether a status says the same emit may succeed if sent again: a retryable code, or
+/// a connection that broke during the call. tonic reports the latter as UNKNOWN with
+/// the transport's error as the status's source, which a status sent by a server never
+/// has; the outcome is unknown, and the key makes a resend safe.
+pub(crate) fn is_retryable_status(status: &tonic::Status) -> bool {
+    is_retryable_code(status.code())
+        || (status.code() == tonic::Code::Unknown && std::error::Error::source(status).is_some())
 }
 
 /// Whether a status code says the same emit may succeed if sent again: the service
@@ -174,5 +183,18 @@ mod tests {
         .await;
         assert!(result.is_err());
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_broken_connection_is_retryable_and_a_server_sent_unknown_is_not() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let broken = tonic::Status::from_error(Box::new(reset));
+        assert_eq!(broken.code(), tonic::Code::Unknown);
+        assert!(is_retryable_status(&broken));
+        assert!(!is_retryable_status(&tonic::Status::unknown(
+            "from the server"
+        )));
+        assert!(is_retryable_status(&tonic::Status::unavailable("away")));
+        assert!(!is_retryable_status(&tonic::Status::internal("bug")));
     }
 }
