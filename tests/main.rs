@@ -11,6 +11,7 @@ mod embedded_ownership;
 mod faults;
 mod handlers;
 mod logs;
+mod metrics;
 mod outages;
 mod retry;
 mod search_folding;

@@ -79,6 +79,10 @@ pub struct Config {
     #[arg(long, env = "PROVISIOND_EVENT_RETENTION", default_value = "30d", value_parser = parse_duration)]
     pub event_retention: Duration,
 
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`); off when not set.
+    #[arg(long, env = "PROVISIOND_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Deliveries run at once by this replica.
     #[arg(long, env = "PROVISIOND_CONCURRENCY", default_value_t = 512)]
     pub concurrency: usize,

@@ -36,6 +36,7 @@ pub mod grpc;
 pub mod limits;
 pub mod listener;
 pub mod maintenance;
+pub mod metrics;
 pub mod policy;
 pub mod shutdown;
 pub mod telemetry;
@@ -134,10 +135,21 @@ pub async fn run(
     if let Some(path) = &config.tokens_file {
         auth::reload::spawn(path.clone(), gate.clone(), &shutdown);
     }
+    // Bound before anything is served: a taken address fails the start.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await.map_err(ServerError::Io)?),
+        None => None,
+    };
     let config = Arc::new(config);
+    let metrics = Arc::new(metrics::Metrics::new());
     let signals = listener::spawn(db.clone(), &shutdown);
-    let recorder =
-        dispatch::recorder::spawn(db.clone(), config.clone(), signals.clone(), &shutdown);
+    let recorder = dispatch::recorder::spawn(
+        db.clone(),
+        config.clone(),
+        signals.clone(),
+        metrics.clone(),
+        &shutdown,
+    );
     // The runner holds the only recorder handle: the recorder drains and stops once the
     // worker and the gRPC services (the runner's owners) are gone.
     let runner = dispatch::Runner::new(
@@ -158,6 +170,7 @@ pub async fn run(
         config.clone(),
         worker,
         signals.clone(),
+        metrics.clone(),
         &shutdown,
     );
     maintenance::spawn(db.clone(), config.clone(), &shutdown);
@@ -173,6 +186,16 @@ pub async fn run(
     let logs = domain::logs::LogStore::new(db.clone(), signals.clone())
         .with_shutdown(shutdown.token.clone())
         .with_max_tails(config.max_tail_subscribers);
+    if let Some(listener) = metrics_listener {
+        tracing::info!(listen = ?listener.local_addr().ok(), "metrics served at /metrics");
+        metrics::serve(
+            listener,
+            metrics.clone(),
+            db.clone(),
+            logs.clone(),
+            &shutdown,
+        );
+    }
     let before = dispatch::before::BeforeChain::new(db.clone(), runner, config.max_payload_bytes);
 
     // Both reflection versions, so every grpcurl works without proto files.
@@ -235,7 +258,7 @@ pub async fn run(
                 .max_encoding_message_size(max_message),
         )
         .add_service(
-            EventServiceServer::new(grpc::event_service::EventApi::new(ingest, before))
+            EventServiceServer::new(grpc::event_service::EventApi::new(ingest, before, metrics))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )

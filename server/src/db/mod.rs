@@ -12,6 +12,8 @@ pub mod probe;
 pub mod queries;
 pub mod schema;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
@@ -104,6 +106,19 @@ pub enum ClusterStatus {
 pub struct Db {
     pool: Pool<ConnectionManager<PgConnection>>,
     url: String,
+    /// Callers waiting for a pooled connection now (r2d2 does not count them).
+    waiting: Arc<AtomicUsize>,
+}
+
+/// The pool's state, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStats {
+    /// Connections open (idle or in use).
+    pub connections: u32,
+    /// Connections idle.
+    pub idle: u32,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
 }
 
 impl Db {
@@ -123,6 +138,7 @@ impl Db {
         Ok(Db {
             pool,
             url: url.to_owned(),
+            waiting: Arc::default(),
         })
     }
 
@@ -135,8 +151,12 @@ impl Db {
         E: From<DbError> + Send + 'static,
     {
         let pool = self.pool.clone();
+        let waiting = self.waiting.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn: PooledConnection<_> = pool.get().map_err(DbError::Pool)?;
+            waiting.fetch_add(1, Ordering::Relaxed);
+            let conn = pool.get();
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            let mut conn: PooledConnection<_> = conn.map_err(DbError::Pool)?;
             f(&mut conn)
         })
         .await
@@ -163,6 +183,16 @@ impl Db {
                 .count())
         })
         .await?
+    }
+
+    /// The pool's connections and waiting callers now.
+    pub fn pool_stats(&self) -> PoolStats {
+        let state = self.pool.state();
+        PoolStats {
+            connections: state.connections,
+            idle: state.idle_connections,
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
     }
 
     /// Opens a connection outside the pool (for LISTEN, which holds its connection).

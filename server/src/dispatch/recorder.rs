@@ -23,6 +23,7 @@ use crate::db::queries::{deliveries, logs};
 use crate::db::{Db, DbError};
 use crate::domain::{event_data, text, HandlerKind, Phase, RunStatus};
 use crate::listener::Signals;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 const CHANNEL_CAPACITY: usize = 32 * 1024;
@@ -113,9 +114,15 @@ impl Recorder {
 
 /// Starts the recorder task. It ends once every `Recorder` handle is gone and the
 /// queue is drained, so runs still in flight at shutdown are recorded.
-pub fn spawn(db: Db, config: Arc<Config>, signals: Signals, shutdown: &Shutdown) -> Recorder {
+pub fn spawn(
+    db: Db,
+    config: Arc<Config>,
+    signals: Signals,
+    metrics: Arc<Metrics>,
+    shutdown: &Shutdown,
+) -> Recorder {
     let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
-    shutdown.spawn(write_loop(db, config, signals, receiver));
+    shutdown.spawn(write_loop(db, config, signals, metrics, receiver));
     Recorder { sender }
 }
 
@@ -123,6 +130,7 @@ async fn write_loop(
     db: Db,
     config: Arc<Config>,
     signals: Signals,
+    metrics: Arc<Metrics>,
     mut receiver: mpsc::Receiver<Record>,
 ) {
     let disable_after_ms = config.disable_after.as_millis() as i64;
@@ -141,14 +149,36 @@ async fn write_loop(
             }
         }
         let records = std::mem::take(&mut batch);
-        if let Some(max_id) = write_with_retry(&db, records, disable_after_ms).await {
+        for record in &records {
+            count_run(&metrics, record);
+        }
+        if let Some(max_id) = write_with_retry(&db, &metrics, records, disable_after_ms).await {
             signals.announce_logs(max_id);
         }
     }
 }
 
+/// Counts a run in the metrics, by its outcome.
+fn count_run(metrics: &Metrics, record: &Record) {
+    let log = &record.log;
+    let outcome = match (&record.delivery, log.status) {
+        (_, RunStatus::Success) => "success",
+        (Some(DeliveryOutcome::Failed { retry_at: Some(_) }), _) => "retry",
+        (Some(DeliveryOutcome::Failed { retry_at: None }), _) => "dead",
+        (Some(DeliveryOutcome::Gone), _) => "gone",
+        _ => "fail",
+    };
+    let duration = Duration::from_millis(log.duration_ms.max(0) as u64);
+    metrics.handler_run(log.handler_id, log.phase.as_str(), outcome, duration);
+}
+
 /// Writes the records; returns the highest log id written.
-async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) -> Option<i64> {
+async fn write_with_retry(
+    db: &Db,
+    metrics: &Metrics,
+    records: Vec<Record>,
+    disable_after_ms: i64,
+) -> Option<i64> {
     let records = Arc::new(records);
     let mut delay = Duration::from_millis(50);
     for _ in 0..5 {
@@ -157,7 +187,7 @@ async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) 
             .run(move |conn| write_batch(conn, &batch, disable_after_ms))
             .await
         {
-            Ok(max_id) => return max_id,
+            Ok(written) => return written.counted(metrics),
             Err(error) if error.is_rejection() => {
                 tracing::warn!(%error, rows = records.len(), "log batch rejected; writing rows one by one");
                 break;
@@ -171,7 +201,7 @@ async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) 
     }
     let mut written = None;
     for record in records.iter().cloned() {
-        written = written.max(write_one(db, record, disable_after_ms).await);
+        written = written.max(write_one(db, metrics, record, disable_after_ms).await);
     }
     written
 }
@@ -179,7 +209,12 @@ async fn write_with_retry(db: &Db, records: Vec<Record>, disable_after_ms: i64) 
 /// Writes one record, retrying while the database is unreachable. A row the database
 /// refuses is repaired ([`repair`]) and written again; if it is still refused, every
 /// field that came from outside is replaced ([`strip`]): the run's row is never lost.
-async fn write_one(db: &Db, mut record: Record, disable_after_ms: i64) -> Option<i64> {
+async fn write_one(
+    db: &Db,
+    metrics: &Metrics,
+    mut record: Record,
+    disable_after_ms: i64,
+) -> Option<i64> {
     let mut delay = Duration::from_millis(100);
     let mut refusals = 0;
     loop {
@@ -188,7 +223,7 @@ async fn write_one(db: &Db, mut record: Record, disable_after_ms: i64) -> Option
             .run(move |conn| write_batch(conn, &row, disable_after_ms))
             .await
         {
-            Ok(max_id) => return max_id,
+            Ok(written) => return written.counted(metrics),
             Err(error) if error.is_rejection() => {
                 refusals += 1;
                 let repaired = match refusals {
@@ -291,11 +326,28 @@ fn marker(field: &str, reason: &str, original: &str) -> String {
     .to_string()
 }
 
+/// What one written batch did.
+struct Written {
+    /// Highest log id written.
+    max_id: Option<i64>,
+    /// Handlers disabled automatically by these runs.
+    disabled: u64,
+}
+
+impl Written {
+    /// Counts the handlers disabled (once the batch is committed) and returns the
+    /// highest log id.
+    fn counted(self, metrics: &Metrics) -> Option<i64> {
+        metrics.handlers_auto_disabled.inc_by(self.disabled);
+        self.max_id
+    }
+}
+
 fn write_batch(
     conn: &mut diesel::PgConnection,
     records: &[Record],
     disable_after_ms: i64,
-) -> Result<Option<i64>, DbError> {
+) -> Result<Written, DbError> {
     let mut columns = logs::NewLogColumns::default();
     let mut delivered = Vec::new();
     let (mut failed_ids, mut failed_at, mut failed_errors) = (Vec::new(), Vec::new(), Vec::new());
@@ -346,34 +398,34 @@ fn write_batch(
     succeeded_handlers.dedup();
     if failed_ids.is_empty() {
         // Only successes (the common case): one statement, committed on its own.
-        return Ok(logs::insert_batch(
-            conn,
-            &columns,
-            &delivered,
-            &succeeded_handlers,
-        )?);
+        let max_id = logs::insert_batch(conn, &columns, &delivered, &succeeded_handlers)?;
+        return Ok(Written {
+            max_id,
+            disabled: 0,
+        });
     }
     conn.transaction::<_, DbError, _>(|conn| {
         let max_id = logs::insert_batch(conn, &columns, &delivered, &succeeded_handlers)?;
         deliveries::record_failures(conn, &failed_ids, &failed_at, &failed_errors)?;
+        let mut disabled = 0;
         if !failed_handlers.is_empty() {
-            let disabled =
-                deliveries::record_handler_failures(conn, &failed_handlers, disable_after_ms)?;
-            for id in disabled {
+            for id in deliveries::record_handler_failures(conn, &failed_handlers, disable_after_ms)?
+            {
                 tracing::warn!(handler.id = id, "handler disabled: failing for too long");
+                disabled += 1;
             }
         }
         for id in gone {
-            deliveries::disable_handler(
+            disabled += deliveries::disable_handler(
                 conn,
                 id,
                 "disabled automatically: the endpoint answered 410 Gone",
-            )?;
+            )? as u64;
             tracing::warn!(
                 handler.id = id,
                 "handler disabled: its endpoint answered 410 Gone"
             );
         }
-        Ok(max_id)
+        Ok(Written { max_id, disabled })
     })
 }

@@ -25,6 +25,7 @@ use crate::db::queries::{event_types, events};
 use crate::db::{Db, DbError};
 use crate::dispatch::worker::Worker;
 use crate::listener::Signals;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 /// Longest idempotency key.
@@ -79,6 +80,7 @@ struct Storage {
     db: Db,
     worker: Worker,
     signals: Signals,
+    metrics: Arc<Metrics>,
 }
 
 impl Ingest {
@@ -88,6 +90,7 @@ impl Ingest {
         config: Arc<Config>,
         worker: Worker,
         signals: Signals,
+        metrics: Arc<Metrics>,
         shutdown: &Shutdown,
     ) -> Ingest {
         let (queue, receiver) = mpsc::channel(64 * 1024);
@@ -95,6 +98,7 @@ impl Ingest {
             db: db.clone(),
             worker,
             signals,
+            metrics,
         };
         shutdown.spawn(commit_loop(storage.clone(), receiver));
         Ingest {
@@ -192,7 +196,8 @@ impl Storage {
         batch: Vec<NewEvent>,
         atomicity: Atomicity,
     ) -> Result<Vec<Result<Accepted, DomainError>>, DomainError> {
-        let mut slots = self.worker.reserve(batch.len());
+        let events = batch.len();
+        let mut slots = self.worker.reserve(events);
         let leased_events = slots.as_ref().map_or(0, |s| s.num_permits());
         let owner = self.worker.owner();
         let lease_ms = self.worker.lease_ms();
@@ -207,6 +212,7 @@ impl Storage {
                 store(conn, batch, lease, atomicity)
             })
             .await?;
+        self.metrics.group_commit_events.observe(events as f64);
         for chain in stored.leased {
             // One slot was reserved per leased event; `leased` never has more chains.
             if let Some(slot) = slots.as_mut().and_then(|s| s.split(1)) {

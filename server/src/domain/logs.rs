@@ -226,6 +226,8 @@ pub struct LogStore {
     shutdown: CancellationToken,
     /// One permit per live tail that may be open at once (`--max-tail-subscribers`).
     tail_slots: Arc<Semaphore>,
+    /// How many permits `tail_slots` started with.
+    max_tails: usize,
 }
 
 impl LogStore {
@@ -236,11 +238,19 @@ impl LogStore {
             signals,
             shutdown: CancellationToken::new(),
             tail_slots: Arc::new(Semaphore::new(DEFAULT_MAX_TAILS)),
+            max_tails: DEFAULT_MAX_TAILS,
         }
+    }
+
+    /// Live tails open now.
+    pub fn tail_count(&self) -> usize {
+        self.max_tails
+            .saturating_sub(self.tail_slots.available_permits())
     }
 
     /// At most `max` live tails at once; more get `ResourceExhausted`.
     pub fn with_max_tails(mut self, max: usize) -> LogStore {
+        self.max_tails = max;
         self.tail_slots = Arc::new(Semaphore::new(max));
         self
     }

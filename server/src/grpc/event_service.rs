@@ -1,6 +1,8 @@
 //! `provisioning.v1.EventService`.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -14,6 +16,7 @@ use crate::auth::{AuthError, Caller};
 use crate::dispatch::before::{BeforeChain, ChainResult, Decision, Outcome};
 use crate::domain::events::{Accepted, Ingest, MAX_BATCH_EVENTS};
 use crate::domain::{DomainError, Phase};
+use crate::metrics::{EmitLabels, Metrics};
 
 /// Longest BEFORE chain when the caller sets no deadline.
 const DEFAULT_BEFORE_DEADLINE: Duration = Duration::from_secs(60);
@@ -26,12 +29,26 @@ const STREAM_WINDOW: usize = 4096;
 pub struct EventApi {
     ingest: Ingest,
     before: BeforeChain,
+    metrics: Arc<Metrics>,
 }
 
 impl EventApi {
-    /// A service over the ingest path and the BEFORE chain.
-    pub fn new(ingest: Ingest, before: BeforeChain) -> EventApi {
-        EventApi { ingest, before }
+    /// A service over the ingest path and the BEFORE chain, counting emits in `metrics`.
+    pub fn new(ingest: Ingest, before: BeforeChain, metrics: Arc<Metrics>) -> EventApi {
+        EventApi {
+            ingest,
+            before,
+            metrics,
+        }
+    }
+
+    /// Counts one emitted event: by its name once it was accepted, by the refusal's
+    /// code (and no name, which may be anything) otherwise.
+    fn count(&self, event: &str, phase: &'static str, result: Result<&'static str, &Status>) {
+        match result {
+            Ok(result) => self.metrics.emitted(event, phase, result),
+            Err(status) => self.metrics.emitted("", phase, code_label(status.code())),
+        }
     }
 }
 
@@ -56,15 +73,34 @@ impl EventService for EventApi {
             data_json,
             idempotency_key,
         } = request.into_inner();
-        may_emit(&caller, "", &event)?;
-        let phase = convert::required_phase(phase, "phase")?;
-        let event = self
-            .ingest
-            .validate(&caller, "", event, data_json, idempotency_key)
-            .await?;
+        let phase_label = match pb::Phase::try_from(phase) {
+            Ok(pb::Phase::Before) => "before",
+            Ok(pb::Phase::After) => "after",
+            _ => "",
+        };
+        let checked = async {
+            may_emit(&caller, "", &event)?;
+            let phase = convert::required_phase(phase, "phase")?;
+            let event = self
+                .ingest
+                .validate(&caller, "", event, data_json, idempotency_key)
+                .await?;
+            Ok::<_, Status>((phase, event))
+        };
+        let (phase, event) = checked
+            .await
+            .inspect_err(|status| self.count("", phase_label, Err(status)))?;
+        let name = event.event.clone();
         let reply = match phase {
             Phase::After => {
-                let accepted = self.ingest.emit(event).await?;
+                let accepted = self.ingest.emit(event).await;
+                let accepted = accepted.map_err(Status::from);
+                self.count(
+                    &name,
+                    phase_label,
+                    accepted.as_ref().map(|a| after_result(a.duplicate)),
+                );
+                let accepted = accepted?;
                 pb::EmitResponse {
                     event_id: accepted.event_id,
                     duplicate: accepted.duplicate,
@@ -81,7 +117,19 @@ impl EventService for EventApi {
                         .run(event.event, event.data, event.emitted_by, deadline)
                         .await
                 });
-                let chain_result = run.await.map_err(|e| DomainError::Internal(Box::new(e)))?;
+                let chain_result = run
+                    .await
+                    .map_err(|e| DomainError::Internal(Box::new(e)))
+                    .and_then(|result| result)
+                    .map_err(Status::from);
+                self.count(
+                    &name,
+                    phase_label,
+                    chain_result.as_ref().map(|chain| match chain.decision {
+                        Decision::Allowed => "allowed",
+                        Decision::Forbidden => "forbidden",
+                    }),
+                );
                 before_reply(chain_result?)
             }
         };
@@ -100,14 +148,41 @@ impl EventService for EventApi {
                 events.len()
             )));
         }
-        let mut batch = Vec::with_capacity(events.len());
+        let total = events.len();
+        let refused = |status: Status| {
+            (0..total).for_each(|_| self.count("", "after", Err(&status)));
+            status
+        };
+        let mut batch = Vec::with_capacity(total);
         for (index, request) in events.into_iter().enumerate() {
             batch.push(
                 self.validate_after(&caller, &format!("events[{index}]."), request)
-                    .await?,
+                    .await
+                    .map_err(refused)?,
             );
         }
-        let accepted = self.ingest.emit_batch(batch).await?;
+        let names: Vec<String> = batch.iter().map(|e| e.event.clone()).collect();
+        let accepted = self
+            .ingest
+            .emit_batch(batch)
+            .await
+            .map_err(|e| refused(Status::from(e)))?;
+        let mut counts: HashMap<(&str, &'static str), u64> = HashMap::new();
+        for (name, accepted) in names.iter().zip(&accepted) {
+            *counts
+                .entry((name, after_result(accepted.duplicate)))
+                .or_default() += 1;
+        }
+        for ((event, result), n) in counts {
+            self.metrics
+                .emitted
+                .get_or_create(&EmitLabels {
+                    event: event.to_owned(),
+                    phase: "after",
+                    result,
+                })
+                .inc_by(n);
+        }
         Ok(Response::new(pb::EmitBatchResponse {
             acks: accepted
                 .into_iter()
@@ -129,6 +204,7 @@ impl EventService for EventApi {
         let api = EventApi {
             ingest: self.ingest.clone(),
             before: self.before.clone(),
+            metrics: self.metrics.clone(),
         };
         tokio::spawn(async move {
             let mut in_flight = FuturesOrdered::new();
@@ -137,18 +213,28 @@ impl EventService for EventApi {
                 tokio::select! {
                     message = inbound.next(), if inbound_open && in_flight.len() < STREAM_WINDOW => match message {
                         Some(Ok(pb::EmitStreamRequest { sequence, event })) => {
-                            let api_ingest = api.ingest.clone();
+                            let (api_ingest, metrics) = (api.ingest.clone(), api.metrics.clone());
                             let validated = match event {
                                 Some(event) => api.validate_after(&caller, "event.", event).await,
                                 None => Err(Status::invalid_argument("event: required")),
                             };
                             in_flight.push_back(async move {
-                                match validated {
-                                    Ok(event) => match api_ingest.emit(event).await {
-                                        Ok(accepted) => ack(sequence, accepted),
-                                        Err(error) => rejected(sequence, Status::from(error)),
-                                    },
-                                    Err(status) => rejected(sequence, status),
+                                let (event, result) = match validated {
+                                    Ok(event) => {
+                                        let name = event.event.clone();
+                                        (name, api_ingest.emit(event).await.map_err(Status::from))
+                                    }
+                                    Err(status) => (String::new(), Err(status)),
+                                };
+                                match result {
+                                    Ok(accepted) => {
+                                        metrics.emitted(&event, "after", after_result(accepted.duplicate));
+                                        ack(sequence, accepted)
+                                    }
+                                    Err(status) => {
+                                        metrics.emitted("", "after", code_label(status.code()));
+                                        rejected(sequence, status)
+                                    }
                                 }
                             });
                         }
@@ -213,6 +299,39 @@ fn may_emit(caller: &Caller, field: &str, event: &str) -> Result<(), Status> {
         caller.event_denied_message(event)
     ))
     .into())
+}
+
+/// The metrics result of a stored AFTER event.
+fn after_result(duplicate: bool) -> &'static str {
+    if duplicate {
+        "duplicate"
+    } else {
+        "accepted"
+    }
+}
+
+/// The gRPC code of a refusal as a metrics label value.
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid_argument",
+        DeadlineExceeded => "deadline_exceeded",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        PermissionDenied => "permission_denied",
+        ResourceExhausted => "resource_exhausted",
+        FailedPrecondition => "failed_precondition",
+        Aborted => "aborted",
+        OutOfRange => "out_of_range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data_loss",
+        Unauthenticated => "unauthenticated",
+    }
 }
 
 fn ack(sequence: u64, accepted: Accepted) -> pb::EmitAck {

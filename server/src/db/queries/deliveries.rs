@@ -406,3 +406,28 @@ GROUP BY h.id, h.name
         .map(|r| (r.handler_id, r.name, r.paused))
         .collect())
 }
+
+/// Deliveries due now and not leased (on every replica), and how long the oldest of
+/// them has been due.
+#[derive(Debug, QueryableByName)]
+pub struct DueSummary {
+    /// How many.
+    #[diesel(sql_type = BigInt)]
+    pub count: i64,
+    /// Seconds since the oldest became due; 0 when none is.
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    pub oldest_age_seconds: f64,
+}
+
+/// The [`DueSummary`] now. A claimed delivery's due time is its lease expiry, so
+/// deliveries running now are not counted as due.
+pub fn due_summary(conn: &mut PgConnection) -> QueryResult<DueSummary> {
+    prepared(
+        r#"
+SELECT count(*) AS count,
+       coalesce(extract(epoch FROM now() - min(next_attempt_at)), 0)::float8 AS oldest_age_seconds
+FROM deliveries WHERE state = 1 AND next_attempt_at <= now()
+"#,
+    )
+    .get_result(conn)
+}
