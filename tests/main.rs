@@ -17,4 +17,5 @@ mod retry;
 mod search_folding;
 mod security;
 mod tls;
+mod trace_context;
 mod untrusted;

@@ -235,7 +235,16 @@ pub async fn run(
     let token = shutdown.token.clone();
     let max_message = config.max_message_bytes;
     let router = tonic::transport::Server::builder()
-        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .trace_fn(|request| {
+            // The caller's trace id on every line logged for the call.
+            let trace_id = request
+                .headers()
+                .get("traceparent")
+                .and_then(|value| value.to_str().ok())
+                .and_then(domain::trace_context::TraceContext::parse)
+                .map(|trace| trace.trace_id());
+            tracing::info_span!("grpc", method = %request.uri().path(), trace_id)
+        })
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_keepalive_interval(Some(config.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))

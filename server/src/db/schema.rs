@@ -32,6 +32,7 @@ diesel::table! {
         idempotency_key -> Nullable<Text>,
         created_at -> Timestamptz,
         emitted_by -> Nullable<Text>,
+        traceparent -> Nullable<Text>,
     }
 }
 

@@ -16,6 +16,7 @@ use super::worker::reply_fields;
 use super::{AttemptError, Execution, Invocation, Reply, RunTarget, Runner, LOGGED_RESPONSE_BYTES};
 use crate::db::queries::{self, events};
 use crate::db::Db;
+use crate::domain::events::NewEvent;
 use crate::domain::handlers::{handler_from_row, Handler, Target};
 use crate::domain::{event_data, text, DomainError, FailurePolicy, Phase, RunStatus};
 
@@ -99,15 +100,20 @@ impl BeforeChain {
         }
     }
 
-    /// Runs the chain for a validated event emitted by `emitted_by` (recorded in its
-    /// log rows); `deadline` bounds the whole chain.
+    /// Runs the chain for a validated event (its emitter is recorded in the log rows,
+    /// its trace continued by each run); `deadline` bounds the whole chain.
     pub async fn run(
         &self,
-        event: String,
-        data: String,
-        emitted_by: Option<String>,
+        event: NewEvent,
         deadline: Instant,
     ) -> Result<ChainResult, DomainError> {
+        let NewEvent {
+            event,
+            data,
+            emitted_by,
+            trace,
+            ..
+        } = event;
         let (event_id, chain) = self.load(event.clone(), data.clone()).await?;
         let mut data = data;
         let mut results = Vec::with_capacity(chain.len());
@@ -137,6 +143,7 @@ impl BeforeChain {
                 attempt: 1,
                 message_id: format!("evt_{event_id}_{}", handler.id),
                 data: &data,
+                traceparent: trace.map(|trace| trace.child().to_string()),
             };
             let headers = match &handler.target {
                 Target::Http { headers, .. } => serde_json::to_value(headers).unwrap_or_default(),

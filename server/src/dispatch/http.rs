@@ -81,6 +81,9 @@ impl HttpExecutor {
             .header("webhook-id", invocation.message_id.as_str())
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature);
+        if let Some(traceparent) = &invocation.traceparent {
+            request = request.header("traceparent", traceparent.as_str());
+        }
         if let Some(extra) = headers.as_object() {
             for (name, value) in extra {
                 if let Some(value) = value.as_str() {

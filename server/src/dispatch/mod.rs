@@ -45,6 +45,9 @@ pub struct Invocation<'a> {
     pub message_id: String,
     /// Data sent: a JSON object as text.
     pub data: &'a str,
+    /// The W3C `traceparent` of this run (a child of the emitter's), if it sent one:
+    /// the `traceparent` header of an HTTP POST, `TRACEPARENT` for a script.
+    pub traceparent: Option<String>,
 }
 
 /// Where a handler runs.

@@ -85,6 +85,9 @@ impl ScriptExecutor {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        if let Some(traceparent) = &invocation.traceparent {
+            command.env("TRACEPARENT", traceparent);
+        }
         if let Some((uid, gid)) = self.access.run_as {
             // The standard library drops supplementary groups (setgroups(0)) before
             // setuid when the parent is root.

@@ -26,6 +26,7 @@ use super::{AttemptError, Execution, Invocation, Reply, RunTarget, Runner, LOGGE
 use crate::config::Config;
 use crate::db::queries::deliveries::{self, ClaimedDelivery};
 use crate::db::{Db, DbError};
+use crate::domain::trace_context::TraceContext;
 use crate::domain::{text, HandlerKind, Phase, RunStatus};
 use crate::listener::Signals;
 use crate::shutdown::Shutdown;
@@ -243,6 +244,11 @@ async fn run_delivery(db: &Db, runner: &Runner, config: &Config, delivery: Claim
         // re-sends, so receivers can deduplicate on `webhook-id`.
         message_id: format!("evt_{}_{}", delivery.event_id, delivery.handler_id),
         data: &delivery.data,
+        traceparent: delivery
+            .traceparent
+            .as_deref()
+            .and_then(TraceContext::parse)
+            .map(|trace| trace.child().to_string()),
     };
     if delivery.status == "archived" {
         // Archived after the event was accepted (while this delivery was running or

@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::trace_context::TraceContext;
 use super::{event_data, text, DomainError};
 use crate::auth::Caller;
 use crate::config::Config;
@@ -46,6 +47,8 @@ pub struct NewEvent {
     pub idempotency_key: Option<String>,
     /// The name of the caller who emitted it.
     pub emitted_by: Option<String>,
+    /// The emitter's trace, continued by the handler runs.
+    pub trace: Option<TraceContext>,
 }
 
 /// An accepted AFTER event.
@@ -143,6 +146,7 @@ impl Ingest {
             data,
             idempotency_key: (!key.is_empty()).then_some(key),
             emitted_by: Some(caller.name.clone()),
+            trace: None,
         })
     }
 
@@ -293,16 +297,29 @@ fn store_statement(
     let data: Vec<&str> = batch.iter().map(|e| e.data.as_str()).collect();
     let keys: Vec<Option<&str>> = batch.iter().map(|e| e.idempotency_key.as_deref()).collect();
     let emitted_by: Vec<Option<&str>> = batch.iter().map(|e| e.emitted_by.as_deref()).collect();
-    let rows =
-        events::insert_batch(conn, &names, &data, &keys, &emitted_by, lease).map_err(|error| {
-            // Sent, then the connection broke: the statement may have committed.
-            let error = DbError::Query(error);
-            if error.is_unavailable() {
-                DomainError::OutcomeUnknown(Box::new(error))
-            } else {
-                DomainError::from(error)
-            }
-        })?;
+    let traceparents: Vec<Option<String>> = batch
+        .iter()
+        .map(|e| e.trace.map(|t| t.to_string()))
+        .collect();
+    let traceparents: Vec<Option<&str>> = traceparents.iter().map(Option::as_deref).collect();
+    let rows = events::insert_batch(
+        conn,
+        &names,
+        &data,
+        &keys,
+        &emitted_by,
+        &traceparents,
+        lease,
+    )
+    .map_err(|error| {
+        // Sent, then the connection broke: the statement may have committed.
+        let error = DbError::Query(error);
+        if error.is_unavailable() {
+            DomainError::OutcomeUnknown(Box::new(error))
+        } else {
+            DomainError::from(error)
+        }
+    })?;
     let duplicate_keys: Vec<&str> = rows
         .iter()
         .filter(|r| !r.inserted)
@@ -357,6 +374,7 @@ fn store_statement(
                 script_path: row.script_path,
                 timeout_ms: row.timeout_ms.unwrap_or_default(),
                 emitted_by: event.emitted_by.clone(),
+                traceparent: event.trace.map(|t| t.to_string()),
             });
         }
     }

@@ -9,6 +9,7 @@ pub mod events;
 pub mod handlers;
 pub mod logs;
 pub mod text;
+pub mod trace_context;
 
 use std::fmt;
 

@@ -15,6 +15,7 @@ use super::convert;
 use crate::auth::{AuthError, Caller};
 use crate::dispatch::before::{BeforeChain, ChainResult, Decision, Outcome};
 use crate::domain::events::{Accepted, Ingest, MAX_BATCH_EVENTS};
+use crate::domain::trace_context::TraceContext;
 use crate::domain::{DomainError, Phase};
 use crate::metrics::{EmitLabels, Metrics};
 
@@ -67,6 +68,7 @@ impl EventService for EventApi {
         });
         let deadline = Instant::now() + budget;
         let caller = super::caller(&request)?;
+        let trace = super::trace_context(&request);
         let pb::EmitRequest {
             event,
             phase,
@@ -81,10 +83,11 @@ impl EventService for EventApi {
         let checked = async {
             may_emit(&caller, "", &event)?;
             let phase = convert::required_phase(phase, "phase")?;
-            let event = self
+            let mut event = self
                 .ingest
                 .validate(&caller, "", event, data_json, idempotency_key)
                 .await?;
+            event.trace = trace;
             Ok::<_, Status>((phase, event))
         };
         let (phase, event) = checked
@@ -112,11 +115,7 @@ impl EventService for EventApi {
                 // A task of its own: if the caller goes away (or tonic's own timeout
                 // fires), the runs already started still finish and are logged.
                 let chain = self.before.clone();
-                let run = tokio::spawn(async move {
-                    chain
-                        .run(event.event, event.data, event.emitted_by, deadline)
-                        .await
-                });
+                let run = tokio::spawn(async move { chain.run(event, deadline).await });
                 let chain_result = run
                     .await
                     .map_err(|e| DomainError::Internal(Box::new(e)))
@@ -141,6 +140,7 @@ impl EventService for EventApi {
         request: Request<pb::EmitBatchRequest>,
     ) -> Result<Response<pb::EmitBatchResponse>, Status> {
         let caller = super::caller(&request)?;
+        let trace = super::trace_context(&request);
         let pb::EmitBatchRequest { events } = request.into_inner();
         if events.is_empty() || events.len() > MAX_BATCH_EVENTS {
             return Err(Status::invalid_argument(format!(
@@ -156,7 +156,7 @@ impl EventService for EventApi {
         let mut batch = Vec::with_capacity(total);
         for (index, request) in events.into_iter().enumerate() {
             batch.push(
-                self.validate_after(&caller, &format!("events[{index}]."), request)
+                self.validate_after(&caller, trace, &format!("events[{index}]."), request)
                     .await
                     .map_err(refused)?,
             );
@@ -199,6 +199,7 @@ impl EventService for EventApi {
         request: Request<Streaming<pb::EmitStreamRequest>>,
     ) -> Result<Response<Self::EmitStreamStream>, Status> {
         let caller = super::caller(&request)?;
+        let trace = super::trace_context(&request);
         let mut inbound = request.into_inner();
         let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_WINDOW);
         let api = EventApi {
@@ -215,7 +216,7 @@ impl EventService for EventApi {
                         Some(Ok(pb::EmitStreamRequest { sequence, event })) => {
                             let (api_ingest, metrics) = (api.ingest.clone(), api.metrics.clone());
                             let validated = match event {
-                                Some(event) => api.validate_after(&caller, "event.", event).await,
+                                Some(event) => api.validate_after(&caller, trace, "event.", event).await,
                                 None => Err(Status::invalid_argument("event: required")),
                             };
                             in_flight.push_back(async move {
@@ -266,6 +267,7 @@ impl EventApi {
     async fn validate_after(
         &self,
         caller: &Caller,
+        trace: Option<TraceContext>,
         field: &str,
         request: pb::EmitRequest,
     ) -> Result<crate::domain::events::NewEvent, Status> {
@@ -282,10 +284,12 @@ impl EventApi {
                 "{field}phase: only AFTER events can be batched or streamed; use Emit for BEFORE"
             )));
         }
-        self.ingest
+        let mut event = self
+            .ingest
             .validate(caller, field, event, data_json, idempotency_key)
-            .await
-            .map_err(Status::from)
+            .await?;
+        event.trace = trace;
+        Ok(event)
     }
 }
 

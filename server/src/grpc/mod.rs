@@ -18,6 +18,16 @@ pub mod status;
 use tonic::{Request, Status};
 
 use crate::auth::{AuthError, Caller};
+use crate::domain::trace_context::TraceContext;
+
+/// The caller's W3C trace context (`traceparent` metadata), if it sent a valid one.
+pub fn trace_context<T>(request: &Request<T>) -> Option<TraceContext> {
+    request
+        .metadata()
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .and_then(TraceContext::parse)
+}
 
 /// The caller the auth layer put in the request's extensions. Every method of our
 /// services passes through that layer; a request without a caller is refused rather

@@ -58,6 +58,9 @@ pub struct ClaimedDelivery {
     /// Who emitted the event (NULL for events stored before this was recorded).
     #[diesel(sql_type = Nullable<Text>)]
     pub emitted_by: Option<String>,
+    /// The emitter's W3C `traceparent`, if it sent one.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub traceparent: Option<String>,
 }
 
 /// Claims up to `limit` due deliveries, plus the waiting (lower-priority) siblings of
@@ -103,7 +106,7 @@ WITH heads AS (
 )
 SELECT c.id, c.event_id, c.attempts, e.event, e.data,
        h.id AS handler_id, h.name, h.kind, h.status, h.url, h.headers, h.secret, h.script_path, h.timeout_ms,
-       e.emitted_by
+       e.emitted_by, e.traceparent
 FROM claimed c
 JOIN events e ON e.id = c.event_id
 JOIN handlers h ON h.id = c.handler_id

@@ -74,17 +74,18 @@ pub fn insert_batch(
     data: &[&str],
     keys: &[Option<&str>],
     emitted_by: &[Option<&str>],
+    traceparents: &[Option<&str>],
     lease: LeaseAtInsert<'_>,
 ) -> QueryResult<Vec<StoredEvent>> {
     prepared(
         r#"
 WITH input AS MATERIALIZED (
-    SELECT nextval('events_id_seq') AS id, t.event, t.data, t.key, t.emitted_by, t.ord
-    FROM unnest($1::text[], $2::text[], $3::text[], $7::text[])
-        WITH ORDINALITY AS t(event, data, key, emitted_by, ord)
+    SELECT nextval('events_id_seq') AS id, t.event, t.data, t.key, t.emitted_by, t.traceparent, t.ord
+    FROM unnest($1::text[], $2::text[], $3::text[], $7::text[], $8::text[])
+        WITH ORDINALITY AS t(event, data, key, emitted_by, traceparent, ord)
 ), ins AS (
-    INSERT INTO events (id, event, data, idempotency_key, emitted_by)
-    SELECT id, event, data, key, emitted_by FROM input ORDER BY ord
+    INSERT INTO events (id, event, data, idempotency_key, emitted_by, traceparent)
+    SELECT id, event, data, key, emitted_by, traceparent FROM input ORDER BY ord
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, event, data
 ), dl AS (
@@ -124,6 +125,7 @@ ORDER BY input.ord, l.priority, l.handler_id
     .bind::<Text, _>(lease.owner)
     .bind::<BigInt, _>(lease.lease_ms)
     .bind::<Array<Nullable<Text>>, _>(emitted_by)
+    .bind::<Array<Nullable<Text>>, _>(traceparents)
     .load(conn)
 }
 
