@@ -229,6 +229,13 @@ async fn a_read_only_database_answers_unavailable_to_writes() {
             matches!(&emitted, Err(e) if e.code() == Some(tonic::Code::Unavailable)),
             "{emitted:?}"
         );
+        // With the standard detail saying when to retry.
+        let status = emitted
+            .err()
+            .and_then(|e| e.status().cloned())
+            .expect("a status");
+        let retry = tonic_types::StatusExt::get_details_retry_info(&status).expect("RetryInfo");
+        assert_eq!(retry.retry_delay, Some(Duration::from_secs(1)));
     }
     let created = client
         .create_handler(http_handler(

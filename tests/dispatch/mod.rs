@@ -86,14 +86,31 @@ pub(crate) async fn emit_before(client: &Client, event: &str, data: &str) -> pro
 }
 
 /// The message of an INVALID_ARGUMENT error; panics on success or any other error.
+/// The message of an INVALID_ARGUMENT, checking on the way that a message naming its
+/// field (`field: what is wrong`) carries the same as a `google.rpc.BadRequest` field
+/// violation, as clients in other languages read it.
 pub(crate) fn invalid_argument<T: std::fmt::Debug>(result: Result<T, ClientError>) -> String {
-    match result {
-        Err(error) if error.code() == Some(tonic::Code::InvalidArgument) => error
-            .status()
-            .map(|s| s.message().to_owned())
-            .unwrap_or_default(),
+    use tonic_types::StatusExt;
+    let status = match result {
+        Err(ClientError::Rpc(status)) if status.code() == tonic::Code::InvalidArgument => status,
         other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    };
+    let message = status.message().to_owned();
+    if let Some((field, description)) = message.split_once(": ") {
+        let is_path = field
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'));
+        if is_path {
+            let violations = status
+                .get_details_bad_request()
+                .unwrap_or_else(|| panic!("no BadRequest details in {status:?}"))
+                .field_violations;
+            assert_eq!(violations.len(), 1, "{violations:?}");
+            assert_eq!(violations[0].field, field);
+            assert_eq!(violations[0].description, description);
+        }
     }
+    message
 }
 
 /// Whether two JSON texts hold the same data (numbers compared digit for digit).

@@ -40,7 +40,7 @@ impl SecretView {
 pub const REDACTED: &str = "…";
 
 fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {message}"))
+    super::status::invalid_argument(format!("{field}: {message}"))
 }
 
 /// A proto phase; UNSPECIFIED is `None`.

@@ -143,7 +143,7 @@ impl EventService for EventApi {
         let trace = super::trace_context(&request);
         let pb::EmitBatchRequest { events } = request.into_inner();
         if events.is_empty() || events.len() > MAX_BATCH_EVENTS {
-            return Err(Status::invalid_argument(format!(
+            return Err(super::status::invalid_argument(format!(
                 "events: a batch holds 1 to {MAX_BATCH_EVENTS} events, got {}",
                 events.len()
             )));
@@ -217,7 +217,7 @@ impl EventService for EventApi {
                             let (api_ingest, metrics) = (api.ingest.clone(), api.metrics.clone());
                             let validated = match event {
                                 Some(event) => api.validate_after(&caller, trace, "event.", event).await,
-                                None => Err(Status::invalid_argument("event: required")),
+                                None => Err(super::status::invalid_argument("event: required")),
                             };
                             in_flight.push_back(async move {
                                 let (event, result) = match validated {
@@ -280,7 +280,7 @@ impl EventApi {
         may_emit(caller, field, &event)?;
         // The same rule as Emit: the phase is required, and only AFTER can be batched.
         if convert::required_phase(phase, &format!("{field}phase"))? == Phase::Before {
-            return Err(Status::invalid_argument(format!(
+            return Err(super::status::invalid_argument(format!(
                 "{field}phase: only AFTER events can be batched or streamed; use Emit for BEFORE"
             )));
         }

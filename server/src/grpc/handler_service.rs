@@ -93,7 +93,7 @@ impl HandlerService for HandlerApi {
         let caller = super::caller(&request)?;
         let pb::SetHandlerStatusRequest { id, status } = request.into_inner();
         let status = convert::optional_status(status, "status")?
-            .ok_or_else(|| Status::invalid_argument("status: required"))?;
+            .ok_or_else(|| super::status::invalid_argument("status: required"))?;
         let handler = self.registry.set_status(&caller, id, status).await?;
         Ok(Response::new(convert::handler(handler, SecretView::Masked)))
     }

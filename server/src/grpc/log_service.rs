@@ -131,7 +131,7 @@ impl ExecutionLogService for LogApi {
     ) -> Result<Response<pb::RetryFailedResponse>, Status> {
         let pb::RetryFailedRequest { handler_id, since } = request.into_inner();
         if handler_id == 0 {
-            return Err(Status::invalid_argument("handler_id: required"));
+            return Err(super::status::invalid_argument("handler_id: required"));
         }
         let since = since
             .map(|t| convert::from_timestamp(&t, "since"))
@@ -146,7 +146,7 @@ impl ExecutionLogService for LogApi {
     ) -> Result<Response<pb::PurgeResponse>, Status> {
         let pb::PurgeRequest { older_than } = request.into_inner();
         let older_than =
-            older_than.ok_or_else(|| Status::invalid_argument("older_than: required"))?;
+            older_than.ok_or_else(|| super::status::invalid_argument("older_than: required"))?;
         let cutoff = convert::from_timestamp(&older_than, "older_than")?;
         let deleted = self.logs.purge_older_than(cutoff).await?;
         Ok(Response::new(pb::PurgeResponse { deleted }))
