@@ -6,16 +6,9 @@ Run by `.ci/run` (`python3 -m unittest discover -s clients/python/tests`); needs
 `./generate` first and `PROVISIOND` (default: target/debug/provisiond).
 """
 
-import http.server
 import json
-import os
 import pathlib
-import socket
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 import unittest
 
 import grpc
@@ -26,72 +19,19 @@ sys.path[:0] = [str(HERE.parent / "src"), str(HERE.parent)]
 from provisioning.v1 import common_pb2, events_pb2, handlers_pb2  # noqa: E402
 from provisioning_client import connect, field_violations  # noqa: E402
 import example  # noqa: E402
-
-PROVISIOND = os.environ.get("PROVISIOND", str(HERE.parents[2] / "target/debug/provisiond"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Receiver(http.server.ThreadingHTTPServer):
-    """Records every POST and answers 200."""
-
-    def __init__(self):
-        self.requests = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                outer.requests.append((dict(self.headers), body))
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
+from support import Receiver, Server  # noqa: E402
 
 class ClientTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.data_dir = tempfile.TemporaryDirectory(prefix="prov-py-", dir="/tmp")
-        os.chmod(cls.data_dir.name, 0o755)
-        cls.target = f"127.0.0.1:{free_port()}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIOND_") and k != "DATABASE_URL"}
-        cls.log = open(pathlib.Path(cls.data_dir.name) / "provisiond.log", "w")
-        cls.server = subprocess.Popen(
-            [PROVISIOND, "--listen", cls.target, "--data-dir", cls.data_dir.name],
-            env=env, stdout=cls.log, stderr=subprocess.STDOUT)
-        channel = grpc.insecure_channel(cls.target)
-        try:
-            grpc.channel_ready_future(channel).result(timeout=90)
-        except grpc.FutureTimeoutError:
-            cls.tearDownClass()
-            raise AssertionError("provisiond did not start: " + cls.server_log())
-        channel.close()
+        cls.server = Server()
+        cls.target = cls.server.target
         cls.receiver = Receiver()
 
     @classmethod
     def tearDownClass(cls):
-        cls.server.terminate()
-        cls.server.wait(timeout=60)
-        cls.log.close()
-        cls.data_dir.cleanup()
-
-    @classmethod
-    def server_log(cls) -> str:
-        return (pathlib.Path(cls.data_dir.name) / "provisiond.log").read_text()
+        cls.server.stop()
+        cls.receiver.shutdown()
 
     def test_the_example_runs_end_to_end(self):
         result = example.main(self.target, self.receiver.url)
