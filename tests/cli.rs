@@ -514,3 +514,44 @@ fn postgres_uid() -> u32 {
     );
     unsafe { (*entry).pw_uid }
 }
+
+/// The operator guide documents every flag `provisiond --help` lists, with its
+/// environment variable: the guide cannot fall behind the binary.
+#[tokio::test]
+async fn the_operator_guide_documents_every_flag() {
+    let mut command =
+        std::process::Command::new(provisioning_tests::bin_path("provisiond-under-test"));
+    command.arg("--help");
+    let help = provisioning_tests::run_command(command).await;
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/operator-guide.md"
+    ))
+    .expect("docs/operator-guide.md");
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("--"))
+        .filter_map(|rest| rest.split([' ', '<', '=']).next())
+        .filter(|flag| *flag != "help" && *flag != "version")
+        .collect();
+    assert!(flags.len() > 30, "{help}");
+    for flag in flags {
+        assert!(
+            guide.contains(&format!("`--{flag}`")),
+            "--{flag} is not in docs/operator-guide.md"
+        );
+        if let Some(env) = help
+            .split(&format!("--{flag} "))
+            .nth(1)
+            .and_then(|rest| rest.split("[env: ").nth(1))
+            .and_then(|rest| rest.split(['=', ']']).next())
+        {
+            assert!(
+                guide.contains(&format!("`{env}`")),
+                "{env} (--{flag}) is not in docs/operator-guide.md"
+            );
+        }
+    }
+}
