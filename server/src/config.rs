@@ -30,6 +30,16 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 
+    /// PostgreSQL URL of a streaming standby of the database: Search, Get and Stats read
+    /// from it while it keeps up (see --max-read-lag). Off when not set.
+    #[arg(long, env = "PROVISIOND_READ_DATABASE_URL")]
+    pub read_database_url: Option<String>,
+
+    /// How far the read standby may be behind the primary before log reads go to the
+    /// primary instead.
+    #[arg(long, env = "PROVISIOND_MAX_READ_LAG", default_value = "5s", value_parser = parse_duration)]
+    pub max_read_lag: Duration,
+
     /// Directory of the embedded PostgreSQL cluster (and the default scripts directory).
     /// Default: /var/lib/provisiond as root, else ~/.local/share/provisiond.
     #[arg(long, env = "PROVISIOND_DATA_DIR")]

@@ -183,7 +183,15 @@ pub async fn run(
         max_handlers_per_event: config.max_handlers_per_event,
     };
     let registry = domain::handlers::HandlerRegistry::new(db.clone(), rules, signals.clone());
+    let reads = match &config.read_database_url {
+        Some(url) => {
+            let standby = db::Db::connect_lazy(url, config.db_pool_size);
+            db::reads::Reads::with_standby(db.clone(), standby, config.max_read_lag, &shutdown)
+        }
+        None => db::reads::Reads::primary_only(db.clone()),
+    };
     let logs = domain::logs::LogStore::new(db.clone(), signals.clone())
+        .with_reads(reads)
         .with_shutdown(shutdown.token.clone())
         .with_max_tails(config.max_tail_subscribers);
     if let Some(listener) = metrics_listener {

@@ -18,6 +18,7 @@ pub mod process;
 pub mod receiver;
 pub mod requests;
 pub mod server;
+pub mod standby;
 pub mod temp;
 pub mod tls;
 pub mod wait;

@@ -10,6 +10,7 @@ pub mod models;
 pub mod prepared;
 pub mod probe;
 pub mod queries;
+pub mod reads;
 pub mod schema;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -140,6 +141,21 @@ impl Db {
             url: url.to_owned(),
             waiting: Arc::default(),
         })
+    }
+
+    /// Like [`Db::connect`], but opens no connection now: for a database that may be
+    /// down when the server starts (a read standby), whose calls fail until it is up.
+    pub fn connect_lazy(url: &str, max_size: u32) -> Db {
+        let pool = Pool::builder()
+            .max_size(max_size)
+            .connection_timeout(Duration::from_secs(2))
+            .test_on_check_out(false)
+            .build_unchecked(ConnectionManager::new(url));
+        Db {
+            pool,
+            url: url.to_owned(),
+            waiting: Arc::default(),
+        }
     }
 
     /// Runs blocking Diesel work on a pooled connection inside `spawn_blocking`, so no

@@ -35,6 +35,7 @@ use super::{parse_stored, DomainError, HandlerKind, HandlerStatus, Phase, RunSta
 use crate::db::models::LogRow;
 use crate::db::queries::deliveries;
 use crate::db::queries::logs::{self, Position};
+use crate::db::reads::Reads;
 use crate::db::Db;
 use crate::listener::Signals;
 
@@ -228,18 +229,27 @@ pub struct LogStore {
     tail_slots: Arc<Semaphore>,
     /// How many permits `tail_slots` started with.
     max_tails: usize,
+    /// Where Search, Get and Stats read (a standby when configured).
+    reads: Reads,
 }
 
 impl LogStore {
     /// A store over `db`; `signals` feeds live tails.
     pub fn new(db: Db, signals: Signals) -> LogStore {
         LogStore {
+            reads: Reads::primary_only(db.clone()),
             db,
             signals,
             shutdown: CancellationToken::new(),
             tail_slots: Arc::new(Semaphore::new(DEFAULT_MAX_TAILS)),
             max_tails: DEFAULT_MAX_TAILS,
         }
+    }
+
+    /// Reads Search, Get and Stats through `reads` (a standby while it keeps up).
+    pub fn with_reads(mut self, reads: Reads) -> LogStore {
+        self.reads = reads;
+        self
     }
 
     /// Live tails open now.
@@ -263,10 +273,15 @@ impl LogStore {
 
     /// One run. `NotFound` for an unknown id.
     pub async fn get(&self, id: i64) -> Result<ExecutionLog, DomainError> {
-        let row = self
-            .db
-            .run(move |conn| logs::find(conn, id).optional().map_err(DomainError::from))
-            .await?;
+        let find = move |conn: &mut diesel::PgConnection| {
+            logs::find(conn, id).optional().map_err(DomainError::from)
+        };
+        let db = self.reads.pick();
+        let mut row = db.run(find).await?;
+        if row.is_none() && self.reads.is_standby(db) {
+            // Written a moment ago (the caller's own Retry, say) and not replayed yet.
+            row = self.reads.primary().run(find).await?;
+        }
         let row =
             row.ok_or_else(|| DomainError::NotFound(format!("execution log {id} not found")))?;
         ExecutionLog::try_from(row)
@@ -293,7 +308,12 @@ impl LogStore {
             }
         };
         let before = optional_cursor(cursor, "cursor")?;
-        Ok(search::spawn(self.db.clone(), filter, limit, before))
+        Ok(search::spawn(
+            self.reads.pick().clone(),
+            filter,
+            limit,
+            before,
+        ))
     }
 
     /// Live runs matching `filter` from every replica, starting as `start` says. The
@@ -351,7 +371,8 @@ impl LogStore {
             ));
         }
         let (rows, paused) = self
-            .db
+            .reads
+            .pick()
             .run(move |conn| {
                 let rows = logs::stats(conn, handler_id, from, to)?;
                 let paused = deliveries::paused_counts(conn, handler_id)?;

@@ -208,7 +208,10 @@ impl EmbeddedPostgres {
         self.stop_on_drop = false;
     }
 
-    fn command(&self, program: &str) -> Command {
+    /// A command running `program` of this PostgreSQL installation (`pg_ctl`,
+    /// `pg_basebackup`, ...) as the cluster's account, as every command on the cluster
+    /// is run.
+    pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(self.bin_dir.join(program));
         if let Some((uid, gid)) = self.run_as {
             // std clears root's supplementary groups before switching uid.
