@@ -32,7 +32,7 @@ pub struct AckStream {
 
 enum Inner {
     /// One stream, no resumption: the server's acks as they come.
-    Raw(Streaming<proto::EmitAck>),
+    Raw(Box<Streaming<proto::EmitAck>>),
     /// Acks forwarded by the task that resumes broken streams.
     Resuming(ReceiverStream<Result<proto::EmitAck, ClientError>>),
 }
@@ -47,6 +47,10 @@ impl AckStream {
 impl Stream for AckStream {
     type Item = Result<proto::EmitAck, ClientError>;
 
+    #[expect(
+        clippy::result_large_err,
+        reason = "the crate's one error type, as every async method returns"
+    )]
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match &mut self.inner {
             Inner::Raw(acks) => acks
@@ -72,7 +76,7 @@ where
         let mut client = client;
         let acks = client.emit_stream(events).await?.into_inner();
         return Ok(AckStream {
-            inner: Inner::Raw(acks),
+            inner: Inner::Raw(Box::new(acks)),
         });
     }
     let (acks, out) = mpsc::channel(RESEND_WINDOW);
