@@ -11,6 +11,7 @@ mod embedded_ownership;
 mod handlers;
 mod logs;
 mod outages;
+mod properties;
 mod retry;
 mod search_folding;
 mod security;
