@@ -84,7 +84,7 @@ impl Json {
 /// `mantissa × 10^exponent` as JSON: with an exponent, as digits with a decimal point,
 /// or (for whole numbers) as plain digits.
 fn number_text(mantissa: i64, exponent: i32, spelling: u8) -> String {
-    if spelling % 3 == 0 || (exponent > 0 && spelling % 3 == 1) {
+    if spelling.is_multiple_of(3) || (exponent > 0 && spelling % 3 == 1) {
         return format!("{mantissa}e{exponent}");
     }
     let sign = if mantissa < 0 { "-" } else { "" };
@@ -210,7 +210,7 @@ fn json() -> impl Strategy<Value = Json> {
 /// `choices` drives every decision (0 when it runs out).
 fn derived(doc: &Json, choices: &mut impl Iterator<Item = u8>) -> Json {
     let mut next = || choices.next().unwrap_or(0);
-    if next() % 8 == 0 {
+    if next().is_multiple_of(8) {
         return match next() % 3 {
             0 => Json::Null,
             1 => Json::Bool(true),
@@ -225,7 +225,7 @@ fn derived(doc: &Json, choices: &mut impl Iterator<Item = u8>) -> Json {
         Json::Object(members) => {
             let mut kept = BTreeMap::new();
             for (key, value) in members {
-                if choices.next().unwrap_or(0) % 3 != 0 {
+                if !choices.next().unwrap_or(0).is_multiple_of(3) {
                     kept.insert(key.clone(), derived(value, choices));
                 }
             }
@@ -234,7 +234,7 @@ fn derived(doc: &Json, choices: &mut impl Iterator<Item = u8>) -> Json {
         Json::Array(items) => {
             let mut kept = Vec::new();
             for item in items {
-                if choices.next().unwrap_or(0) % 3 != 0 {
+                if !choices.next().unwrap_or(0).is_multiple_of(3) {
                     kept.push(derived(item, choices));
                 }
             }
@@ -254,7 +254,7 @@ fn derived(doc: &Json, choices: &mut impl Iterator<Item = u8>) -> Json {
         }
         Json::String { text, .. } => Json::String {
             text: text.clone(),
-            escaped: choices.next().unwrap_or(0) % 2 == 0,
+            escaped: choices.next().unwrap_or(0).is_multiple_of(2),
         },
         other => other.clone(),
     }
