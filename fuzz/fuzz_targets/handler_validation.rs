@@ -99,12 +99,15 @@ const SCRIPT_PATHS: &[&str] = &[
     "",
 ];
 
-/// The scripts directory, made once per process: scripts that pass and every kind that
-/// must not (not executable, writable by others, a symlink leading out, a directory).
+/// The scripts directory, set up once per process (one per user, reused by later runs
+/// instead of leaving one behind per run): scripts that pass and every kind that must
+/// not (not executable, writable by others, a symlink leading out, a directory).
 fn scripts_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("fuzz-scripts-{}", std::process::id()));
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        let dir = std::env::temp_dir().join(format!("provisioning-fuzz-scripts-{euid}"));
         let sub = dir.join("sub");
         std::fs::create_dir_all(&sub).expect("scripts directory");
         let chmod = |path: PathBuf, bits: u32| {
