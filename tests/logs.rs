@@ -945,6 +945,107 @@ async fn bad_filters_are_invalid_arguments_naming_the_field() {
     );
 }
 
+/// Times at the ends of what a timestamp can say get an answer, never INTERNAL: bounds
+/// before PostgreSQL's earliest time (4714-11-24 BC) mean the same as that time, a
+/// bound in chrono's last microsecond and a cursor before PostgreSQL's earliest time
+/// are INVALID_ARGUMENT. Found while writing the fuzz target `log_filter`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_at_the_ends_of_the_range_are_answered_not_internal() {
+    let db = TestDatabase::new().await;
+    let server = spawn_server(&db).await;
+    let client = &server.client;
+    let (min, max) = (DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC);
+    let earliest = DateTime::from_timestamp_micros(-210_866_803_200_000_000).unwrap();
+    let search = |filter: proto::LogFilter, cursor: String| {
+        client.search_logs(proto::SearchLogsRequest {
+            filter: Some(filter),
+            limit: 10,
+            cursor,
+        })
+    };
+    for filter in [
+        proto::LogFilter {
+            from: Some(ts(min)),
+            to: Some(ts(earliest - chrono::Duration::days(400))),
+            data_contains: "x".into(),
+            ..Default::default()
+        },
+        proto::LogFilter {
+            to: Some(ts(earliest)),
+            error_contains: "x".into(),
+            ..Default::default()
+        },
+        proto::LogFilter {
+            from: Some(ts(min)),
+            ..Default::default()
+        },
+    ] {
+        let mut rows = search(filter.clone(), String::new()).await.expect("search");
+        let first = rows.message().await;
+        assert!(
+            matches!(first, Ok(None)),
+            "{filter:?} in an empty log: {first:?}"
+        );
+    }
+    let stats = client
+        .log_stats(proto::LogStatsRequest {
+            handler_id: 0,
+            from: None,
+            to: Some(ts(min)),
+        })
+        .await
+        .expect("stats ending at chrono's earliest time");
+    assert!(stats.handlers.is_empty());
+    let purge = client
+        .purge(proto::PurgeRequest {
+            older_than: Some(ts(min)),
+        })
+        .await
+        .expect("purge before chrono's earliest time");
+    assert_eq!(purge.deleted, 0);
+
+    let too_early = log_queries::Position {
+        created_at: earliest - chrono::Duration::microseconds(1),
+        id: 1,
+    };
+    let too_early = provisioning_server::domain::logs::encode_cursor(too_early);
+    let last = proto::LogFilter {
+        from: Some(ts(max)),
+        ..Default::default()
+    };
+    for (result, prefix) in [
+        (search(last, String::new()).await, "filter.from:"),
+        (
+            search(Default::default(), too_early.clone()).await,
+            "cursor:",
+        ),
+        (
+            client
+                .tail_logs(proto::TailLogsRequest {
+                    filter: None,
+                    backlog: 0,
+                    cursor: too_early,
+                })
+                .await,
+            "cursor:",
+        ),
+    ] {
+        let status = status_of(result);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with(prefix), "{status:?}");
+    }
+    let stats = status_of(
+        client
+            .log_stats(proto::LogStatsRequest {
+                handler_id: 0,
+                from: None,
+                to: Some(ts(max)),
+            })
+            .await,
+    );
+    assert_eq!(stats.code(), tonic::Code::InvalidArgument, "{stats:?}");
+}
+
 // ---------------------------------------------------------------------------------
 // Get and Stats
 // ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ mod handlers;
 mod logs;
 mod metrics;
 mod outages;
+mod properties;
 mod read_standby;
 mod retry;
 mod search_folding;

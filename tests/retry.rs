@@ -187,6 +187,18 @@ async fn retry_failed_brings_back_every_failed_delivery_of_a_handler() {
     .await;
     assert_eq!(receiver.count("/other"), 1, "another handler is left alone");
     assert_eq!(dead(), 1);
+    // Without `since`, every event counts: the default bound must be a time PostgreSQL
+    // holds (chrono's earliest time failed the query with INTERNAL).
+    let all = server
+        .client
+        .retry_failed(proto::RetryFailedRequest {
+            handler_id: other.id,
+            since: None,
+        })
+        .await
+        .expect("retry failed without since");
+    assert_eq!(all.scheduled, 1);
+    receiver.wait_for("/other", 2, WAIT).await;
 
     for (request, code) in [
         (

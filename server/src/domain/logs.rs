@@ -10,7 +10,8 @@
 //! small batches, so it never holds long locks.
 //!
 //! Filters are checked, and cursors (opaque `(created_at, id)` positions) encoded and
-//! decoded, in `filter`. Retry reschedules the delivery in one transaction and wakes
+//! decoded, in `filter`; [`check_search`] checks a whole Search request without the
+//! database (the fuzz target `log_filter` drives it). Retry reschedules the delivery in one transaction and wakes
 //! the dispatchers of every replica; the old log row is never touched.
 
 mod filter;
@@ -26,10 +27,10 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-pub use filter::LogFilter;
+pub use filter::{decode_cursor, encode_cursor, LogFilter};
 pub use tail::TailItem;
 
-use filter::{decode_cursor, encode_cursor, optional_cursor};
+use filter::optional_cursor;
 
 use super::{parse_stored, DomainError, HandlerKind, HandlerStatus, Phase, RunStatus};
 use crate::db::models::LogRow;
@@ -297,17 +298,11 @@ impl LogStore {
         limit: u32,
         cursor: &str,
     ) -> Result<ReceiverStream<Result<LogEntry, DomainError>>, DomainError> {
-        let filter = filter.validate()?;
-        let limit = match limit {
-            0 => DEFAULT_SEARCH_LIMIT,
-            1..=MAX_SEARCH_LIMIT => limit,
-            _ => {
-                let range = format!("1 to {MAX_SEARCH_LIMIT} (0 = {DEFAULT_SEARCH_LIMIT})");
-                let message = format!("{limit} is out of range: {range}");
-                return Err(DomainError::invalid("limit", message));
-            }
-        };
-        let before = optional_cursor(cursor, "cursor")?;
+        let CheckedSearch {
+            filter,
+            limit,
+            before,
+        } = check_search(filter, limit, cursor)?;
         Ok(search::spawn(
             self.reads.pick().clone(),
             filter,
@@ -362,14 +357,7 @@ impl LogStore {
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
     ) -> Result<Vec<HandlerStats>, DomainError> {
-        let to = filter::ceil_micros(to.unwrap_or_else(Utc::now));
-        let from = filter::ceil_micros(from.unwrap_or(to - chrono::Duration::hours(24)));
-        if from > to {
-            return Err(DomainError::invalid(
-                "from",
-                format!("{} is after to ({})", from.to_rfc3339(), to.to_rfc3339()),
-            ));
-        }
+        let (from, to) = filter::stats_window(from, to)?;
         let (rows, paused) = self
             .reads
             .pick()
@@ -442,7 +430,9 @@ impl LogStore {
         handler_id: i64,
         since: Option<DateTime<Utc>>,
     ) -> Result<u64, DomainError> {
-        let since = since.unwrap_or(DateTime::<Utc>::MIN_UTC);
+        // No `since`: every event, from the earliest time PostgreSQL holds (an earlier
+        // bound fails the query).
+        let since = since.map_or_else(filter::earliest_storable, filter::storable);
         let scheduled = self
             .db
             .run(move |conn| {
@@ -462,6 +452,9 @@ impl LogStore {
     /// partitions older than the cutoff are dropped, the rest is deleted in batches.
     /// Events and their idempotency keys stay (see [`LogStore::expire_events`]).
     pub async fn purge_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64, DomainError> {
+        // No row is older than PostgreSQL's earliest time, which an earlier cutoff
+        // would fail the query with.
+        let cutoff = filter::storable(cutoff);
         let deleted = self
             .db
             .run(move |conn| purge::older_than(conn, cutoff))
@@ -478,6 +471,43 @@ impl LogStore {
             .await?;
         Ok(deleted)
     }
+}
+
+/// A Search request checked and in query form: what [`LogStore::search`] runs.
+#[derive(Debug, Clone)]
+pub struct CheckedSearch {
+    /// The filter in stored form.
+    pub filter: logs::LogFilter,
+    /// Rows to send, 1 to [`MAX_SEARCH_LIMIT`].
+    pub limit: u32,
+    /// Only rows older than this position (the request's cursor), if given.
+    pub before: Option<Position>,
+}
+
+/// Checks a Search request (filter, `limit` with 0 meaning [`DEFAULT_SEARCH_LIMIT`],
+/// cursor) without touching the database; messages name the offending field. Pure, so
+/// the fuzz target `log_filter` drives it.
+pub fn check_search(
+    filter: LogFilter,
+    limit: u32,
+    cursor: &str,
+) -> Result<CheckedSearch, DomainError> {
+    let filter = filter.validate()?;
+    let limit = match limit {
+        0 => DEFAULT_SEARCH_LIMIT,
+        1..=MAX_SEARCH_LIMIT => limit,
+        _ => {
+            let range = format!("1 to {MAX_SEARCH_LIMIT} (0 = {DEFAULT_SEARCH_LIMIT})");
+            let message = format!("{limit} is out of range: {range}");
+            return Err(DomainError::invalid("limit", message));
+        }
+    };
+    let before = optional_cursor(cursor, "cursor")?;
+    Ok(CheckedSearch {
+        filter,
+        limit,
+        before,
+    })
 }
 
 /// Checks that run `log_id` can be retried and schedules its delivery now.

@@ -21,10 +21,9 @@ pub use audit::{snapshot, AuditAction, AuditEntry, AuditQuery};
 pub(crate) use types::handler_from_row;
 pub use types::{EventType, Handler, HandlerPatch, HandlerQuery, HandlerSpec, Target, TargetSpec};
 
-use validation::validate_spec;
 pub use validation::{
-    resolve_script, validate_event_type_name, validate_url, HandlerRules, DEFAULT_TIMEOUT_MS,
-    MAX_NAME_CHARS, MAX_PRIORITY, MAX_TIMEOUT_MS,
+    resolve_script, validate_event_type_name, validate_spec, validate_url, HandlerRules,
+    DEFAULT_TIMEOUT_MS, MAX_NAME_CHARS, MAX_PRIORITY, MAX_TIMEOUT_MS,
 };
 
 use super::{parse_stored, text, DomainError, HandlerKind, HandlerStatus, Phase};

@@ -58,11 +58,9 @@ pub fn validate_event_type_name(name: &str) -> Result<(), DomainError> {
 }
 
 /// Checks every field of a definition, normalising the name (trimmed) and the default
-/// timeout. Messages start with the offending field's name.
-pub(super) fn validate_spec(
-    spec: &mut HandlerSpec,
-    rules: &HandlerRules,
-) -> Result<(), DomainError> {
+/// timeout. Messages start with the offending field's name. Public for the fuzz target
+/// `handler_validation`, which checks that what it accepts keeps these rules.
+pub fn validate_spec(spec: &mut HandlerSpec, rules: &HandlerRules) -> Result<(), DomainError> {
     spec.name = spec.name.trim().to_owned();
     if spec.name.is_empty() {
         return Err(DomainError::invalid("name", "must not be empty"));

@@ -24,6 +24,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::filter::earliest_storable;
 use super::{send_final, LogEntry, PAGE, SEARCH_BUFFER};
 use crate::db::queries::logs::{self, Position};
 use crate::db::Db;
@@ -132,9 +133,11 @@ struct Window {
 }
 
 impl Window {
-    /// The window of the day holding `upper`, open above.
+    /// The window of the day holding `upper`, open above; never starting before
+    /// PostgreSQL's earliest time (no row is older, and PostgreSQL refuses such a bound).
     fn first(upper: DateTime<Utc>) -> Window {
         let start = upper
+            .max(earliest_storable())
             .date_naive()
             .and_hms_opt(0, 0, 0)
             .expect("midnight exists")
@@ -201,6 +204,15 @@ mod tests {
         }
         assert_eq!(window.days, MAX_SPAN_DAYS);
         assert_eq!(window.end.unwrap() - window.start, TimeDelta::days(32));
+    }
+
+    /// A search bounded by `to` at PostgreSQL's earliest time looks at the day before
+    /// it otherwise, and that window's start is a time PostgreSQL refuses.
+    #[test]
+    fn the_first_window_never_starts_before_postgresql_s_earliest_time() {
+        let earliest = DateTime::from_timestamp_micros(-210_866_803_200_000_000).unwrap();
+        let window = Window::first(earliest - TimeDelta::microseconds(1));
+        assert_eq!(window.start, earliest);
     }
 
     /// The narrowed filter keeps the tighter of each bound and every other condition.
