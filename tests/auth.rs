@@ -79,6 +79,7 @@ enum Rpc {
     RotateSecret,
     ListEventTypes,
     CreateEventType,
+    UpdateEventType,
     Emit,
     EmitBatch,
     EmitStream,
@@ -91,7 +92,7 @@ enum Rpc {
     Purge,
 }
 
-const ALL: [Rpc; 19] = [
+const ALL: [Rpc; 20] = [
     Rpc::CreateHandler,
     Rpc::GetHandler,
     Rpc::ListHandlers,
@@ -101,6 +102,7 @@ const ALL: [Rpc; 19] = [
     Rpc::RotateSecret,
     Rpc::ListEventTypes,
     Rpc::CreateEventType,
+    Rpc::UpdateEventType,
     Rpc::Emit,
     Rpc::EmitBatch,
     Rpc::EmitStream,
@@ -125,7 +127,7 @@ impl Rpc {
         use Rpc::*;
         match self {
             CreateHandler | UpdateHandler | SetStatus | DeleteHandler | RotateSecret
-            | CreateEventType | Retry | RetryFailed | Purge => Needs::Admin,
+            | CreateEventType | UpdateEventType | Retry | RetryFailed | Purge => Needs::Admin,
             Emit | EmitBatch | EmitStream => Needs::Emitter,
             GetHandler | ListHandlers | ListEventTypes | GetLog | SearchLogs | TailLogs
             | LogStats => Needs::Reader,
@@ -139,7 +141,7 @@ impl Rpc {
         match self {
             CreateHandler | CreateEventType => Code::InvalidArgument,
             GetHandler | UpdateHandler | SetStatus | DeleteHandler | RotateSecret | GetLog
-            | Retry | RetryFailed => Code::NotFound,
+            | Retry | RetryFailed | UpdateEventType => Code::NotFound,
             _ => Code::Ok,
         }
     }
@@ -219,6 +221,20 @@ async fn call(client: &Client, rpc: Rpc, event: &str) -> Code {
             .create_event_type(proto::CreateEventTypeRequest {
                 name: "NOT VALID".into(),
                 description: String::new(),
+                schema_json: String::new(),
+            })
+            .await
+            .map(drop),
+        UpdateEventType => client
+            .update_event_type(proto::UpdateEventTypeRequest {
+                event_type: Some(proto::EventType {
+                    name: "nothing.here".into(),
+                    schema_json: r#"{"type": "object"}"#.into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["schema_json".into()],
+                }),
             })
             .await
             .map(drop),
@@ -726,6 +742,7 @@ async fn handler_changes_are_audited_with_the_callers_name() {
         .create_event_type(proto::CreateEventTypeRequest {
             name: "crm.sync".into(),
             description: "synced".into(),
+            schema_json: String::new(),
         })
         .await
         .unwrap();

@@ -13,6 +13,7 @@ mod handlers;
 mod logs;
 mod outages;
 mod retry;
+mod schemas;
 mod search_folding;
 mod security;
 mod tls;

@@ -12,7 +12,8 @@
 //! - `db`: pool, blocking helper, schema, row models, one query module per aggregate,
 //!   prepared hand-written statements, the embedded PostgreSQL cluster (one owning
 //!   process per data directory, restarted by its supervisor if it dies).
-//! - `domain`: rules per aggregate (handlers, events, logs) and transactions.
+//! - `domain`: rules per aggregate (handlers, events, logs) and transactions; the event
+//!   types' data schemas and their per-replica compiled cache.
 //! - `dispatch`: the AFTER worker (runs what ingest hands over and what it claims, then
 //!   records), the BEFORE chain, the HTTP and script executors, the pure retry policy,
 //!   the batched log recorder.
@@ -153,11 +154,14 @@ pub async fn run(
         signals.clone(),
         &shutdown,
     );
+    // One cache of compiled event schemas per replica, shared by every entry point.
+    let schemas = domain::schemas::EventSchemas::new(db.clone());
     let ingest = domain::events::Ingest::new(
         db.clone(),
         config.clone(),
         worker,
         signals.clone(),
+        schemas.clone(),
         &shutdown,
     );
     maintenance::spawn(db.clone(), config.clone(), &shutdown);
@@ -169,11 +173,13 @@ pub async fn run(
         max_headers: config.max_headers_per_handler,
         max_handlers_per_event: config.max_handlers_per_event,
     };
-    let registry = domain::handlers::HandlerRegistry::new(db.clone(), rules, signals.clone());
+    let registry =
+        domain::handlers::HandlerRegistry::new(db.clone(), rules, signals.clone(), schemas.clone());
     let logs = domain::logs::LogStore::new(db.clone(), signals.clone())
         .with_shutdown(shutdown.token.clone())
         .with_max_tails(config.max_tail_subscribers);
-    let before = dispatch::before::BeforeChain::new(db.clone(), runner, config.max_payload_bytes);
+    let before =
+        dispatch::before::BeforeChain::new(db.clone(), runner, config.max_payload_bytes, schemas);
 
     // Both reflection versions, so every grpcurl works without proto files.
     let reflection_v1 = reflection().build_v1()?;

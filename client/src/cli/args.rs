@@ -269,6 +269,11 @@ pub struct StatsArgs {
 pub enum EventTypesCommand {
     /// List the event catalogue.
     List,
+    /// Show one event type with its data schema.
+    Show {
+        /// Name, `group.action`.
+        name: String,
+    },
     /// Add an event type (`group.action`).
     Create {
         /// Name, `group.action`.
@@ -276,7 +281,39 @@ pub enum EventTypesCommand {
         /// What the event means.
         #[arg(long, default_value = "")]
         description: String,
+        /// Data schema: a file holding a JSON Schema (draft 2020-12); `-` reads standard
+        /// input.
+        #[arg(long, value_name = "FILE")]
+        schema: Option<PathBuf>,
     },
+    /// Change an event type's description or data schema.
+    Update(UpdateEventTypeArgs),
+}
+
+/// `event-types update`: the event type and what to change.
+#[derive(Debug, Args)]
+pub struct UpdateEventTypeArgs {
+    /// Name, `group.action`.
+    pub name: String,
+    /// What to change; at least one.
+    #[command(flatten)]
+    pub changes: EventTypeChanges,
+}
+
+/// What `event-types update` can change; each flag given lands in the field mask.
+#[derive(Debug, Default, Args)]
+#[group(required = true, multiple = true)]
+pub struct EventTypeChanges {
+    /// New description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// New data schema: a file holding a JSON Schema (draft 2020-12); `-` reads
+    /// standard input.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_schema")]
+    pub schema: Option<PathBuf>,
+    /// Remove the data schema: any JSON object is accepted again.
+    #[arg(long)]
+    pub no_schema: bool,
 }
 
 /// `provctl events ...`

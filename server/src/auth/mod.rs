@@ -287,6 +287,7 @@ mod tests {
             ("HandlerService/Delete", Role(super::Role::Admin)),
             ("HandlerService/RotateSecret", Role(super::Role::Admin)),
             ("HandlerService/CreateEventType", Role(super::Role::Admin)),
+            ("HandlerService/UpdateEventType", Role(super::Role::Admin)),
             ("HandlerService/Get", Role(super::Role::Reader)),
             ("HandlerService/List", Role(super::Role::Reader)),
             ("HandlerService/ListEventTypes", Role(super::Role::Reader)),

@@ -21,6 +21,8 @@ diesel::table! {
         description -> Text,
         builtin -> Bool,
         created_at -> Timestamptz,
+        data_schema -> Nullable<Text>,
+        schema_version -> Int8,
     }
 }
 

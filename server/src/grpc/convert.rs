@@ -9,7 +9,9 @@ use provisioning_api::v1 as pb;
 use tonic::Status;
 
 use crate::domain::event_data::DataError;
-use crate::domain::handlers::{EventType, Handler, HandlerPatch, HandlerSpec, Target, TargetSpec};
+use crate::domain::handlers::{
+    EventType, EventTypePatch, Handler, HandlerPatch, HandlerSpec, Target, TargetSpec,
+};
 use crate::domain::{FailurePolicy, HandlerKind, HandlerStatus, Phase, RunStatus};
 
 /// Whether a handler's secret is shown in full (Create, RotateSecret) or masked.
@@ -352,11 +354,61 @@ pub fn audit_entry(entry: crate::domain::handlers::AuditEntry) -> pb::AuditEntry
 
 /// EventType → proto.
 pub fn event_type(event_type: EventType) -> pb::EventType {
+    let EventType {
+        name,
+        description,
+        builtin,
+        schema,
+    } = event_type;
     pb::EventType {
-        name: event_type.name,
-        description: event_type.description,
-        builtin: event_type.builtin,
+        name,
+        description,
+        builtin,
+        schema_json: schema.unwrap_or_default(),
     }
+}
+
+/// UpdateEventTypeRequest → (name, patch), following the field mask.
+pub fn event_type_patch(
+    request: pb::UpdateEventTypeRequest,
+) -> Result<(String, EventTypePatch), Status> {
+    let pb::UpdateEventTypeRequest {
+        event_type,
+        update_mask,
+    } = request;
+    let event_type = event_type.ok_or_else(|| invalid("event_type", "required"))?;
+    let paths = update_mask.map(|m| m.paths).unwrap_or_default();
+    if paths.is_empty() {
+        return Err(invalid(
+            "update_mask",
+            "required: name the fields to change (description, schema_json)",
+        ));
+    }
+    let pb::EventType {
+        name,
+        description,
+        builtin: _read_only,
+        schema_json,
+    } = event_type;
+    if name.is_empty() {
+        return Err(invalid("event_type.name", "required"));
+    }
+    let mut patch = EventTypePatch::default();
+    for path in &paths {
+        match path.as_str() {
+            "description" => patch.description = Some(description.clone()),
+            "schema_json" => {
+                patch.schema = Some((!schema_json.trim().is_empty()).then(|| schema_json.clone()))
+            }
+            other => {
+                return Err(invalid(
+                    "update_mask",
+                    format!("unknown or read-only field {other:?} (description, schema_json)"),
+                ))
+            }
+        }
+    }
+    Ok((name, patch))
 }
 
 #[cfg(test)]

@@ -76,11 +76,7 @@ impl EventService for EventApi {
                 // A task of its own: if the caller goes away (or tonic's own timeout
                 // fires), the runs already started still finish and are logged.
                 let chain = self.before.clone();
-                let run = tokio::spawn(async move {
-                    chain
-                        .run(event.event, event.data, event.emitted_by, deadline)
-                        .await
-                });
+                let run = tokio::spawn(async move { chain.run(event, deadline).await });
                 let chain_result = run.await.map_err(|e| DomainError::Internal(Box::new(e)))?;
                 before_reply(chain_result?)
             }

@@ -136,10 +136,27 @@ impl HandlerService for HandlerApi {
         request: Request<pb::CreateEventTypeRequest>,
     ) -> Result<Response<pb::EventType>, Status> {
         let caller = super::caller(&request)?;
-        let pb::CreateEventTypeRequest { name, description } = request.into_inner();
+        let pb::CreateEventTypeRequest {
+            name,
+            description,
+            schema_json,
+        } = request.into_inner();
         let event_type = self
             .registry
-            .create_event_type(&caller, name, description)
+            .create_event_type(&caller, name, description, schema_json)
+            .await?;
+        Ok(Response::new(convert::event_type(event_type)))
+    }
+
+    async fn update_event_type(
+        &self,
+        request: Request<pb::UpdateEventTypeRequest>,
+    ) -> Result<Response<pb::EventType>, Status> {
+        let caller = super::caller(&request)?;
+        let (name, patch) = convert::event_type_patch(request.into_inner())?;
+        let event_type = self
+            .registry
+            .update_event_type(&caller, name, patch)
             .await?;
         Ok(Response::new(convert::event_type(event_type)))
     }
