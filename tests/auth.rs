@@ -80,6 +80,7 @@ enum Rpc {
     ListEventTypes,
     CreateEventType,
     UpdateEventType,
+    TestHandler,
     Emit,
     EmitBatch,
     EmitStream,
@@ -92,7 +93,7 @@ enum Rpc {
     Purge,
 }
 
-const ALL: [Rpc; 20] = [
+const ALL: [Rpc; 21] = [
     Rpc::CreateHandler,
     Rpc::GetHandler,
     Rpc::ListHandlers,
@@ -103,6 +104,7 @@ const ALL: [Rpc; 20] = [
     Rpc::ListEventTypes,
     Rpc::CreateEventType,
     Rpc::UpdateEventType,
+    Rpc::TestHandler,
     Rpc::Emit,
     Rpc::EmitBatch,
     Rpc::EmitStream,
@@ -127,7 +129,9 @@ impl Rpc {
         use Rpc::*;
         match self {
             CreateHandler | UpdateHandler | SetStatus | DeleteHandler | RotateSecret
-            | CreateEventType | UpdateEventType | Retry | RetryFailed | Purge => Needs::Admin,
+            | CreateEventType | UpdateEventType | TestHandler | Retry | RetryFailed | Purge => {
+                Needs::Admin
+            }
             Emit | EmitBatch | EmitStream => Needs::Emitter,
             GetHandler | ListHandlers | ListEventTypes | GetLog | SearchLogs | TailLogs
             | LogStats => Needs::Reader,
@@ -141,7 +145,7 @@ impl Rpc {
         match self {
             CreateHandler | CreateEventType => Code::InvalidArgument,
             GetHandler | UpdateHandler | SetStatus | DeleteHandler | RotateSecret | GetLog
-            | Retry | RetryFailed | UpdateEventType => Code::NotFound,
+            | Retry | RetryFailed | UpdateEventType | TestHandler => Code::NotFound,
             _ => Code::Ok,
         }
     }
@@ -235,6 +239,13 @@ async fn call(client: &Client, rpc: Rpc, event: &str) -> Code {
                 update_mask: Some(prost_types::FieldMask {
                     paths: vec!["schema_json".into()],
                 }),
+            })
+            .await
+            .map(drop),
+        TestHandler => client
+            .test_handler(proto::TestHandlerRequest {
+                id: MISSING,
+                input: Some(proto::test_handler_request::Input::DataJson("{}".into())),
             })
             .await
             .map(drop),

@@ -16,5 +16,6 @@ mod retry;
 mod schemas;
 mod search_folding;
 mod security;
+mod test_runs;
 mod tls;
 mod untrusted;

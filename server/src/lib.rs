@@ -15,8 +15,8 @@
 //! - `domain`: rules per aggregate (handlers, events, logs) and transactions; the event
 //!   types' data schemas and their per-replica compiled cache.
 //! - `dispatch`: the AFTER worker (runs what ingest hands over and what it claims, then
-//!   records), the BEFORE chain, the HTTP and script executors, the pure retry policy,
-//!   the batched log recorder.
+//!   records), the BEFORE chain, test runs of one handler, the HTTP and script
+//!   executors, the pure retry policy, the batched log recorder.
 //! - `listener`: the LISTEN connection that wakes dispatchers and tails across replicas.
 //! - `grpc`: one file per proto service; conversions; the error → status mapping.
 //! - `limits`: the edge layer bounding concurrent calls and giving calls a default
@@ -175,6 +175,13 @@ pub async fn run(
     };
     let registry =
         domain::handlers::HandlerRegistry::new(db.clone(), rules, signals.clone(), schemas.clone());
+    let tests = dispatch::test_run::TestRuns::new(
+        db.clone(),
+        runner.clone(),
+        schemas.clone(),
+        signals.clone(),
+        config.max_payload_bytes,
+    );
     let logs = domain::logs::LogStore::new(db.clone(), signals.clone())
         .with_shutdown(shutdown.token.clone())
         .with_max_tails(config.max_tail_subscribers);
@@ -236,7 +243,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            HandlerServiceServer::new(grpc::handler_service::HandlerApi::new(registry))
+            HandlerServiceServer::new(grpc::handler_service::HandlerApi::new(registry, tests))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )

@@ -134,6 +134,9 @@ pub enum HandlersCommand {
     Delete(IdArg),
     /// Replace an HTTP handler's signing secret; prints the new one.
     RotateSecret(IdArg),
+    /// Run a handler once, now, on given data (enabled or disabled; logged as a test,
+    /// nothing is delivered for real); prints what happened.
+    Test(TestHandlerArgs),
     /// Run counts, success rate and duration percentiles per handler.
     Stats(StatsArgs),
 }
@@ -143,6 +146,19 @@ pub enum HandlersCommand {
 pub struct IdArg {
     /// Handler id.
     pub id: i64,
+}
+
+/// `handlers test`: the handler and the data to run it on (one of --data, --log-id).
+#[derive(Debug, Args)]
+pub struct TestHandlerArgs {
+    /// Handler id.
+    pub id: i64,
+    /// The data to send, a JSON object (sent exactly as given).
+    #[arg(long, value_name = "JSON", value_parser = parse::json_object, required_unless_present = "log_id")]
+    pub data: Option<String>,
+    /// Send the data of this execution-log row instead.
+    #[arg(long, value_name = "N", conflicts_with = "data")]
+    pub log_id: Option<i64>,
 }
 
 /// Filters of `handlers list`.

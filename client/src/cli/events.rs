@@ -56,11 +56,11 @@ async fn emit(ctx: &mut Context, args: EmitArgs) -> Result<(), CliError> {
     }
 }
 
-fn decision_name(value: i32) -> String {
+pub(super) fn decision_name(value: i32) -> String {
     enum_name(value, "DECISION_", proto::Decision::as_str_name)
 }
 
-fn outcome_name(value: i32) -> String {
+pub(super) fn outcome_name(value: i32) -> String {
     enum_name(
         value,
         "HANDLER_OUTCOME_",
@@ -104,7 +104,7 @@ fn emit_text(reply: &proto::EmitResponse, before: bool) -> String {
 }
 
 /// Indented data when it is valid JSON, else the text as received.
-fn pretty_data(text: &str) -> String {
+pub(super) fn pretty_data(text: &str) -> String {
     if serde_json::from_str::<&serde_json::value::RawValue>(text).is_ok() {
         reformat(text, true)
     } else {

@@ -1,7 +1,7 @@
 //! The `provctl` command-line tool over [`provisioning_client::Client`].
 //!
 //! `args` defines the command line and `parse` validates local input while it is parsed;
-//! one module per resource (`handlers`, `event_types`, `events` with
+//! one module per resource (`handlers` with `handler_test`, `event_types`, `events` with
 //! `emit_file`, `logs`) builds the request, makes the call and prints the reply through
 //! `output` (tables, for people) or `json` (JSON lines, for scripts). The connection is
 //! made only after the input is known to be valid, so a typo never costs a round trip.
@@ -13,6 +13,7 @@ mod audit;
 mod emit_file;
 mod event_types;
 mod events;
+mod handler_test;
 mod handler_view;
 mod handlers;
 mod json;

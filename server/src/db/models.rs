@@ -118,6 +118,8 @@ pub struct LogRow {
     pub event_id: i64,
     pub delivery_id: Option<i64>,
     pub emitted_by: Option<String>,
+    /// A run of HandlerService.Test.
+    pub test: bool,
 }
 
 /// A `jsonb` value read as PostgreSQL prints it, without parsing: whatever a stored row

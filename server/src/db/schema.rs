@@ -58,6 +58,7 @@ diesel::table! {
         event_id -> Int8,
         delivery_id -> Nullable<Int8>,
         emitted_by -> Nullable<Text>,
+        test -> Bool,
     }
 }
 

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use super::recorder::{LogRecord, Record};
 use super::script::FORBID_EXIT_CODE;
 use super::worker::reply_fields;
-use super::{AttemptError, Execution, Invocation, Reply, RunTarget, Runner, LOGGED_RESPONSE_BYTES};
+use super::{AttemptError, Execution, Invocation, Reply, Runner, LOGGED_RESPONSE_BYTES};
 use crate::db::queries::{self, events};
 use crate::db::Db;
 use crate::domain::events::NewEvent;
-use crate::domain::handlers::{handler_from_row, Handler, Target};
+use crate::domain::handlers::{handler_from_row, Handler};
 use crate::domain::schemas::EventSchemas;
 use crate::domain::{event_data, text, DomainError, FailurePolicy, Phase, RunStatus};
 
@@ -161,20 +161,12 @@ impl BeforeChain {
                 attempt: 1,
                 message_id: format!("evt_{event_id}_{}", handler.id),
                 data: &data,
+                test: false,
             };
-            let headers = match &handler.target {
-                Target::Http { headers, .. } => serde_json::to_value(headers).unwrap_or_default(),
-                Target::Script { .. } => serde_json::Value::Null,
-            };
-            let target = match &handler.target {
-                Target::Http { url, secret, .. } => RunTarget::Http {
-                    url,
-                    headers: &headers,
-                    secret,
-                },
-                Target::Script { path } => RunTarget::Script { path },
-            };
-            let execution = self.runner.execute(target, &invocation, timeout).await;
+            let execution = self
+                .runner
+                .run_handler(&handler, &invocation, timeout)
+                .await;
             let verdict = judge_before(&execution.result, &data, self.max_data);
             let (outcome, error, new_data) = match verdict {
                 Verdict::Pass => (Outcome::Passed, String::new(), None),
@@ -319,6 +311,7 @@ impl BeforeChain {
                 event_id,
                 delivery_id: None,
                 emitted_by: emitted_by.map(str::to_owned),
+                test: false,
             },
             delivery: None,
         };
@@ -350,7 +343,11 @@ pub enum Verdict {
 }
 
 /// Interprets a BEFORE handler's reply against the data it was sent.
-fn judge_before(result: &Result<Reply, AttemptError>, sent: &str, max_data: usize) -> Verdict {
+pub(crate) fn judge_before(
+    result: &Result<Reply, AttemptError>,
+    sent: &str,
+    max_data: usize,
+) -> Verdict {
     match result {
         Ok(Reply::Http { status, body, .. }) if (200..300).contains(status) => {
             data_verdict(body, sent, max_data)

@@ -81,6 +81,10 @@ impl HttpExecutor {
             .header("webhook-id", invocation.message_id.as_str())
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature);
+        if invocation.test {
+            // A run of HandlerService.Test: receivers may choose not to act on it.
+            request = request.header("x-provisioning-test", "true");
+        }
         if let Some(extra) = headers.as_object() {
             for (name, value) in extra {
                 if let Some(value) = value.as_str() {

@@ -1,7 +1,7 @@
 //! Running handlers: the AFTER worker (`worker`: hand-over or claim → run → record),
-//! the BEFORE chain (`before`), the executors (`http`, `script`), the pure retry policy
-//! (`retry`) and the batched writer of execution-log rows and delivery outcomes
-//! (`recorder`).
+//! the BEFORE chain (`before`), test runs of one handler (`test_run`), the executors
+//! (`http`, `script`), the pure retry policy (`retry`) and the batched writer of
+//! execution-log rows and delivery outcomes (`recorder`).
 //!
 //! Attempt errors are recorded in the execution log; they are never returned to RPC
 //! callers.
@@ -12,6 +12,7 @@ pub mod http;
 pub mod recorder;
 pub mod retry;
 pub mod script;
+pub mod test_run;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
+use crate::domain::handlers::{Handler, Target};
 use crate::domain::Phase;
 use crate::policy::script_file::ScriptAccess;
 
@@ -45,6 +47,9 @@ pub struct Invocation<'a> {
     pub message_id: String,
     /// Data sent: a JSON object as text.
     pub data: &'a str,
+    /// A run of HandlerService.Test (told to the handler: `x-provisioning-test`,
+    /// `PROVISIONING_TEST`), not a delivery.
+    pub test: bool,
 }
 
 /// Where a handler runs.
@@ -200,5 +205,28 @@ impl Runner {
             duration: clock.elapsed(),
             result,
         }
+    }
+
+    /// Runs a handler as the domain describes it (BEFORE chains, test runs), bounded by
+    /// `timeout`.
+    pub async fn run_handler(
+        &self,
+        handler: &Handler,
+        invocation: &Invocation<'_>,
+        timeout: Duration,
+    ) -> Execution {
+        let headers = match &handler.target {
+            Target::Http { headers, .. } => serde_json::to_value(headers).unwrap_or_default(),
+            Target::Script { .. } => serde_json::Value::Null,
+        };
+        let target = match &handler.target {
+            Target::Http { url, secret, .. } => RunTarget::Http {
+                url,
+                headers: &headers,
+                secret,
+            },
+            Target::Script { path } => RunTarget::Script { path },
+        };
+        self.execute(target, invocation, timeout).await
     }
 }

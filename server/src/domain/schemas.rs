@@ -1,6 +1,6 @@
 //! Data schemas of event types: a JSON Schema (draft 2020-12) an admin may set on an
 //! event type, checked when it is set, compiled once per replica, and applied to the
-//! data of every event of that type (Emit, EmitBatch, EmitStream).
+//! data of every event of that type (Emit, EmitBatch, EmitStream, handler tests).
 //!
 //! Validation is done by the `jsonschema` crate, never by hand. Schemas are
 //! self-contained: every `$ref` must resolve inside the schema, and the retriever
