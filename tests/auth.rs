@@ -262,14 +262,12 @@ async fn call(client: &Client, rpc: Rpc, event: &str) -> Code {
                 event: Some(emit_request(event)),
             };
             match client.emit_stream(tokio_stream::iter([request])).await {
-                Ok(mut acks) => {
-                    let ack = acks
-                        .next()
-                        .await
-                        .expect("an ack")
-                        .expect("an ack, not an error");
-                    return Code::from_i32(ack.error_code);
-                }
+                // The resuming client opens the stream in the background: a refusal of
+                // the call itself arrives as the stream's first item.
+                Ok(mut acks) => match acks.next().await.expect("an ack or an error") {
+                    Ok(ack) => return Code::from_i32(ack.error_code),
+                    Err(error) => Err(error),
+                },
                 Err(error) => Err(error),
             }
         }
