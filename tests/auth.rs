@@ -79,6 +79,8 @@ enum Rpc {
     RotateSecret,
     ListEventTypes,
     CreateEventType,
+    UpdateEventType,
+    TestHandler,
     Emit,
     EmitBatch,
     EmitStream,
@@ -91,7 +93,7 @@ enum Rpc {
     Purge,
 }
 
-const ALL: [Rpc; 19] = [
+const ALL: [Rpc; 21] = [
     Rpc::CreateHandler,
     Rpc::GetHandler,
     Rpc::ListHandlers,
@@ -101,6 +103,8 @@ const ALL: [Rpc; 19] = [
     Rpc::RotateSecret,
     Rpc::ListEventTypes,
     Rpc::CreateEventType,
+    Rpc::UpdateEventType,
+    Rpc::TestHandler,
     Rpc::Emit,
     Rpc::EmitBatch,
     Rpc::EmitStream,
@@ -125,7 +129,9 @@ impl Rpc {
         use Rpc::*;
         match self {
             CreateHandler | UpdateHandler | SetStatus | DeleteHandler | RotateSecret
-            | CreateEventType | Retry | RetryFailed | Purge => Needs::Admin,
+            | CreateEventType | UpdateEventType | TestHandler | Retry | RetryFailed | Purge => {
+                Needs::Admin
+            }
             Emit | EmitBatch | EmitStream => Needs::Emitter,
             GetHandler | ListHandlers | ListEventTypes | GetLog | SearchLogs | TailLogs
             | LogStats => Needs::Reader,
@@ -139,7 +145,7 @@ impl Rpc {
         match self {
             CreateHandler | CreateEventType => Code::InvalidArgument,
             GetHandler | UpdateHandler | SetStatus | DeleteHandler | RotateSecret | GetLog
-            | Retry | RetryFailed => Code::NotFound,
+            | Retry | RetryFailed | UpdateEventType | TestHandler => Code::NotFound,
             _ => Code::Ok,
         }
     }
@@ -219,6 +225,27 @@ async fn call(client: &Client, rpc: Rpc, event: &str) -> Code {
             .create_event_type(proto::CreateEventTypeRequest {
                 name: "NOT VALID".into(),
                 description: String::new(),
+                schema_json: String::new(),
+            })
+            .await
+            .map(drop),
+        UpdateEventType => client
+            .update_event_type(proto::UpdateEventTypeRequest {
+                event_type: Some(proto::EventType {
+                    name: "nothing.here".into(),
+                    schema_json: r#"{"type": "object"}"#.into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["schema_json".into()],
+                }),
+            })
+            .await
+            .map(drop),
+        TestHandler => client
+            .test_handler(proto::TestHandlerRequest {
+                id: MISSING,
+                input: Some(proto::test_handler_request::Input::DataJson("{}".into())),
             })
             .await
             .map(drop),
@@ -235,14 +262,12 @@ async fn call(client: &Client, rpc: Rpc, event: &str) -> Code {
                 event: Some(emit_request(event)),
             };
             match client.emit_stream(tokio_stream::iter([request])).await {
-                Ok(mut acks) => {
-                    let ack = acks
-                        .next()
-                        .await
-                        .expect("an ack")
-                        .expect("an ack, not an error");
-                    return Code::from_i32(ack.error_code);
-                }
+                // The resuming client opens the stream in the background: a refusal of
+                // the call itself arrives as the stream's first item.
+                Ok(mut acks) => match acks.next().await.expect("an ack or an error") {
+                    Ok(ack) => return Code::from_i32(ack.error_code),
+                    Err(error) => Err(error),
+                },
                 Err(error) => Err(error),
             }
         }
@@ -726,6 +751,7 @@ async fn handler_changes_are_audited_with_the_callers_name() {
         .create_event_type(proto::CreateEventTypeRequest {
             name: "crm.sync".into(),
             description: "synced".into(),
+            schema_json: String::new(),
         })
         .await
         .unwrap();

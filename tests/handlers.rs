@@ -908,6 +908,7 @@ async fn create_event_type_adds_a_usable_event() {
         .create_event_type(proto::CreateEventTypeRequest {
             name: "invoices.paid".into(),
             description: "An invoice was paid".into(),
+            schema_json: String::new(),
         })
         .await
         .expect("create event type");
@@ -946,6 +947,7 @@ async fn create_event_type_with_a_taken_name_is_already_exists() {
     let request = |name: &str| proto::CreateEventTypeRequest {
         name: name.into(),
         description: String::new(),
+        schema_json: String::new(),
     };
     server
         .client
@@ -992,6 +994,7 @@ async fn create_event_type_with_a_bad_name_is_invalid_argument() {
             .create_event_type(proto::CreateEventTypeRequest {
                 name: bad.to_owned(),
                 description: String::new(),
+                schema_json: String::new(),
             })
             .await;
         assert_error(result, Code::InvalidArgument, "name");
@@ -1008,6 +1011,7 @@ async fn create_event_type_with_a_bad_name_is_invalid_argument() {
         .create_event_type(proto::CreateEventTypeRequest {
             name: longest.clone(),
             description: String::new(),
+            schema_json: String::new(),
         })
         .await
         .expect("a 100-character name is valid");

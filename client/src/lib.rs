@@ -276,6 +276,29 @@ impl Client {
             .into_inner())
     }
 
+    /// `HandlerService.UpdateEventType`: changes an event type's description or data
+    /// schema (the fields named in `update_mask`).
+    pub async fn update_event_type(
+        &self,
+        request: proto::UpdateEventTypeRequest,
+    ) -> Result<proto::EventType, ClientError> {
+        Ok(self
+            .handlers
+            .clone()
+            .update_event_type(request)
+            .await?
+            .into_inner())
+    }
+
+    /// `HandlerService.Test`: runs one handler once, now, and says what happened (the
+    /// run is logged as a test; nothing is delivered for real).
+    pub async fn test_handler(
+        &self,
+        request: proto::TestHandlerRequest,
+    ) -> Result<proto::TestHandlerResponse, ClientError> {
+        Ok(self.handlers.clone().test(request).await?.into_inner())
+    }
+
     /// `HandlerService.ListAudit`: who changed handlers and event types, newest first.
     pub async fn list_audit(
         &self,

@@ -34,6 +34,7 @@ fuzz_target!(|input: &[u8]| {
         event_id: 1,
         delivery_id: None,
         emitted_by: Some(field()),
+        test: false,
     };
     let check = |log: &LogRecord| {
         for value in [&log.event, &log.handler_name, &log.error, &log.response] {

@@ -12,10 +12,11 @@
 //! - `db`: pool, blocking helper, schema, row models, one query module per aggregate,
 //!   prepared hand-written statements, the embedded PostgreSQL cluster (one owning
 //!   process per data directory, restarted by its supervisor if it dies).
-//! - `domain`: rules per aggregate (handlers, events, logs) and transactions.
+//! - `domain`: rules per aggregate (handlers, events, logs) and transactions; the event
+//!   types' data schemas and their per-replica compiled cache.
 //! - `dispatch`: the AFTER worker (runs what ingest hands over and what it claims, then
-//!   records), the BEFORE chain, the HTTP and script executors, the pure retry policy,
-//!   the batched log recorder.
+//!   records), the BEFORE chain, test runs of one handler, the HTTP and script
+//!   executors, the pure retry policy, the batched log recorder.
 //! - `listener`: the LISTEN connection that wakes dispatchers and tails across replicas.
 //! - `grpc`: one file per proto service; conversions; the error → status mapping.
 //! - `limits`: the edge layer bounding concurrent calls and giving calls a default
@@ -165,11 +166,14 @@ pub async fn run(
         signals.clone(),
         &shutdown,
     );
+    // One cache of compiled event schemas per replica, shared by every entry point.
+    let schemas = domain::schemas::EventSchemas::new(db.clone());
     let ingest = domain::events::Ingest::new(
         db.clone(),
         config.clone(),
         worker,
         signals.clone(),
+        schemas.clone(),
         metrics.clone(),
         &shutdown,
     );
@@ -182,7 +186,15 @@ pub async fn run(
         max_headers: config.max_headers_per_handler,
         max_handlers_per_event: config.max_handlers_per_event,
     };
-    let registry = domain::handlers::HandlerRegistry::new(db.clone(), rules, signals.clone());
+    let registry =
+        domain::handlers::HandlerRegistry::new(db.clone(), rules, signals.clone(), schemas.clone());
+    let tests = dispatch::test_run::TestRuns::new(
+        db.clone(),
+        runner.clone(),
+        schemas.clone(),
+        signals.clone(),
+        config.max_payload_bytes,
+    );
     let reads = match &config.read_database_url {
         Some(url) => {
             let standby = db::Db::connect_lazy(url, config.db_pool_size);
@@ -204,7 +216,8 @@ pub async fn run(
             &shutdown,
         );
     }
-    let before = dispatch::before::BeforeChain::new(db.clone(), runner, config.max_payload_bytes);
+    let before =
+        dispatch::before::BeforeChain::new(db.clone(), runner, config.max_payload_bytes, schemas);
 
     // Both reflection versions, so every grpcurl works without proto files.
     let reflection_v1 = reflection().build_v1()?;
@@ -270,7 +283,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            HandlerServiceServer::new(grpc::handler_service::HandlerApi::new(registry))
+            HandlerServiceServer::new(grpc::handler_service::HandlerApi::new(registry, tests))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )

@@ -134,6 +134,9 @@ pub enum HandlersCommand {
     Delete(IdArg),
     /// Replace an HTTP handler's signing secret; prints the new one.
     RotateSecret(IdArg),
+    /// Run a handler once, now, on given data (enabled or disabled; logged as a test,
+    /// nothing is delivered for real); prints what happened.
+    Test(TestHandlerArgs),
     /// Run counts, success rate and duration percentiles per handler.
     Stats(StatsArgs),
 }
@@ -143,6 +146,19 @@ pub enum HandlersCommand {
 pub struct IdArg {
     /// Handler id.
     pub id: i64,
+}
+
+/// `handlers test`: the handler and the data to run it on (one of --data, --log-id).
+#[derive(Debug, Args)]
+pub struct TestHandlerArgs {
+    /// Handler id.
+    pub id: i64,
+    /// The data to send, a JSON object (sent exactly as given).
+    #[arg(long, value_name = "JSON", value_parser = parse::json_object, required_unless_present = "log_id")]
+    pub data: Option<String>,
+    /// Send the data of this execution-log row instead.
+    #[arg(long, value_name = "N", conflicts_with = "data")]
+    pub log_id: Option<i64>,
 }
 
 /// Filters of `handlers list`.
@@ -269,6 +285,11 @@ pub struct StatsArgs {
 pub enum EventTypesCommand {
     /// List the event catalogue.
     List,
+    /// Show one event type with its data schema.
+    Show {
+        /// Name, `group.action`.
+        name: String,
+    },
     /// Add an event type (`group.action`).
     Create {
         /// Name, `group.action`.
@@ -276,7 +297,39 @@ pub enum EventTypesCommand {
         /// What the event means.
         #[arg(long, default_value = "")]
         description: String,
+        /// Data schema: a file holding a JSON Schema (draft 2020-12); `-` reads standard
+        /// input.
+        #[arg(long, value_name = "FILE")]
+        schema: Option<PathBuf>,
     },
+    /// Change an event type's description or data schema.
+    Update(UpdateEventTypeArgs),
+}
+
+/// `event-types update`: the event type and what to change.
+#[derive(Debug, Args)]
+pub struct UpdateEventTypeArgs {
+    /// Name, `group.action`.
+    pub name: String,
+    /// What to change; at least one.
+    #[command(flatten)]
+    pub changes: EventTypeChanges,
+}
+
+/// What `event-types update` can change; each flag given lands in the field mask.
+#[derive(Debug, Default, Args)]
+#[group(required = true, multiple = true)]
+pub struct EventTypeChanges {
+    /// New description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// New data schema: a file holding a JSON Schema (draft 2020-12); `-` reads
+    /// standard input.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_schema")]
+    pub schema: Option<PathBuf>,
+    /// Remove the data schema: any JSON object is accepted again.
+    #[arg(long)]
+    pub no_schema: bool,
 }
 
 /// `provctl events ...`

@@ -1,4 +1,4 @@
-//! `provctl events emit` for one event, and `provctl event-types ...` (the catalogue).
+//! `provctl events emit` for one event (the catalogue is [`super::event_types`]).
 //!
 //! The `--data` text goes to the server exactly as typed (it was only validated). For a
 //! BEFORE event the reply is the chain's verdict: decision, reason, final data and what
@@ -6,7 +6,7 @@
 
 use provisioning_client::proto;
 
-use super::args::{EmitArgs, EventTypesCommand, EventsCommand, Output};
+use super::args::{EmitArgs, EventsCommand, Output};
 use super::emit_file;
 use super::json::{reformat, JsonObject};
 use super::output::{capitalize, enum_name, millis, Table};
@@ -17,61 +17,6 @@ pub async fn run(ctx: &mut Context, command: EventsCommand) -> Result<(), CliErr
     match command {
         EventsCommand::Emit(args) => emit(ctx, args).await,
     }
-}
-
-/// Runs one `event-types` subcommand.
-pub async fn run_event_types(
-    ctx: &mut Context,
-    command: EventTypesCommand,
-) -> Result<(), CliError> {
-    match command {
-        EventTypesCommand::List => {
-            let reply = ctx
-                .client()
-                .await?
-                .list_event_types(proto::ListEventTypesRequest {})
-                .await?;
-            let mut table = Table::new(&["Name", "Builtin", "Description"]);
-            for event_type in &reply.event_types {
-                match ctx.output {
-                    Output::Table => table.row(event_type_row(event_type)),
-                    Output::Json => ctx.line(&event_type_json(event_type).to_line())?,
-                }
-            }
-            match ctx.output {
-                Output::Table => ctx.line(&table.render()),
-                Output::Json => Ok(()),
-            }
-        }
-        EventTypesCommand::Create { name, description } => {
-            let request = proto::CreateEventTypeRequest { name, description };
-            let event_type = ctx.client().await?.create_event_type(request).await?;
-            match ctx.output {
-                Output::Table => {
-                    let mut table = Table::new(&["Name", "Builtin", "Description"]);
-                    table.row(event_type_row(&event_type));
-                    ctx.line(&table.render())
-                }
-                Output::Json => ctx.line(&event_type_json(&event_type).to_line()),
-            }
-        }
-    }
-}
-
-fn event_type_row(event_type: &proto::EventType) -> Vec<String> {
-    let builtin = if event_type.builtin { "yes" } else { "no" };
-    vec![
-        event_type.name.clone(),
-        builtin.to_owned(),
-        event_type.description.clone(),
-    ]
-}
-
-fn event_type_json(event_type: &proto::EventType) -> JsonObject {
-    JsonObject::new()
-        .str("name", &event_type.name)
-        .str("description", &event_type.description)
-        .bool("builtin", event_type.builtin)
 }
 
 async fn emit(ctx: &mut Context, args: EmitArgs) -> Result<(), CliError> {
@@ -111,11 +56,11 @@ async fn emit(ctx: &mut Context, args: EmitArgs) -> Result<(), CliError> {
     }
 }
 
-fn decision_name(value: i32) -> String {
+pub(super) fn decision_name(value: i32) -> String {
     enum_name(value, "DECISION_", proto::Decision::as_str_name)
 }
 
-fn outcome_name(value: i32) -> String {
+pub(super) fn outcome_name(value: i32) -> String {
     enum_name(
         value,
         "HANDLER_OUTCOME_",
@@ -159,7 +104,7 @@ fn emit_text(reply: &proto::EmitResponse, before: bool) -> String {
 }
 
 /// Indented data when it is valid JSON, else the text as received.
-fn pretty_data(text: &str) -> String {
+pub(super) fn pretty_data(text: &str) -> String {
     if serde_json::from_str::<&serde_json::value::RawValue>(text).is_ok() {
         reformat(text, true)
     } else {

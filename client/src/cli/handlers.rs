@@ -1,5 +1,5 @@
 //! `provctl handlers ...`: list, show, create, update, change status, delete, rotate the
-//! secret and show run statistics.
+//! secret and show run statistics; test runs are [`super::handler_test`].
 //!
 //! `update` sends a field mask naming exactly the fields given as flags. The `http` path
 //! carries the URL and the headers together, so when only one of them is given the
@@ -71,6 +71,7 @@ pub async fn run(ctx: &mut Context, command: HandlersCommand) -> Result<(), CliE
             print_handler(ctx, &handler)
         }
         HandlersCommand::Stats(args) => stats(ctx, args).await,
+        HandlersCommand::Test(args) => super::handler_test::run(ctx, args).await,
     }
 }
 

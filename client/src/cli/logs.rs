@@ -251,8 +251,14 @@ fn log_table() -> Table {
     .right_align(&[0])
 }
 
-/// A row of the seeds' Execution Logs tab.
+/// A row of the seeds' Execution Logs tab; a test run (HandlerService.Test) has
+/// ` (test)` after the handler's name.
 fn log_row(log: &proto::ExecutionLog) -> Vec<String> {
+    let name = if log.test {
+        format!("{} (test)", log.handler_name)
+    } else {
+        log.handler_name.clone()
+    };
     vec![
         log.id.to_string(),
         log_date(from_timestamp(log.created_at.as_ref())),
@@ -263,7 +269,7 @@ fn log_row(log: &proto::ExecutionLog) -> Vec<String> {
             "RUN_STATUS_",
             proto::RunStatus::as_str_name,
         )),
-        log.handler_name.clone(),
+        name,
         truncate(&log.error, ERROR_WIDTH),
         millis(log.duration_ms),
     ]
@@ -300,6 +306,7 @@ fn log_json(log: &proto::ExecutionLog) -> JsonObject {
             &enum_name(log.kind, "HANDLER_KIND_", proto::HandlerKind::as_str_name),
         )
         .str("emitted_by", &log.emitted_by)
+        .bool("test", log.test)
 }
 
 #[cfg(test)]
@@ -383,6 +390,11 @@ mod tests {
                 "27 ms"
             ]
         );
+        let test_run = proto::ExecutionLog {
+            test: true,
+            ..seed_log()
+        };
+        assert_eq!(log_row(&test_run)[5], "acc 6 (test)");
     }
 
     #[test]
@@ -392,7 +404,7 @@ mod tests {
         assert!(line.contains(r#""data_sent_json":{"id":178,"big":9007199254740993,"amount":12.345678901234567890},"data_returned_json":null"#), "{line}");
         assert!(
             line.ends_with(
-                r#""exit_code":127,"event_id":55,"delivery_id":0,"kind":"script","emitted_by":"","cursor":"c1"}"#
+                r#""exit_code":127,"event_id":55,"delivery_id":0,"kind":"script","emitted_by":"","test":false,"cursor":"c1"}"#
             ),
             "{line}"
         );

@@ -1,17 +1,19 @@
 //! The `provctl` command-line tool over [`provisioning_client::Client`].
 //!
 //! `args` defines the command line and `parse` validates local input while it is parsed;
-//! one module per resource (`handlers`, `events` with `emit_file`, `logs`) builds the
-//! request, makes the call and prints the reply through `output` (tables, for people) or
-//! `json` (JSON lines, for scripts). The connection is made only after the input is
-//! known to be valid, so a typo never costs a round trip.
+//! one module per resource (`handlers` with `handler_test`, `event_types`, `events` with
+//! `emit_file`, `logs`) builds the request, makes the call and prints the reply through
+//! `output` (tables, for people) or `json` (JSON lines, for scripts). The connection is
+//! made only after the input is known to be valid, so a typo never costs a round trip.
 //!
 //! Errors are [`CliError`]; `main` prints them as one line and maps them to exit codes.
 
 pub mod args;
 mod audit;
 mod emit_file;
+mod event_types;
 mod events;
+mod handler_test;
 mod handler_view;
 mod handlers;
 mod json;
@@ -131,7 +133,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     };
     let result = match cli.command {
         Command::Handlers(command) => handlers::run(&mut ctx, command).await,
-        Command::EventTypes(command) => events::run_event_types(&mut ctx, command).await,
+        Command::EventTypes(command) => event_types::run(&mut ctx, command).await,
         Command::Events(command) => events::run(&mut ctx, command).await,
         Command::Logs(command) => logs::run(&mut ctx, command).await,
         Command::Audit(args) => audit::run(&mut ctx, args).await,

@@ -28,7 +28,8 @@ use std::fmt;
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Handler and event-type changes, Retry, RetryFailed, Purge; and all a reader may.
+    /// Handler and event-type changes, handler test runs, Retry, RetryFailed, Purge; and
+    /// all a reader may.
     Admin,
     /// Emit, EmitBatch, EmitStream (for the events its patterns allow).
     Emitter,
@@ -287,6 +288,8 @@ mod tests {
             ("HandlerService/Delete", Role(super::Role::Admin)),
             ("HandlerService/RotateSecret", Role(super::Role::Admin)),
             ("HandlerService/CreateEventType", Role(super::Role::Admin)),
+            ("HandlerService/UpdateEventType", Role(super::Role::Admin)),
+            ("HandlerService/Test", Role(super::Role::Admin)),
             ("HandlerService/Get", Role(super::Role::Reader)),
             ("HandlerService/List", Role(super::Role::Reader)),
             ("HandlerService/ListEventTypes", Role(super::Role::Reader)),

@@ -74,13 +74,25 @@ pub struct HandlerChangeset {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A row of `event_types`.
+/// A row of `event_types` (the columns the service reads and writes).
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = event_types, check_for_backend(diesel::pg::Pg))]
 pub struct EventTypeRow {
     pub name: String,
     pub description: String,
     pub builtin: bool,
+    /// The data schema as set (JSON text); `None` = none.
+    pub data_schema: Option<String>,
+    /// Bumped by every schema change: the key of the replicas' compiled-schema caches.
+    pub schema_version: i64,
+}
+
+/// The schema columns of an `event_types` row.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = event_types, check_for_backend(diesel::pg::Pg))]
+pub struct EventSchemaRow {
+    pub data_schema: Option<String>,
+    pub schema_version: i64,
 }
 
 /// A row of `execution_logs`.
@@ -106,6 +118,8 @@ pub struct LogRow {
     pub event_id: i64,
     pub delivery_id: Option<i64>,
     pub emitted_by: Option<String>,
+    /// A run of HandlerService.Test.
+    pub test: bool,
 }
 
 /// A `jsonb` value read as PostgreSQL prints it, without parsing: whatever a stored row

@@ -21,6 +21,8 @@ diesel::table! {
         description -> Text,
         builtin -> Bool,
         created_at -> Timestamptz,
+        data_schema -> Nullable<Text>,
+        schema_version -> Int8,
     }
 }
 
@@ -57,6 +59,7 @@ diesel::table! {
         event_id -> Int8,
         delivery_id -> Nullable<Int8>,
         emitted_by -> Nullable<Text>,
+        test -> Bool,
     }
 }
 

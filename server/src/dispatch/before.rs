@@ -6,6 +6,10 @@
 //! HTTP: 2xx with a JSON object body = (possibly modified) data, 2xx with an empty body
 //! = unchanged, 4xx = forbid (reason from the body), anything else = failure.
 //! Script: see `script` for the exit-code protocol.
+//!
+//! The event's data was checked against its event type's schema when it was validated;
+//! the transaction that loads the handlers also reads the schema's version, and data
+//! validated against an older schema is checked again first (see `domain::schemas`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,11 +17,12 @@ use std::time::{Duration, Instant};
 use super::recorder::{LogRecord, Record};
 use super::script::FORBID_EXIT_CODE;
 use super::worker::reply_fields;
-use super::{AttemptError, Execution, Invocation, Reply, RunTarget, Runner, LOGGED_RESPONSE_BYTES};
+use super::{AttemptError, Execution, Invocation, Reply, Runner, LOGGED_RESPONSE_BYTES};
 use crate::db::queries::{self, events};
 use crate::db::Db;
 use crate::domain::events::NewEvent;
-use crate::domain::handlers::{handler_from_row, Handler, Target};
+use crate::domain::handlers::{handler_from_row, Handler};
+use crate::domain::schemas::EventSchemas;
 use crate::domain::{event_data, text, DomainError, FailurePolicy, Phase, RunStatus};
 
 /// The decision of a chain.
@@ -87,21 +92,26 @@ pub struct BeforeChain {
     spare_ids: Arc<Mutex<Vec<i64>>>,
     /// Largest data a handler may return (the emit payload limit).
     max_data: usize,
+    /// Compiled event schemas, for data validated against a schema changed since.
+    schemas: EventSchemas,
 }
 
 impl BeforeChain {
     /// A chain runner over `db`; handlers may return at most `max_data` bytes of data.
-    pub fn new(db: Db, runner: Runner, max_data: usize) -> BeforeChain {
+    pub fn new(db: Db, runner: Runner, max_data: usize, schemas: EventSchemas) -> BeforeChain {
         BeforeChain {
             db,
             runner,
             spare_ids: Arc::default(),
             max_data,
+            schemas,
         }
     }
 
     /// Runs the chain for a validated event (its emitter is recorded in the log rows,
     /// its trace continued by each run); `deadline` bounds the whole chain.
+    /// INVALID_ARGUMENT when the event type's schema changed since the event was
+    /// validated and the data does not satisfy the new one.
     pub async fn run(
         &self,
         event: NewEvent,
@@ -112,9 +122,19 @@ impl BeforeChain {
             data,
             emitted_by,
             trace,
-            ..
+            schema_version,
+            field,
+            idempotency_key: _unused_for_before,
         } = event;
-        let (event_id, chain) = self.load(event.clone(), data.clone()).await?;
+        let (event_id, chain, current_version) = self.load(event.clone(), data.clone()).await?;
+        if current_version != Some(schema_version) {
+            let schema = self.schemas.reload(&event).await?.ok_or_else(|| {
+                DomainError::Internal(format!("event type {event:?} vanished").into())
+            })?;
+            schema
+                .check(&data)
+                .map_err(|problems| DomainError::invalid(&format!("{field}data_json"), problems))?;
+        }
         let mut data = data;
         let mut results = Vec::with_capacity(chain.len());
         let mut decision = Decision::Allowed;
@@ -144,20 +164,12 @@ impl BeforeChain {
                 message_id: format!("evt_{event_id}_{}", handler.id),
                 data: &data,
                 traceparent: trace.map(|trace| trace.child().to_string()),
+                test: false,
             };
-            let headers = match &handler.target {
-                Target::Http { headers, .. } => serde_json::to_value(headers).unwrap_or_default(),
-                Target::Script { .. } => serde_json::Value::Null,
-            };
-            let target = match &handler.target {
-                Target::Http { url, secret, .. } => RunTarget::Http {
-                    url,
-                    headers: &headers,
-                    secret,
-                },
-                Target::Script { path } => RunTarget::Script { path },
-            };
-            let execution = self.runner.execute(target, &invocation, timeout).await;
+            let execution = self
+                .runner
+                .run_handler(&handler, &invocation, timeout)
+                .await;
             let verdict = judge_before(&execution.result, &data, self.max_data);
             let (outcome, error, new_data) = match verdict {
                 Verdict::Pass => (Outcome::Passed, String::new(), None),
@@ -212,11 +224,16 @@ impl BeforeChain {
         })
     }
 
-    /// A fresh event id and the enabled BEFORE handlers whose filter matches, read now
-    /// (no cache: a handler change applies to the next call, on every replica).
-    async fn load(&self, event: String, data: String) -> Result<(i64, Vec<Handler>), DomainError> {
+    /// A fresh event id, the enabled BEFORE handlers whose filter matches, read now (no
+    /// cache: a handler change applies to the next call, on every replica), and the
+    /// event type's schema version.
+    async fn load(
+        &self,
+        event: String,
+        data: String,
+    ) -> Result<(i64, Vec<Handler>, Option<i64>), DomainError> {
         let spare = self.take_spare_id();
-        let (id, more_ids, rows) = self
+        let (id, more_ids, rows, version) = self
             .db
             .run(move |conn| {
                 let (id, more_ids) = match spare {
@@ -237,7 +254,8 @@ impl BeforeChain {
                     Phase::Before.as_str(),
                     &data,
                 )?;
-                Ok::<_, DomainError>((id, more_ids, rows))
+                let version = queries::event_types::schema_version(conn, &event)?;
+                Ok::<_, DomainError>((id, more_ids, rows, version))
             })
             .await?;
         if !more_ids.is_empty() {
@@ -250,6 +268,7 @@ impl BeforeChain {
             rows.into_iter()
                 .map(handler_from_row)
                 .collect::<Result<_, _>>()?,
+            version,
         ))
     }
 
@@ -295,6 +314,7 @@ impl BeforeChain {
                 event_id,
                 delivery_id: None,
                 emitted_by: emitted_by.map(str::to_owned),
+                test: false,
             },
             delivery: None,
         };
@@ -326,7 +346,11 @@ pub enum Verdict {
 }
 
 /// Interprets a BEFORE handler's reply against the data it was sent.
-fn judge_before(result: &Result<Reply, AttemptError>, sent: &str, max_data: usize) -> Verdict {
+pub(crate) fn judge_before(
+    result: &Result<Reply, AttemptError>,
+    sent: &str,
+    max_data: usize,
+) -> Verdict {
     match result {
         Ok(Reply::Http { status, body, .. }) if (200..300).contains(status) => {
             data_verdict(body, sent, max_data)

@@ -84,6 +84,10 @@ impl HttpExecutor {
         if let Some(traceparent) = &invocation.traceparent {
             request = request.header("traceparent", traceparent.as_str());
         }
+        if invocation.test {
+            // A run of HandlerService.Test: receivers may choose not to act on it.
+            request = request.header("x-provisioning-test", "true");
+        }
         if let Some(extra) = headers.as_object() {
             for (name, value) in extra {
                 if let Some(value) = value.as_str() {

@@ -1,7 +1,7 @@
 //! Running handlers: the AFTER worker (`worker`: hand-over or claim → run → record),
-//! the BEFORE chain (`before`), the executors (`http`, `script`), the pure retry policy
-//! (`retry`) and the batched writer of execution-log rows and delivery outcomes
-//! (`recorder`).
+//! the BEFORE chain (`before`), test runs of one handler (`test_run`), the executors
+//! (`http`, `script`), the pure retry policy (`retry`) and the batched writer of
+//! execution-log rows and delivery outcomes (`recorder`).
 //!
 //! Attempt errors are recorded in the execution log; they are never returned to RPC
 //! callers.
@@ -12,6 +12,7 @@ pub mod http;
 pub mod recorder;
 pub mod retry;
 pub mod script;
+pub mod test_run;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
+use crate::domain::handlers::{Handler, Target};
 use crate::domain::Phase;
 use crate::policy::script_file::ScriptAccess;
 
@@ -48,6 +50,9 @@ pub struct Invocation<'a> {
     /// The W3C `traceparent` of this run (a child of the emitter's), if it sent one:
     /// the `traceparent` header of an HTTP POST, `TRACEPARENT` for a script.
     pub traceparent: Option<String>,
+    /// A run of HandlerService.Test (told to the handler: `x-provisioning-test`,
+    /// `PROVISIONING_TEST`), not a delivery.
+    pub test: bool,
 }
 
 /// Where a handler runs.
@@ -203,5 +208,28 @@ impl Runner {
             duration: clock.elapsed(),
             result,
         }
+    }
+
+    /// Runs a handler as the domain describes it (BEFORE chains, test runs), bounded by
+    /// `timeout`.
+    pub async fn run_handler(
+        &self,
+        handler: &Handler,
+        invocation: &Invocation<'_>,
+        timeout: Duration,
+    ) -> Execution {
+        let headers = match &handler.target {
+            Target::Http { headers, .. } => serde_json::to_value(headers).unwrap_or_default(),
+            Target::Script { .. } => serde_json::Value::Null,
+        };
+        let target = match &handler.target {
+            Target::Http { url, secret, .. } => RunTarget::Http {
+                url,
+                headers: &headers,
+                secret,
+            },
+            Target::Script { path } => RunTarget::Script { path },
+        };
+        self.execute(target, invocation, timeout).await
     }
 }

@@ -72,6 +72,8 @@ pub struct LogRecord {
     pub delivery_id: Option<i64>,
     /// Who emitted the event, if known.
     pub emitted_by: Option<String>,
+    /// A run of HandlerService.Test (no event stored, no delivery).
+    pub test: bool,
 }
 
 /// What became of an AFTER delivery after this attempt.
@@ -247,6 +249,54 @@ async fn write_one(
     }
 }
 
+/// Writes one run (no delivery) now, outside the batches, and returns its log id: for
+/// callers that answer with it (HandlerService.Test). A row the database refuses is
+/// repaired as [`write_one`] does; when the database cannot be reached, the row is
+/// queued on `recorder` instead (written as soon as it can be) and `None` is returned.
+pub async fn write_now(
+    db: &Db,
+    recorder: &Recorder,
+    signals: &Signals,
+    log: LogRecord,
+) -> Option<i64> {
+    let mut record = Record {
+        log,
+        delivery: None,
+    };
+    let mut refusals = 0;
+    loop {
+        let row = Arc::new(vec![record.clone()]);
+        // No delivery outcome: the handler-health settings are not used.
+        match db.run(move |conn| write_batch(conn, &row, 0)).await {
+            Ok(Written { max_id: id, .. }) => {
+                if let Some(id) = id {
+                    signals.announce_logs(id);
+                }
+                return id;
+            }
+            Err(error) if error.is_rejection() => {
+                let repaired = match refusals {
+                    0 => repair(&mut record.log),
+                    1 => strip(&mut record.log, &crate::telemetry::error_chain(&error)),
+                    _ => {
+                        tracing::error!(%error, handler.id = record.log.handler_id,
+                            "test-run log row refused even with every outside field replaced");
+                        return None;
+                    }
+                };
+                tracing::warn!(%error, handler.id = record.log.handler_id, repaired = ?repaired,
+                    "test-run log row refused by the database; writing it repaired");
+                refusals += 1;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "database unavailable; the test-run log row is queued");
+                recorder.record(record).await;
+                return None;
+            }
+        }
+    }
+}
+
 /// Makes a log row storable whatever it holds: text fields get NUL written as `\u0000`
 /// and are capped; data that is not acceptable event data (`event_data`) is replaced
 /// by a marker object saying why, with the original text as a string. Returns the
@@ -393,6 +443,7 @@ fn write_batch(
         columns.event_id.push(log.event_id);
         columns.delivery_id.push(log.delivery_id);
         columns.emitted_by.push(log.emitted_by.as_deref());
+        columns.test.push(log.test);
     }
     succeeded_handlers.sort_unstable();
     succeeded_handlers.dedup();

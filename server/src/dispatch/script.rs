@@ -13,7 +13,8 @@
 //! directories leading to it are checked again (owner, no group/other write): a refusal
 //! is a non-retryable failure in the log row.
 //!
-//! Environment: exactly `PATH`, `LANG` and the `PROVISIONING_*` variables set below.
+//! Environment: exactly `PATH`, `LANG` and the `PROVISIONING_*` variables set below
+//! (`PROVISIONING_TEST=1` only in runs of HandlerService.Test).
 //! Nothing of the server's environment and no secret (signing secret, handler headers)
 //! is passed on.
 //!
@@ -87,6 +88,10 @@ impl ScriptExecutor {
             .kill_on_drop(true);
         if let Some(traceparent) = &invocation.traceparent {
             command.env("TRACEPARENT", traceparent);
+        }
+        if invocation.test {
+            // A run of HandlerService.Test; deliveries do not have the variable at all.
+            command.env("PROVISIONING_TEST", "1");
         }
         if let Some((uid, gid)) = self.access.run_as {
             // The standard library drops supplementary groups (setgroups(0)) before

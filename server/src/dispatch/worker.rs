@@ -249,6 +249,7 @@ async fn run_delivery(db: &Db, runner: &Runner, config: &Config, delivery: Claim
             .as_deref()
             .and_then(TraceContext::parse)
             .map(|trace| trace.child().to_string()),
+        test: false,
     };
     if delivery.status == "archived" {
         // Archived after the event was accepted (while this delivery was running or
@@ -364,13 +365,14 @@ fn after_record(
             event_id: delivery.event_id,
             delivery_id: Some(delivery.id),
             emitted_by: delivery.emitted_by,
+            test: false,
         },
         delivery: Some(outcome),
     }
 }
 
 /// How an AFTER attempt went.
-enum Judgement {
+pub(crate) enum Judgement {
     Success,
     Failure {
         error: String,
@@ -382,7 +384,7 @@ enum Judgement {
 
 /// AFTER semantics: any 2xx or exit 0 is success; everything else fails. 410 Gone
 /// disables the handler; `Retry-After` counts on 429 and 503.
-fn judge_after(result: &Result<Reply, AttemptError>) -> Judgement {
+pub(crate) fn judge_after(result: &Result<Reply, AttemptError>) -> Judgement {
     let failure = |error: String| Judgement::Failure {
         error,
         retryable: true,

@@ -10,19 +10,25 @@
 //! stores them, as far as it has free run slots and nothing older waits in the table,
 //! and handed to it in memory after the commit: no claim round trip, no second row
 //! version. The rest are announced and claimed from the table, oldest first.
+//!
+//! Data is checked against its event type's schema (`schemas`) when the event is
+//! validated; the statement that stores it checks that the schema has not changed since
+//! (see `schemas` for why that is the cache's invalidation), and a stale event is
+//! validated again before it is stored.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::schemas::{Checked, EventSchemas};
 use super::trace_context::TraceContext;
 use super::{event_data, text, DomainError};
 use crate::auth::Caller;
 use crate::config::Config;
 use crate::db::queries::deliveries::ClaimedDelivery;
+use crate::db::queries::events;
 use crate::db::queries::events::LeaseAtInsert;
-use crate::db::queries::{event_types, events};
 use crate::db::{Db, DbError};
 use crate::dispatch::worker::Worker;
 use crate::listener::Signals;
@@ -35,6 +41,8 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 pub const MAX_BATCH_EVENTS: usize = 10_000;
 const MAX_GROUP_COMMIT: usize = 2_000;
 const COMMITS_IN_FLIGHT: usize = 2;
+/// Times a batch is validated again because schemas changed under it before giving up.
+const MAX_SCHEMA_ROUNDS: usize = 3;
 
 /// A validated event.
 #[derive(Debug, Clone)]
@@ -49,6 +57,10 @@ pub struct NewEvent {
     pub emitted_by: Option<String>,
     /// The emitter's trace, continued by the handler runs.
     pub trace: Option<TraceContext>,
+    /// The event type's schema version the data was validated against.
+    pub schema_version: i64,
+    /// Where the event was in the request, prefixing messages about it (`events[3].`).
+    pub field: String,
 }
 
 /// An accepted AFTER event.
@@ -70,9 +82,7 @@ struct Pending {
 /// Validates and stores events.
 #[derive(Clone)]
 pub struct Ingest {
-    db: Db,
     max_payload: usize,
-    known_events: Arc<RwLock<HashSet<String>>>,
     queue: mpsc::Sender<Pending>,
     storage: Storage,
 }
@@ -83,6 +93,8 @@ struct Storage {
     db: Db,
     worker: Worker,
     signals: Signals,
+    /// The event types known to this replica with their compiled schemas.
+    schemas: EventSchemas,
     metrics: Arc<Metrics>,
 }
 
@@ -93,21 +105,21 @@ impl Ingest {
         config: Arc<Config>,
         worker: Worker,
         signals: Signals,
+        schemas: EventSchemas,
         metrics: Arc<Metrics>,
         shutdown: &Shutdown,
     ) -> Ingest {
         let (queue, receiver) = mpsc::channel(64 * 1024);
         let storage = Storage {
-            db: db.clone(),
+            db,
             worker,
             signals,
+            schemas,
             metrics,
         };
         shutdown.spawn(commit_loop(storage.clone(), receiver));
         Ingest {
-            db,
             max_payload: config.max_payload_bytes,
-            known_events: Arc::new(RwLock::new(HashSet::new())),
             queue,
             storage,
         }
@@ -135,38 +147,30 @@ impl Ingest {
                 format!("must be at most {MAX_IDEMPOTENCY_KEY} characters"),
             ));
         }
-        if !self.is_known(&event).await? {
-            return Err(DomainError::invalid(
-                &format!("{field}event"),
-                format!("unknown event {event:?} (see ListEventTypes)"),
-            ));
-        }
+        // Event types are never deleted, so the cache of known ones (with their
+        // schemas) only grows; an unknown name is looked up (another replica may have
+        // added it).
+        let schema_version = match self.storage.schemas.check(&event, &data).await? {
+            Checked::Fits { version } => version,
+            Checked::UnknownEvent => {
+                return Err(DomainError::invalid(
+                    &format!("{field}event"),
+                    format!("unknown event {event:?} (see ListEventTypes)"),
+                ))
+            }
+            Checked::Violates(problems) => {
+                return Err(DomainError::invalid(&format!("{field}data_json"), problems))
+            }
+        };
         Ok(NewEvent {
             event,
             data,
             idempotency_key: (!key.is_empty()).then_some(key),
             emitted_by: Some(caller.name.clone()),
             trace: None,
+            schema_version,
+            field: field.to_owned(),
         })
-    }
-
-    /// Whether the catalogue has `event`. Event types are never deleted, so known names
-    /// are cached; an unknown name is looked up (another replica may have added it).
-    async fn is_known(&self, event: &str) -> Result<bool, DomainError> {
-        if self.known_events.read().is_ok_and(|k| k.contains(event)) {
-            return Ok(true);
-        }
-        let name = event.to_owned();
-        let known = self
-            .db
-            .run(move |conn| event_types::exists(conn, &name).map_err(DomainError::from))
-            .await?;
-        if known {
-            if let Ok(mut cache) = self.known_events.write() {
-                cache.insert(event.to_owned());
-            }
-        }
-        Ok(known)
     }
 
     /// Stores one AFTER event (group-committed); returns after the commit.
@@ -195,6 +199,11 @@ impl Ingest {
 impl Storage {
     /// Stores a batch, starts the deliveries leased to this replica and announces the
     /// others. One answer per event, in input order.
+    ///
+    /// When schemas changed after some events were validated, the statement stores
+    /// nothing; those events are validated again against the new schemas and the
+    /// statement runs again. An event the new schema refuses is refused alone (each
+    /// event standing alone) or refuses the whole batch (all or nothing).
     async fn store(
         &self,
         batch: Vec<NewEvent>,
@@ -205,30 +214,118 @@ impl Storage {
         let leased_events = slots.as_ref().map_or(0, |s| s.num_permits());
         let owner = self.worker.owner();
         let lease_ms = self.worker.lease_ms();
-        let stored = self
-            .db
-            .run(move |conn| {
-                let lease = LeaseAtInsert {
-                    events: leased_events as i32,
-                    owner: &owner,
-                    lease_ms,
-                };
-                store(conn, batch, lease, atomicity)
-            })
-            .await?;
-        self.metrics.group_commit_events.observe(events as f64);
-        for chain in stored.leased {
-            // One slot was reserved per leased event; `leased` never has more chains.
-            if let Some(slot) = slots.as_mut().and_then(|s| s.split(1)) {
-                self.worker.start(chain, slot);
+        let mut answers: Vec<Option<Result<Accepted, DomainError>>> =
+            std::iter::repeat_with(|| None).take(batch.len()).collect();
+        // The events still to store, with their positions in `batch`.
+        let mut positions: Vec<usize> = (0..batch.len()).collect();
+        let mut batch = batch;
+        for _round in 0..MAX_SCHEMA_ROUNDS {
+            let owner = owner.clone();
+            let (events, stored) = self
+                .db
+                .run(move |conn| {
+                    let lease = LeaseAtInsert {
+                        events: leased_events as i32,
+                        owner: &owner,
+                        lease_ms,
+                    };
+                    let stored = store(conn, &batch, lease, atomicity)?;
+                    Ok::<_, DomainError>((batch, stored))
+                })
+                .await?;
+            batch = events;
+            if !stored.stale.is_empty() {
+                let refused = self.revalidate(&mut batch, &stored.stale).await?;
+                if atomicity == Atomicity::AllOrNothing {
+                    if let Some((_, error)) = refused.into_iter().next() {
+                        return Err(error);
+                    }
+                    continue;
+                }
+                // Refused events are answered now and leave the batch.
+                let mut refused = refused.into_iter().peekable();
+                let mut kept = Vec::with_capacity(batch.len());
+                for (index, event) in batch.into_iter().enumerate() {
+                    match refused.next_if(|(i, _)| *i == index) {
+                        Some((_, error)) => answers[positions[index]] = Some(Err(error)),
+                        None => kept.push((positions[index], event)),
+                    }
+                }
+                (positions, batch) = kept.into_iter().unzip();
+                if batch.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            self.metrics.group_commit_events.observe(batch.len() as f64);
+            for chain in stored.leased {
+                // One slot was reserved per leased event; `leased` never has more chains.
+                if let Some(slot) = slots.as_mut().and_then(|s| s.split(1)) {
+                    self.worker.start(chain, slot);
+                }
+            }
+            if stored.unleased_deliveries {
+                self.worker.note_backlog();
+                self.signals.announce_work();
+            }
+            for (position, answer) in positions.iter().zip(stored.accepted) {
+                answers[*position] = Some(answer);
+            }
+            return Ok(answers
+                .into_iter()
+                .map(|answer| answer.unwrap_or_else(|| Err(unanswered())))
+                .collect());
+        }
+        if batch.is_empty() {
+            return Ok(answers
+                .into_iter()
+                .map(|answer| answer.unwrap_or_else(|| Err(unanswered())))
+                .collect());
+        }
+        Err(DomainError::Unavailable(
+            "event type schemas kept changing while the events were being stored".into(),
+        ))
+    }
+
+    /// Validates the events at `stale` (positions in `batch`) again against their event
+    /// types' current schemas, read from the database, and records the versions. Returns
+    /// the refused ones, by position, with their errors.
+    async fn revalidate(
+        &self,
+        batch: &mut [NewEvent],
+        stale: &[usize],
+    ) -> Result<Vec<(usize, DomainError)>, DomainError> {
+        let mut reloaded: HashMap<String, Arc<super::schemas::EventSchema>> = HashMap::new();
+        let mut refused = Vec::new();
+        for &index in stale {
+            let Some(event) = batch.get_mut(index) else {
+                continue;
+            };
+            let schema = match reloaded.get(&event.event) {
+                Some(schema) => schema.clone(),
+                None => {
+                    let schema = self.schemas.reload(&event.event).await?.ok_or_else(|| {
+                        DomainError::Internal(
+                            format!("event type {:?} vanished", event.event).into(),
+                        )
+                    })?;
+                    reloaded.insert(event.event.clone(), schema.clone());
+                    schema
+                }
+            };
+            event.schema_version = schema.version;
+            if let Err(problems) = schema.check(&event.data) {
+                let field = format!("{}data_json", event.field);
+                refused.push((index, DomainError::invalid(&field, problems)));
             }
         }
-        if stored.unleased_deliveries {
-            self.worker.note_backlog();
-            self.signals.announce_work();
-        }
-        Ok(stored.accepted)
+        Ok(refused)
     }
+}
+
+/// The answer of an event the store loop lost track of (a bug of ours).
+fn unanswered() -> DomainError {
+    DomainError::Internal("an event was left without an answer".into())
 }
 
 /// Whether one event's refusal refuses the others stored with it.
@@ -243,12 +340,15 @@ enum Atomicity {
 /// What storing a batch produced.
 struct Stored {
     /// One per event, in input order: accepted, or refused (a reused idempotency key
-    /// with different content).
+    /// with different content). Empty when `stale` is not.
     accepted: Vec<Result<Accepted, DomainError>>,
     /// The deliveries leased to this replica, one chain per event in run order.
     leased: Vec<Vec<ClaimedDelivery>>,
     /// Some deliveries were stored for any replica to claim.
     unleased_deliveries: bool,
+    /// Positions of the events validated against a schema that has changed since, in
+    /// order; when there are any, nothing was stored.
+    stale: Vec<usize>,
 }
 
 /// Stores events and their deliveries: one statement, so it commits on its own (no
@@ -257,7 +357,7 @@ struct Stored {
 /// batch holding keys runs in a transaction, so such a refusal leaves nothing stored.
 fn store(
     conn: &mut diesel::PgConnection,
-    batch: Vec<NewEvent>,
+    batch: &[NewEvent],
     lease: LeaseAtInsert<'_>,
     atomicity: Atomicity,
 ) -> Result<Stored, DomainError> {
@@ -290,13 +390,14 @@ fn store(
 /// The statement of [`store`] and the answers it gives each event.
 fn store_statement(
     conn: &mut diesel::PgConnection,
-    batch: Vec<NewEvent>,
+    batch: &[NewEvent],
     lease: LeaseAtInsert<'_>,
 ) -> Result<Stored, DomainError> {
     let names: Vec<&str> = batch.iter().map(|e| e.event.as_str()).collect();
     let data: Vec<&str> = batch.iter().map(|e| e.data.as_str()).collect();
     let keys: Vec<Option<&str>> = batch.iter().map(|e| e.idempotency_key.as_deref()).collect();
     let emitted_by: Vec<Option<&str>> = batch.iter().map(|e| e.emitted_by.as_deref()).collect();
+    let versions: Vec<i64> = batch.iter().map(|e| e.schema_version).collect();
     let traceparents: Vec<Option<String>> = batch
         .iter()
         .map(|e| e.trace.map(|t| t.to_string()))
@@ -309,6 +410,7 @@ fn store_statement(
         &keys,
         &emitted_by,
         &traceparents,
+        &versions,
         lease,
     )
     .map_err(|error| {
@@ -320,6 +422,20 @@ fn store_statement(
             DomainError::from(error)
         }
     })?;
+    if rows.iter().any(|r| r.stale) {
+        let mut stale: Vec<usize> = rows
+            .iter()
+            .filter(|r| r.stale)
+            .map(|r| (r.ord as usize).wrapping_sub(1))
+            .collect();
+        stale.dedup();
+        return Ok(Stored {
+            accepted: Vec::new(),
+            leased: Vec::new(),
+            unleased_deliveries: false,
+            stale,
+        });
+    }
     let duplicate_keys: Vec<&str> = rows
         .iter()
         .filter(|r| !r.inserted)
@@ -341,6 +457,7 @@ fn store_statement(
         accepted: Vec::with_capacity(batch.len()),
         leased: Vec::new(),
         unleased_deliveries: false,
+        stale: Vec::new(),
     };
     let mut leased_deliveries = 0;
     for row in rows {

@@ -92,6 +92,8 @@ pub struct ExecutionLog {
     pub delivery_id: Option<i64>,
     /// Who emitted the event (the caller's name), when recorded.
     pub emitted_by: Option<String>,
+    /// A run of HandlerService.Test: no stored event, no delivery.
+    pub test: bool,
 }
 
 impl ExecutionLog {
@@ -128,6 +130,7 @@ impl TryFrom<LogRow> for ExecutionLog {
             event_id,
             delivery_id,
             emitted_by,
+            test,
         } = row;
         Ok(ExecutionLog {
             id,
@@ -149,6 +152,7 @@ impl TryFrom<LogRow> for ExecutionLog {
             event_id,
             delivery_id,
             emitted_by,
+            test,
         })
     }
 }
@@ -350,7 +354,8 @@ impl LogStore {
     }
 
     /// Counts, success rate and duration percentiles per handler (or one handler) over
-    /// `[from, to)`; `to` defaults to now and `from` to 24 hours before `to`.
+    /// `[from, to)`; `to` defaults to now and `from` to 24 hours before `to`. Test runs
+    /// are not counted.
     pub async fn stats(
         &self,
         handler_id: Option<i64>,
@@ -519,6 +524,12 @@ fn schedule_retry(
     let row = logs::find(conn, log_id)
         .optional()?
         .ok_or_else(|| DomainError::NotFound(format!("execution log {log_id} not found")))?;
+    if row.test {
+        return Err(DomainError::FailedPrecondition(format!(
+            "execution log {log_id} is a test run (HandlerService.Test): it has no \
+             delivery to retry; run the test again instead"
+        )));
+    }
     if parse_stored(Phase::parse, &row.phase, "execution_logs.phase")? == Phase::Before {
         return Err(DomainError::FailedPrecondition(format!(
             "execution log {log_id} is a BEFORE run: BEFORE handlers run inside Emit \

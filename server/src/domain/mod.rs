@@ -1,6 +1,7 @@
 //! Business rules, one module per aggregate: handlers (and the event catalogue), events
 //! (ingestion), execution logs; plus what acceptable data and storable text are
-//! (`event_data`, `text`), shared by every entry point. Transactions open here. Nothing
+//! (`event_data`, `text`) and the event types' data schemas with their per-replica
+//! cache (`schemas`), shared by every entry point. Transactions open here. Nothing
 //! in this module knows about tonic or prost; the gRPC layer converts to and from these
 //! types.
 
@@ -8,6 +9,7 @@ pub mod event_data;
 pub mod events;
 pub mod handlers;
 pub mod logs;
+pub mod schemas;
 pub mod text;
 pub mod trace_context;
 

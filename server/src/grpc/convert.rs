@@ -8,8 +8,12 @@ use chrono::{DateTime, TimeZone, Utc};
 use provisioning_api::v1 as pb;
 use tonic::Status;
 
+use crate::dispatch::before::{Decision, Outcome};
+use crate::dispatch::test_run::{TestInput, TestResult};
 use crate::domain::event_data::DataError;
-use crate::domain::handlers::{EventType, Handler, HandlerPatch, HandlerSpec, Target, TargetSpec};
+use crate::domain::handlers::{
+    EventType, EventTypePatch, Handler, HandlerPatch, HandlerSpec, Target, TargetSpec,
+};
 use crate::domain::{FailurePolicy, HandlerKind, HandlerStatus, Phase, RunStatus};
 
 /// Whether a handler's secret is shown in full (Create, RotateSecret) or masked.
@@ -352,10 +356,125 @@ pub fn audit_entry(entry: crate::domain::handlers::AuditEntry) -> pb::AuditEntry
 
 /// EventType → proto.
 pub fn event_type(event_type: EventType) -> pb::EventType {
+    let EventType {
+        name,
+        description,
+        builtin,
+        schema,
+    } = event_type;
     pb::EventType {
-        name: event_type.name,
-        description: event_type.description,
-        builtin: event_type.builtin,
+        name,
+        description,
+        builtin,
+        schema_json: schema.unwrap_or_default(),
+    }
+}
+
+/// UpdateEventTypeRequest → (name, patch), following the field mask.
+pub fn event_type_patch(
+    request: pb::UpdateEventTypeRequest,
+) -> Result<(String, EventTypePatch), Status> {
+    let pb::UpdateEventTypeRequest {
+        event_type,
+        update_mask,
+    } = request;
+    let event_type = event_type.ok_or_else(|| invalid("event_type", "required"))?;
+    let paths = update_mask.map(|m| m.paths).unwrap_or_default();
+    if paths.is_empty() {
+        return Err(invalid(
+            "update_mask",
+            "required: name the fields to change (description, schema_json)",
+        ));
+    }
+    let pb::EventType {
+        name,
+        description,
+        builtin: _read_only,
+        schema_json,
+    } = event_type;
+    if name.is_empty() {
+        return Err(invalid("event_type.name", "required"));
+    }
+    let mut patch = EventTypePatch::default();
+    for path in &paths {
+        match path.as_str() {
+            "description" => patch.description = Some(description.clone()),
+            "schema_json" => {
+                patch.schema = Some((!schema_json.trim().is_empty()).then(|| schema_json.clone()))
+            }
+            other => {
+                return Err(invalid(
+                    "update_mask",
+                    format!("unknown or read-only field {other:?} (description, schema_json)"),
+                ))
+            }
+        }
+    }
+    Ok((name, patch))
+}
+
+/// TestHandlerRequest → (handler id, input).
+pub fn test_input(request: pb::TestHandlerRequest) -> Result<(i64, TestInput), Status> {
+    let pb::TestHandlerRequest { id, input } = request;
+    let input = match input {
+        Some(pb::test_handler_request::Input::DataJson(data)) => TestInput::Data(data),
+        Some(pb::test_handler_request::Input::LogId(log_id)) => TestInput::LogId(log_id),
+        None => return Err(invalid("input", "required: data_json or log_id")),
+    };
+    Ok((id, input))
+}
+
+/// TestResult → proto.
+pub fn test_result(result: TestResult) -> pb::TestHandlerResponse {
+    let TestResult {
+        log_id,
+        event_id,
+        status,
+        error,
+        duration,
+        response,
+        http_status,
+        exit_code,
+        data_sent,
+        before,
+    } = result;
+    let (outcome, decision, data_returned) = match before {
+        Some(verdict) => (
+            match verdict.outcome {
+                Outcome::Passed => pb::HandlerOutcome::Passed,
+                Outcome::Modified => pb::HandlerOutcome::Modified,
+                Outcome::Forbade => pb::HandlerOutcome::Forbade,
+                Outcome::Failed => pb::HandlerOutcome::Failed,
+                Outcome::Skipped => pb::HandlerOutcome::Skipped,
+            },
+            match verdict.decision {
+                Decision::Allowed => pb::Decision::Allowed,
+                Decision::Forbidden => pb::Decision::Forbidden,
+            },
+            verdict.data_returned,
+        ),
+        None => (
+            pb::HandlerOutcome::Unspecified,
+            pb::Decision::Unspecified,
+            String::new(),
+        ),
+    };
+    pb::TestHandlerResponse {
+        log_id: log_id.unwrap_or(0),
+        status: match status {
+            RunStatus::Success => pb::RunStatus::Success,
+            RunStatus::Fail => pb::RunStatus::Fail,
+        } as i32,
+        error,
+        duration_ms: duration.as_millis().min(u32::MAX as u128) as u32,
+        response,
+        http_status: http_status.unwrap_or(0),
+        exit_code,
+        data_sent_json: data_sent,
+        outcome: outcome as i32,
+        decision: decision as i32,
+        data_returned_json: data_returned,
+        event_id,
     }
 }
 

@@ -5,17 +5,19 @@ use provisioning_api::v1::handler_service_server::HandlerService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, SecretView};
+use crate::dispatch::test_run::TestRuns;
 use crate::domain::handlers::{AuditQuery, HandlerQuery, HandlerRegistry};
 
-/// Serves handler management over a `HandlerRegistry`.
+/// Serves handler management over a `HandlerRegistry`, and test runs.
 pub struct HandlerApi {
     registry: HandlerRegistry,
+    tests: TestRuns,
 }
 
 impl HandlerApi {
-    /// A service over `registry`.
-    pub fn new(registry: HandlerRegistry) -> HandlerApi {
-        HandlerApi { registry }
+    /// A service over `registry`, running tests with `tests`.
+    pub fn new(registry: HandlerRegistry, tests: TestRuns) -> HandlerApi {
+        HandlerApi { registry, tests }
     }
 }
 
@@ -136,12 +138,39 @@ impl HandlerService for HandlerApi {
         request: Request<pb::CreateEventTypeRequest>,
     ) -> Result<Response<pb::EventType>, Status> {
         let caller = super::caller(&request)?;
-        let pb::CreateEventTypeRequest { name, description } = request.into_inner();
+        let pb::CreateEventTypeRequest {
+            name,
+            description,
+            schema_json,
+        } = request.into_inner();
         let event_type = self
             .registry
-            .create_event_type(&caller, name, description)
+            .create_event_type(&caller, name, description, schema_json)
             .await?;
         Ok(Response::new(convert::event_type(event_type)))
+    }
+
+    async fn update_event_type(
+        &self,
+        request: Request<pb::UpdateEventTypeRequest>,
+    ) -> Result<Response<pb::EventType>, Status> {
+        let caller = super::caller(&request)?;
+        let (name, patch) = convert::event_type_patch(request.into_inner())?;
+        let event_type = self
+            .registry
+            .update_event_type(&caller, name, patch)
+            .await?;
+        Ok(Response::new(convert::event_type(event_type)))
+    }
+
+    async fn test(
+        &self,
+        request: Request<pb::TestHandlerRequest>,
+    ) -> Result<Response<pb::TestHandlerResponse>, Status> {
+        let caller = super::caller(&request)?;
+        let (id, input) = convert::test_input(request.into_inner())?;
+        let result = self.tests.run(&caller, id, input).await?;
+        Ok(Response::new(convert::test_result(result)))
     }
 
     async fn list_audit(

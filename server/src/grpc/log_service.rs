@@ -222,6 +222,7 @@ fn execution_log(log: ExecutionLog) -> pb::ExecutionLog {
         event_id,
         delivery_id,
         emitted_by,
+        test,
     } = log;
     pb::ExecutionLog {
         id,
@@ -245,6 +246,7 @@ fn execution_log(log: ExecutionLog) -> pb::ExecutionLog {
         event_id,
         delivery_id: delivery_id.unwrap_or(0),
         emitted_by: emitted_by.unwrap_or_default(),
+        test,
         kind: match kind {
             HandlerKind::Http => pb::HandlerKind::Http,
             HandlerKind::Script => pb::HandlerKind::Script,

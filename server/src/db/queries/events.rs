@@ -48,6 +48,10 @@ pub struct StoredEvent {
     /// Timeout of one run.
     #[diesel(sql_type = Nullable<Int4>)]
     pub timeout_ms: Option<i32>,
+    /// The event was validated against an older schema of its event type than the
+    /// table now holds; when any event of the batch is stale, nothing is stored.
+    #[diesel(sql_type = Bool)]
+    pub stale: bool,
 }
 
 /// Deliveries to lease to the storing replica as they are inserted, so it runs them
@@ -67,7 +71,10 @@ pub struct LeaseAtInsert<'a> {
 /// Deliveries of the events covered by `lease` are leased to its owner, exactly as a
 /// claim would leave them; of the others, the first in priority order is pending and the
 /// rest wait for it. Events whose idempotency key is taken are skipped
-/// (`inserted = false`). One statement: it commits on its own, all or nothing.
+/// (`inserted = false`). `schema_versions` are the event types' schema versions each
+/// event was validated against: if any is no longer the table's, nothing is stored and
+/// the events of that type come back `stale` (see `domain::schemas`). One statement: it
+/// commits on its own, all or nothing.
 pub fn insert_batch(
     conn: &mut PgConnection,
     names: &[&str],
@@ -75,17 +82,24 @@ pub fn insert_batch(
     keys: &[Option<&str>],
     emitted_by: &[Option<&str>],
     traceparents: &[Option<&str>],
+    schema_versions: &[i64],
     lease: LeaseAtInsert<'_>,
 ) -> QueryResult<Vec<StoredEvent>> {
     prepared(
         r#"
 WITH input AS MATERIALIZED (
     SELECT nextval('events_id_seq') AS id, t.event, t.data, t.key, t.emitted_by, t.traceparent, t.ord
-    FROM unnest($1::text[], $2::text[], $3::text[], $7::text[], $8::text[])
+    FROM unnest($1::text[], $2::text[], $3::text[], $7::text[], $9::text[])
         WITH ORDINALITY AS t(event, data, key, emitted_by, traceparent, ord)
+), stale AS MATERIALIZED (
+    SELECT DISTINCT v.event
+    FROM unnest($1::text[], $8::bigint[]) AS v(event, schema_version)
+    JOIN event_types et ON et.name = v.event AND et.schema_version <> v.schema_version
 ), ins AS (
     INSERT INTO events (id, event, data, idempotency_key, emitted_by, traceparent)
-    SELECT id, event, data, key, emitted_by, traceparent FROM input ORDER BY ord
+    SELECT id, event, data, key, emitted_by, traceparent FROM input
+    WHERE NOT EXISTS (SELECT 1 FROM stale)
+    ORDER BY ord
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, event, data
 ), dl AS (
@@ -109,7 +123,8 @@ WITH input AS MATERIALIZED (
 )
 SELECT input.ord, input.id, (ins.id IS NOT NULL) AS inserted, coalesce(counts.n, 0) AS deliveries,
        l.id AS delivery_id, h.id AS handler_id, h.name, h.kind, h.url, h.headers, h.secret,
-       h.script_path, h.timeout_ms
+       h.script_path, h.timeout_ms,
+       EXISTS (SELECT 1 FROM stale WHERE stale.event = input.event) AS stale
 FROM input
 LEFT JOIN ins ON ins.id = input.id
 LEFT JOIN counts ON counts.event_id = input.id
@@ -125,6 +140,7 @@ ORDER BY input.ord, l.priority, l.handler_id
     .bind::<Text, _>(lease.owner)
     .bind::<BigInt, _>(lease.lease_ms)
     .bind::<Array<Nullable<Text>>, _>(emitted_by)
+    .bind::<Array<BigInt>, _>(schema_versions)
     .bind::<Array<Nullable<Text>>, _>(traceparents)
     .load(conn)
 }

@@ -31,6 +31,8 @@ pub struct NewLogColumns<'a> {
     pub delivery_id: Vec<Option<i64>>,
     /// Who emitted each row's event.
     pub emitted_by: Vec<Option<&'a str>>,
+    /// Runs of HandlerService.Test.
+    pub test: Vec<bool>,
 }
 
 #[derive(QueryableByName)]
@@ -54,16 +56,16 @@ pub fn insert_batch(
 WITH ins AS (
     INSERT INTO execution_logs (created_at, phase, event, status, handler_id, handler_name, kind, error,
         duration_ms, attempt, data_sent, data_returned, response, http_status, exit_code, event_id, delivery_id,
-        emitted_by)
+        emitted_by, test)
     SELECT created_at, phase, event, status, handler_id, handler_name, kind, error,
         duration_ms, attempt, data_sent::jsonb, data_returned::jsonb, response, http_status, exit_code, event_id, delivery_id,
-        emitted_by
+        emitted_by, test
     FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[],
         $9::int[], $10::int[], $11::text[], $12::text[], $13::text[], $14::int[], $15::int[], $16::bigint[], $17::bigint[],
-        $20::text[])
+        $20::text[], $21::bool[])
         AS t(created_at, phase, event, status, handler_id, handler_name, kind, error,
         duration_ms, attempt, data_sent, data_returned, response, http_status, exit_code, event_id, delivery_id,
-        emitted_by)
+        emitted_by, test)
     RETURNING id
 ), delivered AS (
     DELETE FROM deliveries WHERE id = ANY($18::bigint[])
@@ -94,6 +96,7 @@ SELECT max(id) AS max FROM ins
     .bind::<Array<BigInt>, _>(delivered)
     .bind::<Array<BigInt>, _>(succeeded)
     .bind::<Array<Nullable<Text>>, _>(&rows.emitted_by)
+    .bind::<Array<diesel::sql_types::Bool>, _>(&rows.test)
     .get_result(conn)?;
     Ok(max.max)
 }
@@ -477,7 +480,8 @@ pub struct StatsRow {
 }
 
 /// Counts and duration percentiles per handler over `[from, to)`, by handler id; one
-/// handler only when `handler_id` is given.
+/// handler only when `handler_id` is given. Test runs (HandlerService.Test) are left out:
+/// they say nothing about how deliveries fare.
 pub fn stats(
     conn: &mut PgConnection,
     handler_id: Option<i64>,
@@ -494,7 +498,7 @@ SELECT handler_id,
        percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95,
        percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99
 FROM execution_logs
-WHERE created_at >= $1 AND created_at < $2"#;
+WHERE created_at >= $1 AND created_at < $2 AND NOT test"#;
     const GROUP: &str = " GROUP BY handler_id ORDER BY handler_id";
     match handler_id {
         Some(id) => diesel::sql_query(format!("{SELECT} AND handler_id = $3{GROUP}"))

@@ -34,6 +34,8 @@ pub enum AuditAction {
     RotateSecret,
     /// HandlerService.CreateEventType.
     CreateEventType,
+    /// HandlerService.UpdateEventType.
+    UpdateEventType,
 }
 
 impl AuditAction {
@@ -46,6 +48,7 @@ impl AuditAction {
             AuditAction::Delete => "Delete",
             AuditAction::RotateSecret => "RotateSecret",
             AuditAction::CreateEventType => "CreateEventType",
+            AuditAction::UpdateEventType => "UpdateEventType",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Handlers and the event catalogue: validation of handler definitions, their
-//! lifecycle (create, patch, status, delete, secret rotation) and the catalogue.
+//! lifecycle (create, patch, status, delete, secret rotation) and the catalogue
+//! (`catalogue`: event types and their data schemas).
 //!
 //! Nothing is cached: dispatch reads the handlers table on every event, so a change
 //! made here takes effect for the next event on every replica.
@@ -12,6 +13,7 @@ use diesel::{Connection, OptionalExtension};
 use rand::RngCore;
 
 mod audit;
+mod catalogue;
 mod types;
 mod validation;
 
@@ -19,7 +21,9 @@ use audit::record;
 pub use audit::{snapshot, AuditAction, AuditEntry, AuditQuery};
 
 pub(crate) use types::handler_from_row;
-pub use types::{EventType, Handler, HandlerPatch, HandlerQuery, HandlerSpec, Target, TargetSpec};
+pub use types::{
+    EventType, EventTypePatch, Handler, HandlerPatch, HandlerQuery, HandlerSpec, Target, TargetSpec,
+};
 
 pub use validation::{
     resolve_script, validate_event_type_name, validate_spec, validate_url, HandlerRules,
@@ -28,9 +32,10 @@ pub use validation::{
 
 use super::{parse_stored, text, DomainError, HandlerKind, HandlerStatus, Phase};
 use crate::auth::Caller;
-use crate::db::models::{EventTypeRow, HandlerChangeset, NewHandlerRow};
+use crate::db::models::{HandlerChangeset, NewHandlerRow};
 use crate::db::queries::{deliveries, event_types, handlers};
 use crate::db::Db;
+use crate::domain::schemas::EventSchemas;
 use crate::listener::Signals;
 
 /// Default and largest page of List.
@@ -45,15 +50,24 @@ pub struct HandlerRegistry {
     rules: Arc<HandlerRules>,
     /// Wakes the workers when deliveries resume and the tails when rows are logged.
     signals: Signals,
+    /// This replica's compiled event schemas, refreshed at once by schema changes made
+    /// here (other replicas notice the version; see `domain::schemas`).
+    schemas: EventSchemas,
 }
 
 impl HandlerRegistry {
     /// A registry storing in `db`, checking definitions against `rules`.
-    pub fn new(db: Db, rules: HandlerRules, signals: Signals) -> HandlerRegistry {
+    pub fn new(
+        db: Db,
+        rules: HandlerRules,
+        signals: Signals,
+        schemas: EventSchemas,
+    ) -> HandlerRegistry {
         HandlerRegistry {
             db,
             rules: Arc::new(rules),
             signals,
+            schemas,
         }
     }
 
@@ -367,67 +381,6 @@ impl HandlerRegistry {
             })
             .await
     }
-
-    /// The event catalogue.
-    pub async fn list_event_types(&self) -> Result<Vec<EventType>, DomainError> {
-        let rows = self
-            .db
-            .run(|conn| event_types::list(conn).map_err(DomainError::from))
-            .await?;
-        Ok(rows.into_iter().map(event_type_from_row).collect())
-    }
-
-    /// Adds an event type.
-    pub async fn create_event_type(
-        &self,
-        caller: &Caller,
-        name: String,
-        description: String,
-    ) -> Result<EventType, DomainError> {
-        let caller = caller.clone();
-        validate_event_type_name(&name)?;
-        text::require_storable("description", &description)?;
-        if description.chars().count() > 1000 {
-            return Err(DomainError::invalid(
-                "description",
-                "must be at most 1000 characters",
-            ));
-        }
-        let row = EventTypeRow {
-            name,
-            description,
-            builtin: false,
-        };
-        self.db
-            .run(move |conn| {
-                conn.transaction(|conn| match event_types::insert(conn, &row) {
-                    Ok(row) => {
-                        let after = serde_json::json!({
-                            "event_type": { "name": row.name, "description": row.description }
-                        });
-                        record(
-                            conn,
-                            &caller,
-                            AuditAction::CreateEventType,
-                            None,
-                            None,
-                            Some(after),
-                        )?;
-                        Ok(row)
-                    }
-                    Err(diesel::result::Error::DatabaseError(
-                        diesel::result::DatabaseErrorKind::UniqueViolation,
-                        _,
-                    )) => Err(DomainError::AlreadyExists(format!(
-                        "event type {:?} already exists",
-                        row.name
-                    ))),
-                    Err(e) => Err(e.into()),
-                })
-            })
-            .await
-            .map(event_type_from_row)
-    }
 }
 
 /// Page tokens are the List position of the last handler returned, base64 so that
@@ -537,14 +490,6 @@ fn ensure_event_exists(conn: &mut diesel::PgConnection, event: &str) -> Result<(
             "event",
             format!("unknown event {event:?} (see ListEventTypes)"),
         ))
-    }
-}
-
-fn event_type_from_row(row: EventTypeRow) -> EventType {
-    EventType {
-        name: row.name,
-        description: row.description,
-        builtin: row.builtin,
     }
 }
 

@@ -161,6 +161,17 @@ pub struct EventType {
     pub description: String,
     /// Seeded with the service.
     pub builtin: bool,
+    /// The data schema (JSON Schema text, as set), if any.
+    pub schema: Option<String>,
+}
+
+/// The fields UpdateEventType changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct EventTypePatch {
+    /// New description.
+    pub description: Option<String>,
+    /// New schema text (`Some(None)` removes the schema).
+    pub schema: Option<Option<String>>,
 }
 
 /// Converts a stored row; fails only on a corrupt row.

@@ -1,0 +1,3 @@
+ALTER TABLE event_types
+    DROP COLUMN schema_version,
+    DROP COLUMN data_schema;
