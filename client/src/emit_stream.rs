@@ -36,7 +36,7 @@ pub struct AckStream {
 )]
 enum Inner {
     /// One stream, no resumption: the server's acks as they come.
-    Raw(Box<Streaming<proto::EmitAck>>),
+    Raw(Streaming<proto::EmitAck>),
     /// Acks forwarded by the task that resumes broken streams.
     Resuming(ReceiverStream<Result<proto::EmitAck, ClientError>>),
 }
@@ -80,7 +80,7 @@ where
         let mut client = client;
         let acks = client.emit_stream(events).await?.into_inner();
         return Ok(AckStream {
-            inner: Inner::Raw(Box::new(acks)),
+            inner: Inner::Raw(acks),
         });
     }
     let (acks, out) = mpsc::channel(RESEND_WINDOW);

@@ -393,27 +393,18 @@ fn store_statement(
     batch: &[NewEvent],
     lease: LeaseAtInsert<'_>,
 ) -> Result<Stored, DomainError> {
-    let names: Vec<&str> = batch.iter().map(|e| e.event.as_str()).collect();
-    let data: Vec<&str> = batch.iter().map(|e| e.data.as_str()).collect();
-    let keys: Vec<Option<&str>> = batch.iter().map(|e| e.idempotency_key.as_deref()).collect();
-    let emitted_by: Vec<Option<&str>> = batch.iter().map(|e| e.emitted_by.as_deref()).collect();
-    let versions: Vec<i64> = batch.iter().map(|e| e.schema_version).collect();
-    let traceparents: Vec<Option<String>> = batch
-        .iter()
-        .map(|e| e.trace.map(|t| t.to_string()))
-        .collect();
-    let traceparents: Vec<Option<&str>> = traceparents.iter().map(Option::as_deref).collect();
-    let rows = events::insert_batch(
-        conn,
-        &names,
-        &data,
-        &keys,
-        &emitted_by,
-        &traceparents,
-        &versions,
-        lease,
-    )
-    .map_err(|error| {
+    let columns = events::NewEventColumns {
+        names: batch.iter().map(|e| e.event.as_str()).collect(),
+        data: batch.iter().map(|e| e.data.as_str()).collect(),
+        keys: batch.iter().map(|e| e.idempotency_key.as_deref()).collect(),
+        emitted_by: batch.iter().map(|e| e.emitted_by.as_deref()).collect(),
+        traceparents: batch
+            .iter()
+            .map(|e| e.trace.map(|t| t.to_string()))
+            .collect(),
+        schema_versions: batch.iter().map(|e| e.schema_version).collect(),
+    };
+    let rows = events::insert_batch(conn, &columns, lease).map_err(|error| {
         // Sent, then the connection broke: the statement may have committed.
         let error = DbError::Query(error);
         if error.is_unavailable() {
@@ -440,7 +431,7 @@ fn store_statement(
         .iter()
         .filter(|r| !r.inserted)
         .filter_map(|r| {
-            keys.get((r.ord as usize).wrapping_sub(1))
+            columns.keys.get((r.ord as usize).wrapping_sub(1))
                 .copied()
                 .flatten()
         })
@@ -462,7 +453,7 @@ fn store_statement(
     let mut leased_deliveries = 0;
     for row in rows {
         let index = (row.ord as usize).wrapping_sub(1);
-        let (Some(event), Some(key)) = (batch.get(index), keys.get(index)) else {
+        let (Some(event), Some(key)) = (batch.get(index), columns.keys.get(index)) else {
             return Err(DomainError::Internal(
                 format!("stored event at position {} of {}", row.ord, batch.len()).into(),
             ));

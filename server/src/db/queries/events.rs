@@ -66,6 +66,23 @@ pub struct LeaseAtInsert<'a> {
     pub lease_ms: i64,
 }
 
+/// The columns of a batch of new events, one vector per column, same length.
+#[derive(Debug, Default)]
+pub struct NewEventColumns<'a> {
+    /// Event names.
+    pub names: Vec<&'a str>,
+    /// Data (JSON object text).
+    pub data: Vec<&'a str>,
+    /// Idempotency keys.
+    pub keys: Vec<Option<&'a str>>,
+    /// Who emitted each event.
+    pub emitted_by: Vec<Option<&'a str>>,
+    /// The emitters' W3C `traceparent`s.
+    pub traceparents: Vec<Option<String>>,
+    /// The schema version each event was validated against.
+    pub schema_versions: Vec<i64>,
+}
+
 /// Inserts a batch of events and, in the same statement, one delivery per matching
 /// enabled AFTER handler (read now: no cache, so handler changes apply at once).
 /// Deliveries of the events covered by `lease` are leased to its owner, exactly as a
@@ -77,12 +94,7 @@ pub struct LeaseAtInsert<'a> {
 /// commits on its own, all or nothing.
 pub fn insert_batch(
     conn: &mut PgConnection,
-    names: &[&str],
-    data: &[&str],
-    keys: &[Option<&str>],
-    emitted_by: &[Option<&str>],
-    traceparents: &[Option<&str>],
-    schema_versions: &[i64],
+    events: &NewEventColumns<'_>,
     lease: LeaseAtInsert<'_>,
 ) -> QueryResult<Vec<StoredEvent>> {
     prepared(
@@ -133,15 +145,15 @@ LEFT JOIN handlers h ON h.id = l.handler_id
 ORDER BY input.ord, l.priority, l.handler_id
 "#,
     )
-    .bind::<Array<Text>, _>(names)
-    .bind::<Array<Text>, _>(data)
-    .bind::<Array<Nullable<Text>>, _>(keys)
+    .bind::<Array<Text>, _>(&events.names)
+    .bind::<Array<Text>, _>(&events.data)
+    .bind::<Array<Nullable<Text>>, _>(&events.keys)
     .bind::<Int4, _>(lease.events)
     .bind::<Text, _>(lease.owner)
     .bind::<BigInt, _>(lease.lease_ms)
-    .bind::<Array<Nullable<Text>>, _>(emitted_by)
-    .bind::<Array<BigInt>, _>(schema_versions)
-    .bind::<Array<Nullable<Text>>, _>(traceparents)
+    .bind::<Array<Nullable<Text>>, _>(&events.emitted_by)
+    .bind::<Array<BigInt>, _>(&events.schema_versions)
+    .bind::<Array<Nullable<Text>>, _>(&events.traceparents)
     .load(conn)
 }
 
