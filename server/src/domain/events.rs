@@ -431,7 +431,9 @@ fn store_statement(
         .iter()
         .filter(|r| !r.inserted)
         .filter_map(|r| {
-            columns.keys.get((r.ord as usize).wrapping_sub(1))
+            columns
+                .keys
+                .get((r.ord as usize).wrapping_sub(1))
                 .copied()
                 .flatten()
         })
