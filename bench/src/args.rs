@@ -19,7 +19,7 @@ use clap::Parser;
 )]
 pub struct Args {
     /// `all`, or a comma-separated list of: ingest-unary, ingest-batch, ingest-stream,
-    /// deliver, before, search.
+    /// deliver, before, search, backlog.
     #[arg(long, default_value = "all")]
     pub scenarios: String,
 
@@ -27,6 +27,11 @@ pub struct Args {
     /// storage baseline inserts as many).
     #[arg(long, default_value_t = 100_000)]
     pub events: u64,
+
+    /// AFTER events that pile up while the sink is down in the backlog scenario
+    /// (default: twice --events).
+    #[arg(long)]
+    pub backlog_events: Option<u64>,
 
     /// Execution-log rows generated for the search scenario.
     #[arg(long, default_value_t = 10_000_000)]
@@ -83,17 +88,20 @@ pub enum Scenario {
     Before,
     /// First page of each advanced-search filter over a large log.
     Search,
+    /// A backlog of failed AFTER deliveries drained once the sink comes back.
+    Backlog,
 }
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::IngestUnary,
         Scenario::IngestBatch,
         Scenario::IngestStream,
         Scenario::Deliver,
         Scenario::Before,
         Scenario::Search,
+        Scenario::Backlog,
     ];
 
     /// The name used on the command line and in the results.
@@ -105,6 +113,7 @@ impl Scenario {
             Scenario::Deliver => "deliver",
             Scenario::Before => "before",
             Scenario::Search => "search",
+            Scenario::Backlog => "backlog",
         }
     }
 
@@ -118,7 +127,7 @@ impl Scenario {
 
     /// Compared with the HTTP baseline (requests/s a plain client gets from the sink).
     pub fn needs_http_baseline(self) -> bool {
-        matches!(self, Scenario::Deliver)
+        matches!(self, Scenario::Deliver | Scenario::Backlog)
     }
 }
 
@@ -161,6 +170,8 @@ pub struct Settings {
     pub scenarios: Vec<Scenario>,
     /// Events per ingest scenario and per saturation run.
     pub events: u64,
+    /// Events of the backlog scenario.
+    pub backlog_events: u64,
     /// Generated execution-log rows.
     pub search_rows: u64,
     /// Concurrent unary emitters; connections of the HTTP baseline.
@@ -202,12 +213,15 @@ impl Settings {
         if args.concurrency == 0 || args.rate == 0 {
             return Err("--concurrency and --rate must be positive".into());
         }
-        if args.events == 0 || args.search_rows == 0 {
-            return Err("--events and --search-rows must be positive".into());
+        if args.events == 0 || args.search_rows == 0 || args.backlog_events == Some(0) {
+            return Err("--events, --search-rows and --backlog-events must be positive".into());
         }
         let mut settings = Settings {
             scenarios,
             events: args.events,
+            backlog_events: args
+                .backlog_events
+                .unwrap_or_else(|| args.events.saturating_mul(2)),
             search_rows: args.search_rows,
             concurrency: args.concurrency,
             database_url: args.database_url,
@@ -227,6 +241,7 @@ impl Settings {
         };
         if settings.smoke {
             settings.events = 200;
+            settings.backlog_events = 400;
             settings.search_rows = 20_000;
             settings.latency_run = Duration::from_secs(2);
             settings.timed_run = Duration::from_secs(1);
@@ -238,6 +253,7 @@ impl Settings {
     pub fn params(&self) -> serde_json::Value {
         serde_json::json!({
             "events": self.events,
+            "backlog_events": self.backlog_events,
             "search_rows": self.search_rows,
             "concurrency": self.concurrency,
             "rate": self.rate,
@@ -274,6 +290,7 @@ mod tests {
         let args = Args::parse_from(["provisioning-bench", "--smoke", "--events", "1000000"]);
         let settings = Settings::from_args(args).unwrap();
         assert_eq!(settings.events, 200);
+        assert_eq!(settings.backlog_events, 400);
         assert_eq!(settings.search_rows, 20_000);
         assert_eq!(settings.latency_run, Duration::from_secs(2));
     }

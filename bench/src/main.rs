@@ -11,7 +11,7 @@
 //! ```text
 //! cargo build --release -p provisioning-bench   # the harness and the server it runs
 //! target/release/provisioning-bench [--scenarios all|ingest-unary,...]
-//!     [--events N] [--search-rows M] [--concurrency 64] [--database-url URL]
+//!     [--events N] [--backlog-events B] [--search-rows M] [--concurrency 64] [--database-url URL]
 //!     [--results bench-results.jsonl] [--smoke]
 //! ```
 //!
@@ -260,8 +260,15 @@ impl ScenarioEnv<'_> {
         db: &database::FreshDb,
     ) -> anyhow::Result<Vec<Metric>> {
         let log = self.workdir.join(format!("server-{scenario}.log"));
-        let server =
-            Server::start(self.binary, &db.url, &self.workdir.join("scripts"), &log).await?;
+        let flags = scenarios::server_flags(scenario, self.settings);
+        let server = Server::start(
+            self.binary,
+            &db.url,
+            &self.workdir.join("scripts"),
+            &log,
+            &flags,
+        )
+        .await?;
         self.sink.reset();
         let ctx = Ctx {
             settings: self.settings,

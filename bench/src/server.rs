@@ -46,18 +46,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the server on a free loopback port and waits until its health service
-    /// reports SERVING.
+    /// Starts the server on a free loopback port with `flags` added to its command line
+    /// (a scenario's own settings, e.g. a short retry schedule) and waits until its
+    /// health service reports SERVING.
     pub async fn start(
         binary: &Path,
         database_url: &str,
         scripts_dir: &Path,
         log: &Path,
+        flags: &[String],
     ) -> anyhow::Result<Server> {
         let addr = free_port()?;
         let log_file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(binary)
+            .args(flags)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("DATABASE_URL", database_url)
@@ -103,8 +106,19 @@ impl Server {
 
     /// Peak resident set size so far (`VmHWM`), in KiB.
     pub fn peak_rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmHWM")
+    }
+
+    /// Resident set size now (`VmRSS`), in KiB: sampled to find the peak of one phase
+    /// of a scenario.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmRSS")
+    }
+
+    /// A `kB` field of `/proc/<pid>/status`.
+    fn status_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        crate::report::proc_field(&status, "VmHWM")?
+        crate::report::proc_field(&status, field)?
             .split_whitespace()
             .next()?
             .parse()

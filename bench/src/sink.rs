@@ -7,6 +7,10 @@
 //! `x-provisioning-event-id`, so latency is measured on one clock from the emitter's
 //! `Instant` to the sink's. Arrivals are kept until [`Sink::reset`]; every scenario
 //! resets because event ids restart in each fresh database.
+//!
+//! A sink can also be down: [`closed_address`] finds a loopback port nothing listens
+//! on (connections to it are refused) and [`Sink::start_on`] brings a sink up on it
+//! later, for the scenario whose endpoint comes back after an outage.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -54,7 +58,28 @@ pub struct Sink {
 impl Sink {
     /// Binds `127.0.0.1:0` and starts serving.
     pub async fn start() -> std::io::Result<Sink> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Sink::serve(TcpListener::bind("127.0.0.1:0").await?)
+    }
+
+    /// Binds `addr` (typically from [`closed_address`]) and starts serving. Retries for
+    /// a few seconds while the port is taken, in case something held it for a moment.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Sink> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => return Sink::serve(listener),
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::AddrInUse
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn serve(listener: TcpListener) -> std::io::Result<Sink> {
         let addr = listener.local_addr()?;
         let state = Arc::new(State::default());
         let accept = tokio::spawn(accept_loop(listener, state.clone()));
@@ -105,6 +130,37 @@ impl Sink {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// A loopback address nothing listens on, so connections to it are refused, and on
+/// which [`Sink::start_on`] can bring a sink up later.
+///
+/// The port is taken below the kernel's ephemeral range: connecting many times to a
+/// closed port inside that range eventually picks the same port as the source and the
+/// socket connects to itself (TCP simultaneous open), which would neither be refused
+/// nor leave the port free for the sink.
+pub fn closed_address() -> std::io::Result<SocketAddr> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
+    let first_ephemeral = range
+        .as_deref()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Registered ports below the ephemeral range; start at a point that depends on the
+    // process so two harnesses on one machine are unlikely to collide.
+    let low = 10_000u16.min(first_ephemeral / 2);
+    let span = first_ephemeral.saturating_sub(low).max(1);
+    let start = (std::process::id() % u32::from(span)) as u16;
+    for offset in 0..span {
+        let port = low + (start + offset) % span;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            // Dropped at once: the port is closed again, and free for the sink.
+            return listener.local_addr();
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrNotAvailable,
+        format!("no free loopback port below {first_ephemeral}"),
+    ))
 }
 
 impl Drop for Sink {
@@ -270,5 +326,20 @@ mod tests {
         assert!(sink.arrivals_of(&[42, 43])[1].is_none());
         sink.reset();
         assert_eq!(sink.wait_for(&[42], Duration::ZERO).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_closed_address_refuses_until_a_sink_comes_up_on_it() {
+        let addr = closed_address().unwrap();
+        let refused = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        let sink = Sink::start_on(addr).await.unwrap();
+        assert_eq!(sink.url(), format!("http://{addr}/hook"));
+        PlainClient::new(&sink.url(), "{}", 1)
+            .unwrap()
+            .post()
+            .await
+            .unwrap();
+        assert_eq!(sink.requests(), 1);
     }
 }

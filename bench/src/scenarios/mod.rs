@@ -5,6 +5,7 @@
 //! A scenario returns its metrics or an error; it never prints. Server RSS is added by
 //! the caller after the scenario, from the same server.
 
+pub mod backlog;
 pub mod before;
 pub mod deliver;
 pub mod ingest;
@@ -58,6 +59,20 @@ pub async fn run(scenario: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Vec<Metric
         Scenario::Deliver => deliver::run(ctx).await,
         Scenario::Before => before::run(ctx).await,
         Scenario::Search => search::run(ctx).await,
+        Scenario::Backlog => backlog::run(ctx).await,
+    }
+}
+
+/// Flags a scenario adds to its server's command line.
+pub fn server_flags(scenario: Scenario, settings: &Settings) -> Vec<String> {
+    match scenario {
+        Scenario::Backlog => backlog::server_flags(settings),
+        Scenario::IngestUnary
+        | Scenario::IngestBatch
+        | Scenario::IngestStream
+        | Scenario::Deliver
+        | Scenario::Before
+        | Scenario::Search => Vec::new(),
     }
 }
 
