@@ -75,6 +75,16 @@ async fn drain(receiver: &Receiver, path: &str, accepted: &BTreeSet<u64>) -> Tal
     }
 }
 
+/// Waits until every replica's health says `status`.
+async fn all_report(replicas: &[ServerProcess], status: ServingStatus, what: &str) {
+    for replica in replicas {
+        eventually(Duration::from_secs(20), what, || async {
+            (health_status(&replica.url, "").await == Some(status)).then_some(())
+        })
+        .await;
+    }
+}
+
 /// An AFTER event `{"n": n}` with the idempotency key `k<n>`.
 fn keyed_event(n: u64) -> proto::EmitRequest {
     proto::EmitRequest {
@@ -349,33 +359,23 @@ async fn postgresql_restart_mid_load_answers_unavailable_and_loses_nothing() {
         .await
         .expect("join")
         .expect("pg_ctl stop");
-    for replica in &replicas {
-        eventually(
-            Duration::from_secs(20),
-            "NOT_SERVING while PostgreSQL is down",
-            || async {
-                (health_status(&replica.url, "").await == Some(ServingStatus::NotServing))
-                    .then_some(())
-            },
-        )
-        .await;
-    }
+    all_report(
+        &replicas,
+        ServingStatus::NotServing,
+        "NOT_SERVING while PostgreSQL is down",
+    )
+    .await;
     let starting = pg.clone();
     tokio::task::spawn_blocking(move || starting.ensure_running())
         .await
         .expect("join")
         .expect("pg_ctl start");
-    for replica in &replicas {
-        eventually(
-            Duration::from_secs(20),
-            "SERVING once PostgreSQL is back",
-            || async {
-                (health_status(&replica.url, "").await == Some(ServingStatus::Serving))
-                    .then_some(())
-            },
-        )
-        .await;
-    }
+    all_report(
+        &replicas,
+        ServingStatus::Serving,
+        "SERVING once PostgreSQL is back",
+    )
+    .await;
 
     let mut codes: BTreeMap<String, usize> = BTreeMap::new();
     let mut accepted = BTreeSet::new();

@@ -43,13 +43,22 @@ impl EventApi {
         }
     }
 
-    /// Counts one emitted event: by its name once it was accepted, by the refusal's
-    /// code (and no name, which may be anything) otherwise.
     fn count(&self, event: &str, phase: &'static str, result: Result<&'static str, &Status>) {
-        match result {
-            Ok(result) => self.metrics.emitted(event, phase, result),
-            Err(status) => self.metrics.emitted("", phase, code_label(status.code())),
-        }
+        count_emit(&self.metrics, event, phase, result);
+    }
+}
+
+/// Counts one emitted event: by its name once it was accepted, by the refusal's code
+/// (and no name, which may be anything) otherwise.
+fn count_emit(
+    metrics: &Metrics,
+    event: &str,
+    phase: &'static str,
+    result: Result<&'static str, &Status>,
+) {
+    match result {
+        Ok(result) => metrics.emitted(event, phase, result),
+        Err(status) => metrics.emitted("", phase, code_label(status.code())),
     }
 }
 
@@ -227,15 +236,11 @@ impl EventService for EventApi {
                                     }
                                     Err(status) => (String::new(), Err(status)),
                                 };
+                                let counted = result.as_ref().map(|a| after_result(a.duplicate));
+                                count_emit(&metrics, &event, "after", counted);
                                 match result {
-                                    Ok(accepted) => {
-                                        metrics.emitted(&event, "after", after_result(accepted.duplicate));
-                                        ack(sequence, accepted)
-                                    }
-                                    Err(status) => {
-                                        metrics.emitted("", "after", code_label(status.code()));
-                                        rejected(sequence, status)
-                                    }
+                                    Ok(accepted) => ack(sequence, accepted),
+                                    Err(status) => rejected(sequence, status),
                                 }
                             });
                         }
