@@ -158,7 +158,7 @@ fn emit_request(event: &str) -> proto::EmitRequest {
         event: event.into(),
         phase: proto::Phase::After.into(),
         data_json: r#"{"id": 1}"#.into(),
-        idempotency_key: String::new(),
+        ..Default::default()
     }
 }
 

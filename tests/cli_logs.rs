@@ -26,7 +26,7 @@ async fn logged_runs(server: &TestServer) -> (i64, i64, i64) {
             event: "accounts.create".into(),
             phase: proto::Phase::After.into(),
             data_json: r#"{"accname": "1", "id": 9007199254740993, "amount": 12.50}"#.into(),
-            idempotency_key: String::new(),
+            ..Default::default()
         })
         .await
         .expect("emit")
@@ -153,7 +153,7 @@ async fn provctl_logs_tail_prints_new_runs_as_they_are_logged() {
             event: "accounts.create".into(),
             phase: proto::Phase::After.into(),
             data_json: r#"{"live": true}"#.into(),
-            idempotency_key: String::new(),
+            ..Default::default()
         })
         .await
         .expect("emit");

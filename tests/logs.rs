@@ -396,7 +396,7 @@ fn emit_request(event: &str, phase: proto::Phase, data: &str) -> proto::EmitRequ
         event: event.to_owned(),
         phase: phase.into(),
         data_json: data.to_owned(),
-        idempotency_key: String::new(),
+        ..Default::default()
     }
 }
 

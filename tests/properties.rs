@@ -372,6 +372,8 @@ fn handler_filters_select_exactly_the_containing_events() {
             script_path: Some("x.sh".into()),
             failure_policy: "fail_closed".into(),
             filter: None,
+            ordering_policy: "skip".into(),
+            ordering_group: None,
         },
     )
     .expect("a handler");

@@ -393,7 +393,7 @@ async fn a_client_certificate_mapped_in_the_tokens_file_acts_with_its_roles() {
             event: "clients.create".into(),
             phase: proto::Phase::After.into(),
             data_json: "{}".into(),
-            idempotency_key: String::new(),
+            ..Default::default()
         })
         .await;
     assert_eq!(

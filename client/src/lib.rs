@@ -406,6 +406,11 @@ impl Client {
         Ok(self.logs.clone().retry(request).await?.into_inner())
     }
 
+    /// `ExecutionLogService.Skip`: gives up a failed run's delivery for good.
+    pub async fn skip(&self, request: proto::SkipRequest) -> Result<proto::SkipResponse, ClientError> {
+        Ok(self.logs.clone().skip(request).await?.into_inner())
+    }
+
     /// `ExecutionLogService.RetryFailed`: every failed delivery of a handler, due now.
     pub async fn retry_failed(
         &self,

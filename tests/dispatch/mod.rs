@@ -65,7 +65,7 @@ pub(crate) fn event_request(event: &str, phase: proto::Phase, data: &str) -> pro
         event: event.to_owned(),
         phase: phase.into(),
         data_json: data.to_owned(),
-        idempotency_key: String::new(),
+        ..Default::default()
     }
 }
 

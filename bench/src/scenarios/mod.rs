@@ -91,6 +91,7 @@ pub fn emit_request(i: u64, phase: proto::Phase) -> proto::EmitRequest {
         phase: phase.into(),
         data_json: event_data(i),
         idempotency_key: String::new(),
+        ordering_key: String::new(),
     }
 }
 

@@ -219,6 +219,13 @@ pub struct CreateHandlerArgs {
     /// Run only for events whose data contains this JSON object.
     #[arg(long, value_name = "JSON", value_parser = parse::json_object_or_empty)]
     pub filter: Option<String>,
+    /// What a delivery that gave up does to the later ones of its ordering key
+    /// (default: skip).
+    #[arg(long, value_enum)]
+    pub ordering_policy: Option<OrderingPolicyArg>,
+    /// Share per-key ordering with the other handlers of this group.
+    #[arg(long, value_name = "GROUP")]
+    pub ordering_group: Option<String>,
 }
 
 /// `handlers update`: the handler id and the fields to change.
@@ -265,6 +272,12 @@ pub struct UpdateFields {
     /// Replace all HTTP headers with these, `Name: value` (repeatable).
     #[arg(long = "header", value_name = "HEADER", value_parser = parse::header, conflicts_with = "script")]
     pub headers: Vec<(String, String)>,
+    /// New ordering policy.
+    #[arg(long, value_enum)]
+    pub ordering_policy: Option<OrderingPolicyArg>,
+    /// New ordering group ('' removes it).
+    #[arg(long, value_name = "GROUP")]
+    pub ordering_group: Option<String>,
 }
 
 /// `handlers stats`.
@@ -354,9 +367,13 @@ pub struct EmitArgs {
     /// Idempotency key: a repeat returns the first event's id.
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
+    /// Ordering key (e.g. client:15): each handler gets the events with the same key
+    /// one at a time, in emit order.
+    #[arg(long, value_name = "KEY")]
+    pub ordering_key: Option<String>,
     /// Stream AFTER events from a file ('-' for stdin), one JSON object per line:
-    /// {"event": "...", "data": {...}, "idempotency_key": "..."}.
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["event", "data", "phase", "idempotency_key"])]
+    /// {"event": "...", "data": {...}, "idempotency_key": "...", "ordering_key": "..."}.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["event", "data", "phase", "idempotency_key", "ordering_key"])]
     pub file: Option<PathBuf>,
     /// Make each call once: no generated idempotency key, no retry of UNAVAILABLE
     /// (by default an AFTER event gets a key and is retried for up to 30 s).
@@ -392,6 +409,12 @@ pub enum LogsCommand {
         /// With --handler: only events since this age (30d, 12h, 15m) or date.
         #[arg(long, value_name = "AGE", value_parser = parse::time, requires = "handler")]
         since: Option<DateTime<Utc>>,
+    },
+    /// Give up a failed AFTER delivery for good (`logs skip LOG_ID`): the later
+    /// deliveries of its ordering key that it holds back proceed.
+    Skip {
+        /// Log id of the failed run.
+        log_id: i64,
     },
     /// Delete old runs.
     Purge {
@@ -538,6 +561,24 @@ impl From<PolicyArg> for proto::FailurePolicy {
         match value {
             PolicyArg::FailClosed => Self::FailClosed,
             PolicyArg::FailOpen => Self::FailOpen,
+        }
+    }
+}
+
+/// `--ordering-policy` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OrderingPolicyArg {
+    /// Later deliveries of the key proceed.
+    Skip,
+    /// Later deliveries of the key wait for a retry or a skip.
+    Block,
+}
+
+impl From<OrderingPolicyArg> for proto::OrderingPolicy {
+    fn from(value: OrderingPolicyArg) -> Self {
+        match value {
+            OrderingPolicyArg::Skip => Self::Skip,
+            OrderingPolicyArg::Block => Self::Block,
         }
     }
 }

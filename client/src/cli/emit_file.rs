@@ -1,8 +1,8 @@
 //! `provctl events emit --file events.jsonl`: streams AFTER events from a JSON-lines file
 //! through `EmitStream`.
 //!
-//! Each line is `{"event": "...", "data": {...}, "idempotency_key": "..."}` (the key is
-//! optional). The `data` value is taken as raw text, never re-serialised, so the handlers
+//! Each line is `{"event": "...", "data": {...}, "idempotency_key": "...",
+//! "ordering_key": "..."}` (the keys are optional). The `data` value is taken as raw text, never re-serialised, so the handlers
 //! receive it exactly as written. A line's number is its stream sequence, so every ack
 //! (and every error) maps back to its line without bookkeeping. Malformed lines are
 //! rejected locally and the rest still go out; the command fails (exit 1) if any line
@@ -38,6 +38,8 @@ struct Line<'a> {
     data: &'a RawValue,
     #[serde(default)]
     idempotency_key: Option<String>,
+    #[serde(default)]
+    ordering_key: Option<String>,
 }
 
 /// Parses one line into an AFTER EmitRequest whose `data_json` is the raw `data` text.
@@ -56,6 +58,7 @@ pub fn parse_line(line: &str) -> Result<proto::EmitRequest, String> {
         phase: proto::Phase::After.into(),
         data_json: data.to_owned(),
         idempotency_key: parsed.idempotency_key.unwrap_or_default(),
+        ordering_key: parsed.ordering_key.unwrap_or_default(),
     })
 }
 

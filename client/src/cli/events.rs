@@ -25,6 +25,7 @@ async fn emit(ctx: &mut Context, args: EmitArgs) -> Result<(), CliError> {
         data,
         phase,
         idempotency_key,
+        ordering_key,
         file,
         no_retry,
     } = args;
@@ -43,6 +44,7 @@ async fn emit(ctx: &mut Context, args: EmitArgs) -> Result<(), CliError> {
         phase: phase.into(),
         data_json: data,
         idempotency_key: idempotency_key.unwrap_or_default(),
+        ordering_key: ordering_key.unwrap_or_default(),
     };
     let mut client = ctx.client().await?.clone();
     if no_retry {

@@ -24,6 +24,10 @@ fn policy_name(value: i32) -> String {
     enum_name(value, "FAILURE_POLICY_", proto::FailurePolicy::as_str_name)
 }
 
+fn ordering_policy_name(value: i32) -> String {
+    enum_name(value, "ORDERING_POLICY_", proto::OrderingPolicy::as_str_name)
+}
+
 /// The seeds' Handler column: kind and location.
 fn target_label(handler: &proto::Handler) -> String {
     match &handler.target {
@@ -49,6 +53,11 @@ pub fn list_row(handler: &proto::Handler) -> Vec<String> {
 /// A `key: value` view of every field that is set; the secret is shown as received
 /// (in full only in Create and RotateSecret replies).
 pub fn handler_details(handler: &proto::Handler) -> String {
+    handler_details_with(handler, &[])
+}
+
+/// [`handler_details`] followed by `more` pairs, aligned with the rest.
+pub fn handler_details_with(handler: &proto::Handler, more: &[(&str, String)]) -> String {
     let (url, headers, secret, script) = match &handler.target {
         Some(handler::Target::Http(http)) => {
             let mut headers: Vec<String> = http
@@ -72,7 +81,7 @@ pub fn handler_details(handler: &proto::Handler) -> String {
         ),
         None => Default::default(),
     };
-    details(&[
+    let mut pairs = vec![
         ("ID", handler.id.to_string()),
         ("Name", handler.name.clone()),
         ("Event", handler.event.clone()),
@@ -91,6 +100,8 @@ pub fn handler_details(handler: &proto::Handler) -> String {
             policy_name(handler.failure_policy).replace('_', "-"),
         ),
         ("Filter", handler.filter_json.clone()),
+        ("Ordering policy", ordering_policy_name(handler.ordering_policy)),
+        ("Ordering group", handler.ordering_group.clone()),
         (
             "Created",
             from_timestamp(handler.created_at.as_ref())
@@ -103,7 +114,9 @@ pub fn handler_details(handler: &proto::Handler) -> String {
                 .map(rfc3339)
                 .unwrap_or_default(),
         ),
-    ])
+    ];
+    pairs.extend(more.iter().cloned());
+    details(&pairs)
 }
 
 /// A handler as JSON, fields named as in the proto.
@@ -136,6 +149,8 @@ pub fn handler_json(handler: &proto::Handler) -> JsonObject {
         .str("disabled_reason", &handler.disabled_reason)
         .time("created_at", from_timestamp(handler.created_at.as_ref()))
         .time("updated_at", from_timestamp(handler.updated_at.as_ref()))
+        .str("ordering_policy", &ordering_policy_name(handler.ordering_policy))
+        .str("ordering_group", &handler.ordering_group)
 }
 
 #[cfg(test)]
@@ -181,7 +196,7 @@ mod tests {
         let line = handler_json(&http_handler()).to_line();
         assert_eq!(
             line,
-            r#"{"id":2,"name":"Create client in the CRM","event":"accounts.create","phase":"after","kind":"http","status":"enabled","priority":0,"timeout_ms":0,"http":{"url":"http://crm.net/client-add","headers":{"Authorization":"Bearer t"},"secret":"whsec_…abcd"},"failure_policy":"unspecified","filter_json":{"id_clients":15},"disabled_reason":"","created_at":null,"updated_at":null}"#
+            r#"{"id":2,"name":"Create client in the CRM","event":"accounts.create","phase":"after","kind":"http","status":"enabled","priority":0,"timeout_ms":0,"http":{"url":"http://crm.net/client-add","headers":{"Authorization":"Bearer t"},"secret":"whsec_…abcd"},"failure_policy":"unspecified","filter_json":{"id_clients":15},"disabled_reason":"","created_at":null,"updated_at":null,"ordering_policy":"unspecified","ordering_group":""}"#
         );
     }
 }

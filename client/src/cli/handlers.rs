@@ -12,7 +12,7 @@ use super::args::{
     CreateHandlerArgs, HandlersCommand, IdArg, ListHandlersArgs, Output, StatsArgs, UpdateFields,
     UpdateHandlerArgs,
 };
-use super::handler_view::{handler_details, handler_json, list_row};
+use super::handler_view::{handler_details, handler_details_with, handler_json, list_row};
 use super::json::JsonObject;
 use super::output::{millis_f64, Table};
 use super::{to_timestamp, CliError, Context};
@@ -25,12 +25,36 @@ pub async fn run(ctx: &mut Context, command: HandlersCommand) -> Result<(), CliE
     match command {
         HandlersCommand::List(args) => list(ctx, args).await,
         HandlersCommand::Get(IdArg { id }) => {
-            let handler = ctx
-                .client()
+            let client = ctx.client().await?;
+            let handler = client.get_handler(proto::GetHandlerRequest { id }).await?;
+            // What the handler holds back now (queued behind a key, blocked keys).
+            let held = client
+                .log_stats(proto::LogStatsRequest {
+                    handler_id: id,
+                    ..Default::default()
+                })
                 .await?
-                .get_handler(proto::GetHandlerRequest { id })
-                .await?;
-            print_handler(ctx, &handler)
+                .handlers
+                .into_iter()
+                .find(|s| s.handler_id == id)
+                .unwrap_or_default();
+            match ctx.output {
+                Output::Table => ctx.line(&handler_details_with(
+                    &handler,
+                    &[
+                        ("Paused", held.paused.to_string()),
+                        ("Queued", held.queued.to_string()),
+                        ("Blocked keys", held.blocked_keys.to_string()),
+                    ],
+                )),
+                Output::Json => ctx.line(
+                    &handler_json(&handler)
+                        .uint("paused", held.paused)
+                        .uint("queued", held.queued)
+                        .uint("blocked_keys", held.blocked_keys)
+                        .to_line(),
+                ),
+            }
         }
         HandlersCommand::Create(args) => {
             let request = create_request(args);
@@ -141,6 +165,8 @@ fn create_request(args: CreateHandlerArgs) -> proto::CreateHandlerRequest {
         headers,
         failure_policy,
         filter,
+        ordering_policy,
+        ordering_group,
     } = args;
     let target = match (http, script) {
         (Some(url), _) => Some(proto::create_handler_request::Target::Http(
@@ -165,6 +191,8 @@ fn create_request(args: CreateHandlerArgs) -> proto::CreateHandlerRequest {
         target,
         failure_policy: failure_policy.map_or(0, |p| proto::FailurePolicy::from(p).into()),
         filter_json: filter.unwrap_or_default(),
+        ordering_policy: ordering_policy.map_or(0, |p| proto::OrderingPolicy::from(p).into()),
+        ordering_group: ordering_group.unwrap_or_default(),
     }
 }
 
@@ -201,6 +229,8 @@ fn update_paths(fields: &UpdateFields) -> Vec<String> {
         ("script", fields.script.is_some()),
         ("failure_policy", fields.failure_policy.is_some()),
         ("filter_json", fields.filter.is_some()),
+        ("ordering_policy", fields.ordering_policy.is_some()),
+        ("ordering_group", fields.ordering_group.is_some()),
     ];
     given
         .iter()
@@ -227,6 +257,8 @@ fn update_request(
         failure_policy,
         filter,
         headers,
+        ordering_policy,
+        ordering_group,
     } = fields;
     let current_http = current.and_then(|handler| match &handler.target {
         Some(handler::Target::Http(http)) => Some(http),
@@ -269,6 +301,8 @@ fn update_request(
         target,
         failure_policy: failure_policy.map_or(0, |p| proto::FailurePolicy::from(p).into()),
         filter_json: filter.unwrap_or_default(),
+        ordering_policy: ordering_policy.map_or(0, |p| proto::OrderingPolicy::from(p).into()),
+        ordering_group: ordering_group.unwrap_or_default(),
         ..proto::Handler::default()
     };
     Ok(proto::UpdateHandlerRequest {
@@ -296,8 +330,10 @@ async fn stats(ctx: &mut Context, args: StatsArgs) -> Result<(), CliError> {
         "p95",
         "p99",
         "Paused",
+        "Queued",
+        "Blocked keys",
     ])
-    .right_align(&[0, 2, 3, 4, 5, 6, 7, 8, 9]);
+    .right_align(&[0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     for s in &reply.handlers {
         match ctx.output {
             Output::Table => table.row(vec![
@@ -315,6 +351,8 @@ async fn stats(ctx: &mut Context, args: StatsArgs) -> Result<(), CliError> {
                 millis_f64(s.p95_ms),
                 millis_f64(s.p99_ms),
                 s.paused.to_string(),
+                s.queued.to_string(),
+                s.blocked_keys.to_string(),
             ]),
             Output::Json => ctx.line(
                 &JsonObject::new()
@@ -328,6 +366,8 @@ async fn stats(ctx: &mut Context, args: StatsArgs) -> Result<(), CliError> {
                     .float("p95_ms", s.p95_ms)
                     .float("p99_ms", s.p99_ms)
                     .uint("paused", s.paused)
+                    .uint("queued", s.queued)
+                    .uint("blocked_keys", s.blocked_keys)
                     .to_line(),
             )?,
         }

@@ -84,6 +84,25 @@ pub async fn run(ctx: &mut Context, command: LogsCommand) -> Result<(), CliError
                 ),
             }
         }
+        LogsCommand::Skip { log_id } => {
+            let reply = ctx
+                .client()
+                .await?
+                .skip(proto::SkipRequest { log_id })
+                .await?;
+            match ctx.output {
+                Output::Table => ctx.line(&format!(
+                    "skipped: delivery {} (logged as run {})",
+                    reply.delivery_id, reply.log_id
+                )),
+                Output::Json => ctx.line(
+                    &JsonObject::new()
+                        .int("delivery_id", reply.delivery_id)
+                        .int("log_id", reply.log_id)
+                        .to_line(),
+                ),
+            }
+        }
         LogsCommand::Purge { older_than } => {
             let request = proto::PurgeRequest {
                 older_than: Some(to_timestamp(older_than)),

@@ -303,6 +303,7 @@ mod tests {
             ("ExecutionLogService/Stats", Role(super::Role::Reader)),
             ("ExecutionLogService/Retry", Role(super::Role::Admin)),
             ("ExecutionLogService/RetryFailed", Role(super::Role::Admin)),
+            ("ExecutionLogService/Skip", Role(super::Role::Admin)),
             ("ExecutionLogService/Purge", Role(super::Role::Admin)),
             ("ExecutionLogService/NewThing", Role(super::Role::Admin)),
         ];

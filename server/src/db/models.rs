@@ -32,6 +32,8 @@ pub struct HandlerRow {
     pub failing_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub ordering_policy: String,
+    pub ordering_group: Option<String>,
 }
 
 /// Insert form of `handlers`.
@@ -51,6 +53,8 @@ pub struct NewHandlerRow {
     pub script_path: Option<String>,
     pub failure_policy: String,
     pub filter: Option<serde_json::Value>,
+    pub ordering_policy: String,
+    pub ordering_group: Option<String>,
 }
 
 /// Full replacement of a handler's editable columns (Update reads, patches, writes).
@@ -72,6 +76,8 @@ pub struct HandlerChangeset {
     pub filter: Option<serde_json::Value>,
     pub disabled_reason: Option<String>,
     pub updated_at: DateTime<Utc>,
+    pub ordering_policy: String,
+    pub ordering_group: Option<String>,
 }
 
 /// A row of `event_types` (the columns the service reads and writes).

@@ -12,6 +12,7 @@ diesel::table! {
         leased_by -> Nullable<Text>,
         last_error -> Nullable<Text>,
         created_at -> Timestamptz,
+        ordering_slot -> Nullable<Text>,
     }
 }
 
@@ -35,6 +36,7 @@ diesel::table! {
         created_at -> Timestamptz,
         emitted_by -> Nullable<Text>,
         traceparent -> Nullable<Text>,
+        ordering_key -> Nullable<Text>,
     }
 }
 
@@ -95,6 +97,8 @@ diesel::table! {
         failing_since -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        ordering_policy -> Text,
+        ordering_group -> Nullable<Text>,
     }
 }
 

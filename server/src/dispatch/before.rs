@@ -125,6 +125,7 @@ impl BeforeChain {
             schema_version,
             field,
             idempotency_key: _unused_for_before,
+            ordering_key: _ordering_is_for_after,
         } = event;
         let (event_id, chain, current_version) = self.load(event.clone(), data.clone()).await?;
         if current_version != Some(schema_version) {
@@ -317,6 +318,7 @@ impl BeforeChain {
                 test: false,
             },
             delivery: None,
+            ordering_slot: None,
         };
         self.runner.recorder.record(record).await;
     }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::LOGGED_RESPONSE_BYTES;
 use crate::config::Config;
-use crate::db::queries::{deliveries, logs};
+use crate::db::queries::{deliveries, events, logs};
 use crate::db::{Db, DbError};
 use crate::domain::{event_data, text, HandlerKind, Phase, RunStatus};
 use crate::listener::Signals;
@@ -97,6 +97,9 @@ pub struct Record {
     pub log: LogRecord,
     /// The delivery settlement (AFTER only).
     pub delivery: Option<DeliveryOutcome>,
+    /// The delivery's ordering slot, for a keyed event: once it finishes, the next
+    /// event queued in the slot may start.
+    pub ordering_slot: Option<String>,
 }
 
 /// Sending side of the recorder.
@@ -154,7 +157,9 @@ async fn write_loop(
         for record in &records {
             count_run(&metrics, record);
         }
-        if let Some(max_id) = write_with_retry(&db, &metrics, records, disable_after_ms).await {
+        if let Some(max_id) =
+            write_with_retry(&db, &metrics, &signals, records, disable_after_ms).await
+        {
             signals.announce_logs(max_id);
         }
     }
@@ -178,6 +183,7 @@ fn count_run(metrics: &Metrics, record: &Record) {
 async fn write_with_retry(
     db: &Db,
     metrics: &Metrics,
+    signals: &Signals,
     records: Vec<Record>,
     disable_after_ms: i64,
 ) -> Option<i64> {
@@ -189,7 +195,7 @@ async fn write_with_retry(
             .run(move |conn| write_batch(conn, &batch, disable_after_ms))
             .await
         {
-            Ok(written) => return written.counted(metrics),
+            Ok(written) => return written.counted(metrics, signals),
             Err(error) if error.is_rejection() => {
                 tracing::warn!(%error, rows = records.len(), "log batch rejected; writing rows one by one");
                 break;
@@ -203,7 +209,7 @@ async fn write_with_retry(
     }
     let mut written = None;
     for record in records.iter().cloned() {
-        written = written.max(write_one(db, metrics, record, disable_after_ms).await);
+        written = written.max(write_one(db, metrics, signals, record, disable_after_ms).await);
     }
     written
 }
@@ -214,6 +220,7 @@ async fn write_with_retry(
 async fn write_one(
     db: &Db,
     metrics: &Metrics,
+    signals: &Signals,
     mut record: Record,
     disable_after_ms: i64,
 ) -> Option<i64> {
@@ -225,7 +232,7 @@ async fn write_one(
             .run(move |conn| write_batch(conn, &row, disable_after_ms))
             .await
         {
-            Ok(written) => return written.counted(metrics),
+            Ok(written) => return written.counted(metrics, signals),
             Err(error) if error.is_rejection() => {
                 refusals += 1;
                 let repaired = match refusals {
@@ -262,6 +269,7 @@ pub async fn write_now(
     let mut record = Record {
         log,
         delivery: None,
+        ordering_slot: None,
     };
     let mut refusals = 0;
     loop {
@@ -269,6 +277,7 @@ pub async fn write_now(
         // No delivery outcome: the handler-health settings are not used.
         match db.run(move |conn| write_batch(conn, &row, 0)).await {
             Ok(Written { max_id: id, .. }) => {
+                // No delivery: nothing was disabled or promoted.
                 if let Some(id) = id {
                     signals.announce_logs(id);
                 }
@@ -382,13 +391,18 @@ struct Written {
     max_id: Option<i64>,
     /// Handlers disabled automatically by these runs.
     disabled: u64,
+    /// Deliveries queued behind the finished ones that may run now.
+    promoted: usize,
 }
 
 impl Written {
-    /// Counts the handlers disabled (once the batch is committed) and returns the
-    /// highest log id.
-    fn counted(self, metrics: &Metrics) -> Option<i64> {
+    /// Once the batch is committed: counts the handlers disabled, wakes the claimers
+    /// for the deliveries promoted, and returns the highest log id.
+    fn counted(self, metrics: &Metrics, signals: &Signals) -> Option<i64> {
         metrics.handlers_auto_disabled.inc_by(self.disabled);
+        if self.promoted > 0 {
+            signals.announce_work();
+        }
         self.max_id
     }
 }
@@ -404,8 +418,18 @@ fn write_batch(
     let mut succeeded_handlers = Vec::new();
     let mut failed_handlers = Vec::new();
     let mut gone = Vec::new();
-    for Record { log, delivery } in records {
+    let mut finished_slots = Vec::new();
+    for Record {
+        log,
+        delivery,
+        ordering_slot,
+    } in records
+    {
         if let (Some(outcome), Some(id)) = (delivery, log.delivery_id) {
+            let finished = !matches!(outcome, DeliveryOutcome::Failed { retry_at: Some(_) });
+            if let (true, Some(slot)) = (finished, ordering_slot) {
+                finished_slots.push(slot.as_str());
+            }
             match outcome {
                 DeliveryOutcome::Delivered => {
                     delivered.push(id);
@@ -447,17 +471,26 @@ fn write_batch(
     }
     succeeded_handlers.sort_unstable();
     succeeded_handlers.dedup();
-    if failed_ids.is_empty() {
+    if failed_ids.is_empty() && finished_slots.is_empty() {
         // Only successes (the common case): one statement, committed on its own.
         let max_id = logs::insert_batch(conn, &columns, &delivered, &succeeded_handlers)?;
         return Ok(Written {
             max_id,
             disabled: 0,
+            promoted: 0,
         });
     }
     conn.transaction::<_, DbError, _>(|conn| {
+        let keys: Vec<&str> = finished_slots
+            .iter()
+            .filter_map(|slot| deliveries::ordering_key_of(slot))
+            .collect();
+        events::lock_ordering_keys(conn, &keys)?;
         let max_id = logs::insert_batch(conn, &columns, &delivered, &succeeded_handlers)?;
-        deliveries::record_failures(conn, &failed_ids, &failed_at, &failed_errors)?;
+        if !failed_ids.is_empty() {
+            deliveries::record_failures(conn, &failed_ids, &failed_at, &failed_errors)?;
+        }
+        let promoted = deliveries::promote_queued(conn, &finished_slots)?;
         let mut disabled = 0;
         if !failed_handlers.is_empty() {
             for id in deliveries::record_handler_failures(conn, &failed_handlers, disable_after_ms)?
@@ -477,6 +510,10 @@ fn write_batch(
                 "handler disabled: its endpoint answered 410 Gone"
             );
         }
-        Ok(Written { max_id, disabled })
+        Ok(Written {
+            max_id,
+            disabled,
+            promoted,
+        })
     })
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use diesel::Connection;
 use rand::Rng;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,7 @@ use super::retry::{next_step, NextStep};
 use super::{AttemptError, Execution, Invocation, Reply, RunTarget, Runner, LOGGED_RESPONSE_BYTES};
 use crate::config::Config;
 use crate::db::queries::deliveries::{self, ClaimedDelivery};
+use crate::db::queries::events;
 use crate::db::{Db, DbError};
 use crate::domain::trace_context::TraceContext;
 use crate::domain::{text, HandlerKind, Phase, RunStatus};
@@ -34,6 +36,9 @@ use crate::shutdown::Shutdown;
 const MAX_CLAIM: usize = 500;
 /// Pause between a wake-up and the claim it triggers.
 const CLAIM_COALESCE: Duration = Duration::from_millis(5);
+/// How often queued keyed events that nothing holds back any more are looked for, in
+/// case their promotion was missed (`deliveries::promote_all_ready`).
+const ORDERING_SWEEP: Duration = Duration::from_secs(5);
 
 /// This replica's AFTER worker: run slots shared by the claim loop and the deliveries
 /// handed over by the ingest committer.
@@ -159,7 +164,19 @@ async fn claim_loop(db: Db, worker: Worker, signals: Signals, shutdown: Shutdown
     // rows each time one chain ends: fewer, larger claims.
     let worthwhile = (worker.config.concurrency.max(1) / 4).clamp(1, MAX_CLAIM);
     let lease_ms = worker.lease_ms();
+    let mut next_sweep = tokio::time::Instant::now() + ORDERING_SWEEP;
     while !shutdown.is_requested() {
+        if tokio::time::Instant::now() >= next_sweep {
+            next_sweep = tokio::time::Instant::now() + ORDERING_SWEEP;
+            let swept = db
+                .run(|conn| deliveries::promote_all_ready(conn).map_err(DbError::from))
+                .await;
+            match swept {
+                Ok(0) => {}
+                Ok(promoted) => tracing::info!(promoted, "queued keyed deliveries released by the sweep"),
+                Err(error) => tracing::warn!(%error, "looking for released keyed deliveries failed"),
+            }
+        }
         // Claim no more than can start now: claimed work waiting here would hold a lease.
         let free = worker.slots.available_permits();
         if free < worthwhile && !worker.chains.is_empty() {
@@ -269,9 +286,19 @@ async fn run_delivery(db: &Db, runner: &Runner, config: &Config, delivery: Claim
     if delivery.status != "enabled" {
         // Disabled after the event was accepted: no request is made and nothing is
         // logged; the delivery is paused and resumes when the handler is enabled again.
-        let id = delivery.id;
+        // Under the SKIP ordering policy the later deliveries of its key go on meanwhile
+        // (found by the claim loop's next poll).
+        let (id, slot) = (delivery.id, delivery.ordering_slot);
         if let Err(error) = db
-            .run(move |conn| deliveries::pause(conn, &[id]).map_err(DbError::from))
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    let key = slot.as_deref().and_then(deliveries::ordering_key_of);
+                    events::lock_ordering_keys(conn, key.as_slice())?;
+                    deliveries::pause(conn, &[id])?;
+                    deliveries::promote_queued(conn, slot.as_deref().as_slice())
+                })
+                .map_err(DbError::from)
+            })
             .await
         {
             // The lease expires and the delivery is claimed (and paused) again.
@@ -368,6 +395,7 @@ fn after_record(
             test: false,
         },
         delivery: Some(outcome),
+        ordering_slot: delivery.ordering_slot,
     }
 }
 

@@ -35,8 +35,8 @@ use crate::listener::Signals;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
-/// Longest idempotency key.
-pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+/// Longest idempotency key, and longest ordering key.
+pub const MAX_KEY_CHARS: usize = 200;
 /// Largest EmitBatch.
 pub const MAX_BATCH_EVENTS: usize = 10_000;
 const MAX_GROUP_COMMIT: usize = 2_000;
@@ -53,6 +53,8 @@ pub struct NewEvent {
     pub data: String,
     /// Idempotency key, if any.
     pub idempotency_key: Option<String>,
+    /// Ordering key, if any.
+    pub ordering_key: Option<String>,
     /// The name of the caller who emitted it.
     pub emitted_by: Option<String>,
     /// The emitter's trace, continued by the handler runs.
@@ -133,6 +135,7 @@ impl Ingest {
         event: String,
         data: String,
         key: String,
+        ordering_key: String,
     ) -> Result<NewEvent, DomainError> {
         if event.is_empty() {
             return Err(DomainError::invalid(&format!("{field}event"), "required"));
@@ -140,12 +143,14 @@ impl Ingest {
         text::require_storable(&format!("{field}event"), &event)?;
         event_data::check_object(&data, self.max_payload)
             .map_err(|e| DomainError::invalid(&format!("{field}data_json"), e))?;
-        text::require_storable(&format!("{field}idempotency_key"), &key)?;
-        if key.chars().count() > MAX_IDEMPOTENCY_KEY {
-            return Err(DomainError::invalid(
-                &format!("{field}idempotency_key"),
-                format!("must be at most {MAX_IDEMPOTENCY_KEY} characters"),
-            ));
+        for (name, value) in [("idempotency_key", &key), ("ordering_key", &ordering_key)] {
+            text::require_storable(&format!("{field}{name}"), value)?;
+            if value.chars().count() > MAX_KEY_CHARS {
+                return Err(DomainError::invalid(
+                    &format!("{field}{name}"),
+                    format!("must be at most {MAX_KEY_CHARS} characters"),
+                ));
+            }
         }
         // Event types are never deleted, so the cache of known ones (with their
         // schemas) only grows; an unknown name is looked up (another replica may have
@@ -166,6 +171,7 @@ impl Ingest {
             event,
             data,
             idempotency_key: (!key.is_empty()).then_some(key),
+            ordering_key: (!ordering_key.is_empty()).then_some(ordering_key),
             emitted_by: Some(caller.name.clone()),
             trace: None,
             schema_version,
@@ -354,18 +360,25 @@ struct Stored {
 /// Stores events and their deliveries: one statement, so it commits on its own (no
 /// BEGIN/COMMIT round trips). Duplicates are then answered with the id of the event
 /// that holds their key, or refused when their content differs from it. An all-or-nothing
-/// batch holding keys runs in a transaction, so such a refusal leaves nothing stored.
+/// batch holding keys runs in a transaction, so such a refusal leaves nothing stored; so
+/// does a batch with ordering keys, which takes their locks first.
 fn store(
     conn: &mut diesel::PgConnection,
     batch: &[NewEvent],
     lease: LeaseAtInsert<'_>,
     atomicity: Atomicity,
 ) -> Result<Stored, DomainError> {
-    let keyed = batch.iter().any(|e| e.idempotency_key.is_some());
-    if atomicity == Atomicity::AllOrNothing && keyed {
+    let all_or_nothing =
+        atomicity == Atomicity::AllOrNothing && batch.iter().any(|e| e.idempotency_key.is_some());
+    let ordering_keys: Vec<&str> = batch.iter().filter_map(|e| e.ordering_key.as_deref()).collect();
+    if all_or_nothing || !ordering_keys.is_empty() {
         use diesel::Connection;
         let in_transaction = conn.transaction(|conn| {
+            events::lock_ordering_keys(conn, &ordering_keys)?;
             let stored = store_statement(conn, batch, lease)?;
+            if !all_or_nothing {
+                return Ok(stored);
+            }
             match stored.accepted.iter().position(Result::is_err) {
                 Some(index) => Err(match stored.accepted.into_iter().nth(index) {
                     Some(Err(DomainError::FailedPrecondition(message))) => {
@@ -397,6 +410,7 @@ fn store_statement(
         names: batch.iter().map(|e| e.event.as_str()).collect(),
         data: batch.iter().map(|e| e.data.as_str()).collect(),
         keys: batch.iter().map(|e| e.idempotency_key.as_deref()).collect(),
+        ordering_keys: batch.iter().map(|e| e.ordering_key.as_deref()).collect(),
         emitted_by: batch.iter().map(|e| e.emitted_by.as_deref()).collect(),
         traceparents: batch
             .iter()
@@ -485,6 +499,7 @@ fn store_statement(
                 timeout_ms: row.timeout_ms.unwrap_or_default(),
                 emitted_by: event.emitted_by.clone(),
                 traceparent: event.trace.map(|t| t.to_string()),
+                ordering_slot: row.ordering_slot,
             });
         }
     }

@@ -34,7 +34,7 @@ use filter::optional_cursor;
 
 use super::{parse_stored, DomainError, HandlerKind, HandlerStatus, Phase, RunStatus};
 use crate::db::models::LogRow;
-use crate::db::queries::deliveries;
+use crate::db::queries::{deliveries, events};
 use crate::db::queries::logs::{self, Position};
 use crate::db::reads::Reads;
 use crate::db::Db;
@@ -206,6 +206,10 @@ pub struct HandlerStats {
     pub p99_ms: f64,
     /// Deliveries waiting for the handler to be enabled again.
     pub paused: u64,
+    /// Deliveries queued behind an earlier delivery of their ordering key.
+    pub queued: u64,
+    /// Ordering keys held back by a given-up delivery (policy BLOCK).
+    pub blocked_keys: u64,
 }
 
 /// Where a tail starts.
@@ -363,30 +367,30 @@ impl LogStore {
         to: Option<DateTime<Utc>>,
     ) -> Result<Vec<HandlerStats>, DomainError> {
         let (from, to) = filter::stats_window(from, to)?;
-        let (rows, paused) = self
+        let (rows, held) = self
             .reads
             .pick()
             .run(move |conn| {
                 let rows = logs::stats(conn, handler_id, from, to)?;
-                let paused = deliveries::paused_counts(conn, handler_id)?;
-                Ok::<_, DomainError>((rows, paused))
+                let held = deliveries::held_counts(conn, handler_id)?;
+                Ok::<_, DomainError>((rows, held))
             })
             .await?;
-        let mut paused: std::collections::BTreeMap<i64, (String, i64)> = paused
-            .into_iter()
-            .map(|(id, name, count)| (id, (name, count)))
-            .collect();
+        let mut held: std::collections::BTreeMap<i64, deliveries::HeldCounts> =
+            held.into_iter().map(|h| (h.handler_id, h)).collect();
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
         let mut stats: Vec<HandlerStats> = rows
             .into_iter()
             .map(|row| {
-                let total = u64::try_from(row.total).unwrap_or(0);
-                let success = u64::try_from(row.success).unwrap_or(0);
+                let total = count(row.total);
+                let success = count(row.success);
+                let held = held.remove(&row.handler_id);
                 HandlerStats {
                     handler_id: row.handler_id,
                     handler_name: row.handler_name,
                     total,
                     success,
-                    fail: u64::try_from(row.fail).unwrap_or(0),
+                    fail: count(row.fail),
                     success_rate: if total == 0 {
                         0.0
                     } else {
@@ -395,23 +399,21 @@ impl LogStore {
                     p50_ms: row.p50,
                     p95_ms: row.p95,
                     p99_ms: row.p99,
-                    paused: paused
-                        .remove(&row.handler_id)
-                        .map_or(0, |(_, n)| u64::try_from(n).unwrap_or(0)),
+                    paused: held.as_ref().map_or(0, |h| count(h.paused)),
+                    queued: held.as_ref().map_or(0, |h| count(h.queued)),
+                    blocked_keys: held.as_ref().map_or(0, |h| count(h.blocked_keys)),
                 }
             })
             .collect();
-        // Paused handlers without runs in the window are listed too.
-        stats.extend(
-            paused
-                .into_iter()
-                .map(|(handler_id, (handler_name, n))| HandlerStats {
-                    handler_id,
-                    handler_name,
-                    paused: u64::try_from(n).unwrap_or(0),
-                    ..HandlerStats::default()
-                }),
-        );
+        // Handlers holding deliveries back without runs in the window are listed too.
+        stats.extend(held.into_values().map(|h| HandlerStats {
+            handler_id: h.handler_id,
+            handler_name: h.name,
+            paused: count(h.paused),
+            queued: count(h.queued),
+            blocked_keys: count(h.blocked_keys),
+            ..HandlerStats::default()
+        }));
         stats.sort_by_key(|s| s.handler_id);
         Ok(stats)
     }
@@ -426,6 +428,23 @@ impl LogStore {
             .await?;
         self.signals.announce_work();
         Ok(delivery_id)
+    }
+
+    /// Gives up the delivery of a failed AFTER run for good, on behalf of `who`: the
+    /// delivery is removed, a failed run saying so is logged, and the events queued
+    /// behind it in its ordering slot may start. Returns (delivery id, log id).
+    pub async fn skip(&self, log_id: i64, who: &str) -> Result<(i64, i64), DomainError> {
+        let reason = format!(
+            "skipped by {who}: the delivery was given up; later deliveries of its ordering \
+             key proceed"
+        );
+        let skipped = self
+            .db
+            .run(move |conn| skip_delivery(conn, log_id, &reason))
+            .await?;
+        self.signals.announce_work();
+        self.signals.announce_logs(skipped.log_id);
+        Ok((skipped.delivery_id, skipped.log_id))
     }
 
     /// Makes every failed, undelivered delivery of an enabled handler for events since
@@ -564,6 +583,45 @@ fn schedule_retry(
         Ok(deliveries::schedule_now(
             conn, event_id, handler_id, priority,
         )?)
+    })
+}
+
+fn skip_delivery(
+    conn: &mut diesel::PgConnection,
+    log_id: i64,
+    reason: &str,
+) -> Result<deliveries::Skipped, DomainError> {
+    let row = logs::find(conn, log_id)
+        .optional()?
+        .ok_or_else(|| DomainError::NotFound(format!("execution log {log_id} not found")))?;
+    let refuse = |why: &str| {
+        Err(DomainError::FailedPrecondition(format!(
+            "execution log {log_id} {why}"
+        )))
+    };
+    if row.test {
+        return refuse("is a test run (HandlerService.Test): it has no delivery to skip");
+    }
+    if parse_stored(Phase::parse, &row.phase, "execution_logs.phase")? == Phase::Before {
+        return refuse("is a BEFORE run: BEFORE handlers run inside Emit, nothing waits");
+    }
+    if parse_stored(RunStatus::parse, &row.status, "execution_logs.status")? == RunStatus::Success
+    {
+        return refuse("succeeded: there is nothing to skip");
+    }
+    let (event_id, handler_id) = (row.event_id, row.handler_id);
+    conn.transaction::<_, DomainError, _>(|conn| {
+        let key = events::ordering_key_of_event(conn, event_id)?;
+        events::lock_ordering_keys(conn, key.as_deref().as_slice())?;
+        let Some(skipped) = deliveries::skip(conn, event_id, handler_id, reason)? else {
+            return if deliveries::is_running(conn, event_id, handler_id)? {
+                refuse("has a delivery running now: wait for the attempt to end")
+            } else {
+                refuse("has no delivery left to skip: it has succeeded since, or was skipped or ended")
+            };
+        };
+        deliveries::promote_queued(conn, skipped.ordering_slot.as_deref().as_slice())?;
+        Ok(skipped)
     })
 }
 

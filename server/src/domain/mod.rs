@@ -129,6 +129,13 @@ text_enum!(
     FailOpen = "fail_open" }
 );
 text_enum!(
+    /// What a given-up AFTER delivery (dead, or paused with its handler) does to the
+    /// later deliveries of its ordering key.
+    OrderingPolicy { /// They proceed.
+    Skip = "skip", /// They wait until it is retried or skipped.
+    Block = "block" }
+);
+text_enum!(
     /// Outcome of one run.
     RunStatus { /// Succeeded.
     Success = "success", /// Failed.

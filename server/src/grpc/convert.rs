@@ -14,7 +14,7 @@ use crate::domain::event_data::DataError;
 use crate::domain::handlers::{
     EventType, EventTypePatch, Handler, HandlerPatch, HandlerSpec, Target, TargetSpec,
 };
-use crate::domain::{FailurePolicy, HandlerKind, HandlerStatus, Phase, RunStatus};
+use crate::domain::{FailurePolicy, HandlerKind, HandlerStatus, OrderingPolicy, Phase, RunStatus};
 
 /// Whether a handler's secret is shown in full (Create, RotateSecret) or masked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +104,20 @@ fn failure_policy(value: i32) -> Result<FailurePolicy, Status> {
     }
 }
 
+fn ordering_policy(value: i32, field: &str) -> Result<OrderingPolicy, Status> {
+    match pb::OrderingPolicy::try_from(value) {
+        Ok(pb::OrderingPolicy::Unspecified | pb::OrderingPolicy::Skip) => Ok(OrderingPolicy::Skip),
+        Ok(pb::OrderingPolicy::Block) => Ok(OrderingPolicy::Block),
+        Err(_) => Err(invalid(field, format!("unknown value {value}"))),
+    }
+}
+
+/// An ordering group as sent; empty = none.
+fn ordering_group(group: &str) -> Option<String> {
+    let group = group.trim();
+    (!group.is_empty()).then(|| group.to_owned())
+}
+
 fn filter(text: &str) -> Result<Option<serde_json::Value>, Status> {
     if text.trim().is_empty() {
         return Ok(None);
@@ -152,6 +166,8 @@ pub fn handler_spec(request: pb::CreateHandlerRequest) -> Result<HandlerSpec, St
         target,
         failure_policy: policy,
         filter_json,
+        ordering_policy: order_policy,
+        ordering_group: group,
     } = request;
     Ok(HandlerSpec {
         name,
@@ -163,6 +179,8 @@ pub fn handler_spec(request: pb::CreateHandlerRequest) -> Result<HandlerSpec, St
         target: target_spec(target)?,
         failure_policy: failure_policy(policy)?,
         filter: filter(&filter_json)?,
+        ordering_policy: ordering_policy(order_policy, "ordering_policy")?,
+        ordering_group: ordering_group(&group),
     })
 }
 
@@ -195,6 +213,8 @@ pub fn handler_patch(request: pb::UpdateHandlerRequest) -> Result<(i64, HandlerP
         disabled_reason: _read_only,
         created_at: _created,
         updated_at: _updated,
+        ordering_policy: order_policy,
+        ordering_group: group,
     } = handler;
     let mut patch = HandlerPatch::default();
     for path in &paths {
@@ -212,6 +232,11 @@ pub fn handler_patch(request: pb::UpdateHandlerRequest) -> Result<(i64, HandlerP
             "timeout_ms" => patch.timeout_ms = Some(timeout_ms),
             "failure_policy" => patch.failure_policy = Some(failure_policy(policy)?),
             "filter_json" => patch.filter = Some(filter(&filter_json)?),
+            "ordering_policy" => {
+                patch.ordering_policy =
+                    Some(ordering_policy(order_policy, "handler.ordering_policy")?)
+            }
+            "ordering_group" => patch.ordering_group = Some(ordering_group(&group)),
             "http" | "http.url" | "http.headers" => {
                 let Some(pb::handler::Target::Http(http)) = &target else {
                     return Err(invalid(
@@ -317,6 +342,11 @@ pub fn handler(handler: Handler, view: SecretView) -> pb::Handler {
         disabled_reason: handler.disabled_reason.unwrap_or_default(),
         created_at: Some(timestamp(handler.created_at)),
         updated_at: Some(timestamp(handler.updated_at)),
+        ordering_policy: match handler.ordering_policy {
+            OrderingPolicy::Skip => pb::OrderingPolicy::Skip,
+            OrderingPolicy::Block => pb::OrderingPolicy::Block,
+        } as i32,
+        ordering_group: handler.ordering_group.unwrap_or_default(),
     }
 }
 
@@ -497,6 +527,8 @@ mod tests {
                 secret: "whsec_abcdefgh".into(),
             },
             failure_policy: FailurePolicy::FailClosed,
+            ordering_policy: OrderingPolicy::Skip,
+            ordering_group: None,
             filter: None,
             disabled_reason: None,
             created_at: Utc::now(),

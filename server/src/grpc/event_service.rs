@@ -83,6 +83,7 @@ impl EventService for EventApi {
             phase,
             data_json,
             idempotency_key,
+            ordering_key,
         } = request.into_inner();
         let phase_label = match pb::Phase::try_from(phase) {
             Ok(pb::Phase::Before) => "before",
@@ -94,7 +95,7 @@ impl EventService for EventApi {
             let phase = convert::required_phase(phase, "phase")?;
             let mut event = self
                 .ingest
-                .validate(&caller, "", event, data_json, idempotency_key)
+                .validate(&caller, "", event, data_json, idempotency_key, ordering_key)
                 .await?;
             event.trace = trace;
             Ok::<_, Status>((phase, event))
@@ -281,6 +282,7 @@ impl EventApi {
             phase,
             data_json,
             idempotency_key,
+            ordering_key,
         } = request;
         may_emit(caller, field, &event)?;
         // The same rule as Emit: the phase is required, and only AFTER can be batched.
@@ -291,7 +293,7 @@ impl EventApi {
         }
         let mut event = self
             .ingest
-            .validate(caller, field, event, data_json, idempotency_key)
+            .validate(caller, field, event, data_json, idempotency_key, ordering_key)
             .await?;
         event.trace = trace;
         Ok(event)

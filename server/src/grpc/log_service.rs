@@ -125,6 +125,19 @@ impl ExecutionLogService for LogApi {
         Ok(Response::new(pb::RetryResponse { delivery_id }))
     }
 
+    async fn skip(
+        &self,
+        request: Request<pb::SkipRequest>,
+    ) -> Result<Response<pb::SkipResponse>, Status> {
+        let caller = super::caller(&request)?;
+        let pb::SkipRequest { log_id } = request.into_inner();
+        let (delivery_id, log_id) = self.logs.skip(log_id, &caller.name).await?;
+        Ok(Response::new(pb::SkipResponse {
+            delivery_id,
+            log_id,
+        }))
+    }
+
     async fn retry_failed(
         &self,
         request: Request<pb::RetryFailedRequest>,
@@ -266,6 +279,8 @@ fn handler_stats(stats: HandlerStats) -> pb::HandlerStats {
         p95_ms,
         p99_ms,
         paused,
+        queued,
+        blocked_keys,
     } = stats;
     pb::HandlerStats {
         handler_id,
@@ -278,6 +293,8 @@ fn handler_stats(stats: HandlerStats) -> pb::HandlerStats {
         p95_ms,
         p99_ms,
         paused,
+        queued,
+        blocked_keys,
     }
 }
 

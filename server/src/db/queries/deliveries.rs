@@ -61,6 +61,22 @@ pub struct ClaimedDelivery {
     /// The emitter's W3C `traceparent`, if it sent one.
     #[diesel(sql_type = Nullable<Text>)]
     pub traceparent: Option<String>,
+    /// Ordering slot (`g:<group>|<key>` or `h:<handler id>|<key>`) of a keyed event.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub ordering_slot: Option<String>,
+}
+
+impl ClaimedDelivery {
+    /// The ordering key of a keyed event (the part of its slot after the first `|`).
+    pub fn ordering_key(&self) -> Option<&str> {
+        ordering_key_of(self.ordering_slot.as_deref()?)
+    }
+}
+
+/// The ordering key in a slot: what follows the first `|` (groups and `h:<id>` hold
+/// none).
+pub fn ordering_key_of(slot: &str) -> Option<&str> {
+    slot.split_once('|').map(|(_, key)| key)
 }
 
 /// Claims up to `limit` due deliveries, plus the waiting (lower-priority) siblings of
@@ -102,11 +118,11 @@ WITH heads AS (
         leased_by = $3
     FROM picked p
     WHERE d.id = p.id
-    RETURNING d.id, d.event_id, d.handler_id, d.attempts, d.priority
+    RETURNING d.id, d.event_id, d.handler_id, d.attempts, d.priority, d.ordering_slot
 )
 SELECT c.id, c.event_id, c.attempts, e.event, e.data,
        h.id AS handler_id, h.name, h.kind, h.status, h.url, h.headers, h.secret, h.script_path, h.timeout_ms,
-       e.emitted_by, e.traceparent
+       e.emitted_by, e.traceparent, c.ordering_slot
 FROM claimed c
 JOIN events e ON e.id = c.event_id
 JOIN handlers h ON h.id = c.handler_id
@@ -143,6 +159,66 @@ WHERE id = ANY($2) AND leased_by = $3 AND state = 1
         .bind::<Text, _>(crate::listener::WORK_CHANNEL)
         .execute(conn)?;
     Ok(released)
+}
+
+/// The statement promoting queued events: `$heads` selects, per ordering slot, the
+/// earliest queued event (`event_id`); those nothing earlier holds any more (in any of
+/// their slots) have their first delivery in run order made pending now and the rest
+/// waiting behind it. What holds a slot is what holds it at insert (`events::insert_batch`).
+macro_rules! promote_sql {
+    ($heads:literal) => {
+        concat!(
+            "WITH heads AS (",
+            $heads,
+            r#"), ready AS (
+    SELECT DISTINCT n.event_id FROM heads n
+    WHERE NOT EXISTS (
+        SELECT 1 FROM deliveries q
+        JOIN deliveries p ON p.ordering_slot = q.ordering_slot AND p.event_id < q.event_id
+        JOIN handlers ph ON ph.id = p.handler_id
+        WHERE q.event_id = n.event_id AND q.state = 4
+          AND (p.state IN (0, 1, 4) OR ph.ordering_policy = 'block'))
+), ranked AS (
+    SELECT d.id, row_number() OVER (PARTITION BY d.event_id ORDER BY d.priority, d.handler_id) AS rank
+    FROM deliveries d WHERE d.state = 4 AND d.event_id IN (SELECT event_id FROM ready)
+)
+UPDATE deliveries d SET state = CASE WHEN r.rank = 1 THEN 1 ELSE 0 END, next_attempt_at = now()
+FROM ranked r WHERE d.id = r.id AND d.state = 4"#
+        )
+    };
+}
+
+/// After deliveries holding these ordering slots finished (delivered, gave up, were
+/// skipped or ended), promotes the next queued event of each slot if nothing else holds
+/// it back. The caller holds the slots' key locks (`events::lock_ordering_keys`) in the
+/// transaction that finished them. Returns how many deliveries became runnable.
+pub fn promote_queued(conn: &mut PgConnection, slots: &[&str]) -> QueryResult<usize> {
+    if slots.is_empty() {
+        return Ok(0);
+    }
+    prepared(promote_sql!(
+        r#"
+    SELECT DISTINCT ON (q.ordering_slot) q.event_id FROM deliveries q
+    WHERE q.state = 4 AND q.ordering_slot = ANY($1::text[])
+    ORDER BY q.ordering_slot, q.event_id
+"#
+    ))
+    .bind::<Array<Text>, _>(slots)
+    .execute(conn)
+}
+
+/// The safety net of [`promote_queued`]: promotes every queued event that nothing holds
+/// back any more, whatever freed it (a handler deleted with its deliveries, two slots of
+/// one event freed at once by different transactions). Run periodically.
+pub fn promote_all_ready(conn: &mut PgConnection) -> QueryResult<usize> {
+    diesel::sql_query(promote_sql!(
+        r#"
+    SELECT DISTINCT ON (q.ordering_slot) q.event_id FROM deliveries q
+    WHERE q.state = 4
+    ORDER BY q.ordering_slot, q.event_id
+"#
+    ))
+    .execute(conn)
 }
 
 /// Records failed attempts: attempts + 1, the error, and either the next attempt time
@@ -313,6 +389,8 @@ pub struct Ended {
     pub event_ids: Vec<i64>,
     /// Highest execution-log id written (one row per ended delivery).
     pub max_log_id: Option<i64>,
+    /// The ordering slots of the ended deliveries of keyed events.
+    pub ordering_slots: Vec<String>,
 }
 
 /// Ends every unfinished delivery (waiting, pending, paused) of a handler: each gets a
@@ -331,6 +409,8 @@ pub fn end_for_handler(
         event_id: i64,
         #[diesel(sql_type = BigInt)]
         log_id: i64,
+        #[diesel(sql_type = Nullable<Text>)]
+        ordering_slot: Option<String>,
     }
     let rows: Vec<Row> = diesel::sql_query(
         r#"
@@ -338,7 +418,7 @@ WITH ended AS (
     DELETE FROM deliveries
     WHERE handler_id = $1 AND state IN (0, 1, 2)
       AND NOT (state = 1 AND leased_by IS NOT NULL AND next_attempt_at > now())
-    RETURNING id, event_id, attempts
+    RETURNING id, event_id, attempts, ordering_slot
 )
 INSERT INTO execution_logs (created_at, phase, event, status, handler_id, handler_name, kind, error,
     duration_ms, attempt, data_sent, event_id, delivery_id, emitted_by)
@@ -347,16 +427,84 @@ SELECT now(), 'after', e.event, 'fail', h.id, h.name, h.kind, $2, 0, x.attempts,
 FROM ended x
 JOIN events e ON e.id = x.event_id
 JOIN handlers h ON h.id = $1
-RETURNING event_id, id AS log_id
+RETURNING event_id, id AS log_id, (SELECT x2.ordering_slot FROM ended x2 WHERE x2.id = delivery_id) AS ordering_slot
 "#,
     )
     .bind::<BigInt, _>(handler_id)
     .bind::<Text, _>(reason)
     .load(conn)?;
-    Ok(Ended {
+    let mut ended = Ended {
         max_log_id: rows.iter().map(|r| r.log_id).max(),
-        event_ids: rows.into_iter().map(|r| r.event_id).collect(),
-    })
+        ..Ended::default()
+    };
+    for row in rows {
+        ended.event_ids.push(row.event_id);
+        ended.ordering_slots.extend(row.ordering_slot);
+    }
+    Ok(ended)
+}
+
+/// What [`skip`] found.
+#[derive(Debug, QueryableByName)]
+pub struct Skipped {
+    /// The delivery given up.
+    #[diesel(sql_type = BigInt)]
+    pub delivery_id: i64,
+    /// The log row recording it.
+    #[diesel(sql_type = BigInt)]
+    pub log_id: i64,
+    /// Its ordering slot, for a keyed event.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub ordering_slot: Option<String>,
+}
+
+/// Gives up the delivery of (event, handler) for good unless it is running now under a
+/// live lease: deletes it and logs a failed run carrying `reason`. `None` when there is
+/// no such delivery or it is running.
+pub fn skip(
+    conn: &mut PgConnection,
+    event_id: i64,
+    handler_id: i64,
+    reason: &str,
+) -> QueryResult<Option<Skipped>> {
+    diesel::sql_query(
+        r#"
+WITH ended AS (
+    DELETE FROM deliveries
+    WHERE event_id = $1 AND handler_id = $2
+      AND NOT (state = 1 AND leased_by IS NOT NULL AND next_attempt_at > now())
+    RETURNING id, event_id, attempts, ordering_slot
+)
+INSERT INTO execution_logs (created_at, phase, event, status, handler_id, handler_name, kind, error,
+    duration_ms, attempt, data_sent, event_id, delivery_id, emitted_by)
+SELECT now(), 'after', e.event, 'fail', h.id, h.name, h.kind, $3, 0, x.attempts, e.data::jsonb, x.event_id, x.id,
+       e.emitted_by
+FROM ended x
+JOIN events e ON e.id = x.event_id
+JOIN handlers h ON h.id = $2
+RETURNING delivery_id, id AS log_id,
+    (SELECT x2.ordering_slot FROM ended x2 WHERE x2.id = delivery_id) AS ordering_slot
+"#,
+    )
+    .bind::<BigInt, _>(event_id)
+    .bind::<BigInt, _>(handler_id)
+    .bind::<Text, _>(reason)
+    .get_result(conn)
+    .optional()
+}
+
+/// Whether (event, handler) has a delivery running now under a live lease.
+pub fn is_running(conn: &mut PgConnection, event_id: i64, handler_id: i64) -> QueryResult<bool> {
+    use crate::db::schema::deliveries::dsl as d;
+    diesel::select(diesel::dsl::exists(
+        d::deliveries
+            .filter(d::event_id.eq(event_id))
+            .filter(d::handler_id.eq(handler_id))
+            .filter(d::state.eq(1i16))
+            .filter(d::leased_by.is_not_null())
+            .filter(d::next_attempt_at.gt(diesel::dsl::now)),
+    ))
+    .get_result(conn)
 }
 
 /// Makes every failed, undelivered delivery of a handler (dead, or waiting for its next
@@ -379,35 +527,47 @@ WHERE handler_id = $1 AND attempts > 0 AND state IN (1, 3) AND leased_by IS NULL
     .execute(conn)
 }
 
-/// Deliveries of handlers that are not enabled, not dead, per handler: `(handler id,
-/// handler name, count)`; one handler only when `handler_id` is given.
-pub fn paused_counts(
+/// Deliveries held back, per handler, counted now.
+#[derive(Debug, QueryableByName)]
+pub struct HeldCounts {
+    /// Handler id.
+    #[diesel(sql_type = BigInt)]
+    pub handler_id: i64,
+    /// Handler name.
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    /// Unfinished deliveries of a handler that is not enabled.
+    #[diesel(sql_type = BigInt)]
+    pub paused: i64,
+    /// Deliveries queued behind an earlier delivery of their ordering key.
+    #[diesel(sql_type = BigInt)]
+    pub queued: i64,
+    /// Ordering slots held by a given-up delivery of a handler with the BLOCK policy.
+    #[diesel(sql_type = BigInt)]
+    pub blocked_keys: i64,
+}
+
+/// The [`HeldCounts`] of every handler holding anything back; one handler only when
+/// `handler_id` is given.
+pub fn held_counts(
     conn: &mut PgConnection,
     handler_id: Option<i64>,
-) -> QueryResult<Vec<(i64, String, i64)>> {
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = BigInt)]
-        handler_id: i64,
-        #[diesel(sql_type = Text)]
-        name: String,
-        #[diesel(sql_type = BigInt)]
-        paused: i64,
-    }
-    let rows: Vec<Row> = diesel::sql_query(
+) -> QueryResult<Vec<HeldCounts>> {
+    diesel::sql_query(
         r#"
-SELECT h.id AS handler_id, h.name, count(*) AS paused
+SELECT h.id AS handler_id, h.name,
+       count(*) FILTER (WHERE h.status <> 'enabled' AND d.state IN (0, 1, 2)) AS paused,
+       count(*) FILTER (WHERE d.state = 4) AS queued,
+       count(DISTINCT d.ordering_slot) FILTER (
+           WHERE h.ordering_policy = 'block' AND d.state IN (2, 3)) AS blocked_keys
 FROM deliveries d JOIN handlers h ON h.id = d.handler_id
-WHERE h.status <> 'enabled' AND d.state IN (0, 1, 2) AND ($1::bigint IS NULL OR h.id = $1)
+WHERE (h.status <> 'enabled' OR d.state = 4 OR (d.ordering_slot IS NOT NULL AND d.state IN (2, 3)))
+  AND ($1::bigint IS NULL OR h.id = $1)
 GROUP BY h.id, h.name
 "#,
     )
     .bind::<Nullable<BigInt>, _>(handler_id)
-    .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.handler_id, r.name, r.paused))
-        .collect())
+    .load(conn)
 }
 
 /// Deliveries due now and not leased (on every replica), and how long the oldest of

@@ -101,6 +101,8 @@ pub fn snapshot(handler: &Handler) -> Value {
         "target": target,
         "failure_policy": handler.failure_policy.as_str(),
         "filter": handler.filter,
+        "ordering_policy": handler.ordering_policy.as_str(),
+        "ordering_group": handler.ordering_group,
         "disabled_reason": handler.disabled_reason,
     })
 }

@@ -103,6 +103,8 @@ impl HandlerRegistry {
             script_path,
             failure_policy: spec.failure_policy.as_str().into(),
             filter: spec.filter,
+            ordering_policy: spec.ordering_policy.as_str().into(),
+            ordering_group: spec.ordering_group,
         };
         self.db
             .run(move |conn| {
@@ -240,6 +242,8 @@ impl HandlerRegistry {
                         filter: spec.filter,
                         disabled_reason: current.disabled_reason.clone(),
                         updated_at: Utc::now(),
+                        ordering_policy: spec.ordering_policy.as_str().into(),
+                        ordering_group: spec.ordering_group,
                     };
                     let mut row = handlers::update(conn, id, &changes)?;
                     if reenabled {
@@ -441,7 +445,8 @@ fn settle_deliveries(
 }
 
 /// Ends a handler's unfinished deliveries with a log row each; the events they were
-/// holding up move on to their next handler.
+/// holding up move on to their next handler, and the events queued behind them in
+/// their ordering slots may start.
 fn end_deliveries(
     conn: &mut diesel::PgConnection,
     id: i64,
@@ -449,11 +454,14 @@ fn end_deliveries(
 ) -> Result<Settled, DomainError> {
     let reason = format!("{why}: delivery ended before it succeeded");
     let ended = deliveries::end_for_handler(conn, id, &reason)?;
+    let mut resumed = false;
     if !ended.event_ids.is_empty() {
-        deliveries::promote_orphaned_waiting(conn, &ended.event_ids)?;
+        resumed |= deliveries::promote_orphaned_waiting(conn, &ended.event_ids)? > 0;
     }
+    let slots: Vec<&str> = ended.ordering_slots.iter().map(String::as_str).collect();
+    resumed |= deliveries::promote_queued(conn, &slots)? > 0;
     Ok(Settled {
-        resumed: false,
+        resumed,
         max_log_id: ended.max_log_id,
     })
 }
@@ -542,6 +550,8 @@ fn spec_of(handler: &Handler) -> (HandlerSpec, Option<String>) {
         target,
         failure_policy: handler.failure_policy,
         filter: handler.filter.clone(),
+        ordering_policy: handler.ordering_policy,
+        ordering_group: handler.ordering_group.clone(),
     };
     (spec, secret)
 }
@@ -561,6 +571,8 @@ fn apply_patch(spec: &mut HandlerSpec, patch: HandlerPatch) -> Result<(), Domain
         http_headers,
         failure_policy,
         filter,
+        ordering_policy,
+        ordering_group,
     } = patch;
     if let Some(v) = name {
         spec.name = v;
@@ -603,6 +615,12 @@ fn apply_patch(spec: &mut HandlerSpec, patch: HandlerPatch) -> Result<(), Domain
     }
     if let Some(v) = filter {
         spec.filter = v;
+    }
+    if let Some(v) = ordering_policy {
+        spec.ordering_policy = v;
+    }
+    if let Some(v) = ordering_group {
+        spec.ordering_group = v;
     }
     Ok(())
 }

@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 
 use super::DEFAULT_TIMEOUT_MS;
 use crate::db::models::HandlerRow;
-use crate::domain::{parse_stored, DomainError, FailurePolicy, HandlerKind, HandlerStatus, Phase};
+use crate::domain::{
+    parse_stored, DomainError, FailurePolicy, HandlerKind, HandlerStatus, OrderingPolicy, Phase,
+};
 
 /// A registered handler.
 #[derive(Debug, Clone)]
@@ -31,6 +33,10 @@ pub struct Handler {
     pub failure_policy: FailurePolicy,
     /// Payload filter (JSON containment), if any.
     pub filter: Option<serde_json::Value>,
+    /// What a given-up delivery does to the later ones of its ordering key.
+    pub ordering_policy: OrderingPolicy,
+    /// Handlers of one group share their per-key order; `None` = this handler alone.
+    pub ordering_group: Option<String>,
     /// Why the service disabled it, if it did.
     pub disabled_reason: Option<String>,
     /// Creation time.
@@ -106,6 +112,10 @@ pub struct HandlerSpec {
     pub failure_policy: FailurePolicy,
     /// Payload filter.
     pub filter: Option<serde_json::Value>,
+    /// Ordering policy.
+    pub ordering_policy: OrderingPolicy,
+    /// Ordering group, if any.
+    pub ordering_group: Option<String>,
 }
 
 /// The fields an Update changes; `None` leaves a field as it is.
@@ -133,6 +143,10 @@ pub struct HandlerPatch {
     pub failure_policy: Option<FailurePolicy>,
     /// New filter (`Some(None)` removes it).
     pub filter: Option<Option<serde_json::Value>>,
+    /// New ordering policy.
+    pub ordering_policy: Option<OrderingPolicy>,
+    /// New ordering group (`Some(None)` removes it).
+    pub ordering_group: Option<Option<String>>,
 }
 
 /// List filters.
@@ -204,6 +218,12 @@ pub(crate) fn handler_from_row(row: HandlerRow) -> Result<Handler, DomainError> 
             "handlers.failure_policy",
         )?,
         filter: row.filter,
+        ordering_policy: parse_stored(
+            OrderingPolicy::parse,
+            &row.ordering_policy,
+            "handlers.ordering_policy",
+        )?,
+        ordering_group: row.ordering_group,
         disabled_reason: row.disabled_reason,
         created_at: row.created_at,
         updated_at: row.updated_at,

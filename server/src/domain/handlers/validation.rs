@@ -112,6 +112,28 @@ pub fn validate_spec(spec: &mut HandlerSpec, rules: &HandlerRules) -> Result<(),
             return Err(DomainError::invalid("filter_json", "must be a JSON object"));
         }
     }
+    if let Some(group) = &spec.ordering_group {
+        validate_ordering_group(group)?;
+    }
+    Ok(())
+}
+
+/// Longest ordering group name.
+pub const MAX_ORDERING_GROUP_CHARS: usize = 100;
+
+/// Ordering groups are short names: lowercase letters, digits, `_`, `-` and `.` (no `|`,
+/// which separates the group from the key in a delivery's ordering slot).
+fn validate_ordering_group(group: &str) -> Result<(), DomainError> {
+    let fits = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c);
+    if group.is_empty() || group.len() > MAX_ORDERING_GROUP_CHARS || !group.chars().all(fits) {
+        return Err(DomainError::invalid(
+            "ordering_group",
+            format!(
+                "{group:?} is not a valid group: 1 to {MAX_ORDERING_GROUP_CHARS} of lowercase \
+                 letters, digits, `_`, `-` and `.`"
+            ),
+        ));
+    }
     Ok(())
 }
 
