@@ -12,6 +12,7 @@ mod faults;
 mod handlers;
 mod logs;
 mod metrics;
+mod ordering;
 mod outages;
 mod properties;
 mod read_standby;

@@ -407,7 +407,10 @@ impl Client {
     }
 
     /// `ExecutionLogService.Skip`: gives up a failed run's delivery for good.
-    pub async fn skip(&self, request: proto::SkipRequest) -> Result<proto::SkipResponse, ClientError> {
+    pub async fn skip(
+        &self,
+        request: proto::SkipRequest,
+    ) -> Result<proto::SkipResponse, ClientError> {
         Ok(self.logs.clone().skip(request).await?.into_inner())
     }
 

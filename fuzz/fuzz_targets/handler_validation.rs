@@ -20,7 +20,7 @@ use provisioning_server::domain::handlers::{
     resolve_script, validate_spec, HandlerRules, HandlerSpec, TargetSpec, DEFAULT_TIMEOUT_MS,
     MAX_NAME_CHARS, MAX_PRIORITY, MAX_TIMEOUT_MS,
 };
-use provisioning_server::domain::{DomainError, FailurePolicy, HandlerStatus, Phase};
+use provisioning_server::domain::{DomainError, FailurePolicy, HandlerStatus, OrderingPolicy, Phase};
 use provisioning_server::policy::outbound::OutboundPolicy;
 
 /// Fields a refusal may name (the message starts with one of them and a colon).
@@ -205,6 +205,12 @@ fn spec(u: &mut Unstructured) -> Result<HandlerSpec> {
         target: target(u)?,
         failure_policy: *u.choose(&[FailurePolicy::FailClosed, FailurePolicy::FailOpen])?,
         filter: serde_json::from_str(&filter_text).ok(),
+        ordering_policy: *u.choose(&[OrderingPolicy::Skip, OrderingPolicy::Block])?,
+        ordering_group: if u.arbitrary()? {
+            Some(pick_or_any(u, &["crm", "a|b", "CRM", ""])?)
+        } else {
+            None
+        },
     })
 }
 
@@ -228,6 +234,10 @@ fn check_accepted(asked: &HandlerSpec, spec: &HandlerSpec, rules: &HandlerRules)
     }
     if let Some(filter) = &spec.filter {
         assert!(filter.is_object(), "{filter}");
+    }
+    if let Some(group) = &spec.ordering_group {
+        // `|` separates the group from the key in a delivery's ordering slot.
+        assert!(!group.is_empty() && group.len() <= 100 && !group.contains('|'), "{group:?}");
     }
     match &spec.target {
         TargetSpec::Http { url, headers } => {

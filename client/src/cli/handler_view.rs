@@ -25,7 +25,11 @@ fn policy_name(value: i32) -> String {
 }
 
 fn ordering_policy_name(value: i32) -> String {
-    enum_name(value, "ORDERING_POLICY_", proto::OrderingPolicy::as_str_name)
+    enum_name(
+        value,
+        "ORDERING_POLICY_",
+        proto::OrderingPolicy::as_str_name,
+    )
 }
 
 /// The seeds' Handler column: kind and location.
@@ -100,7 +104,10 @@ pub fn handler_details_with(handler: &proto::Handler, more: &[(&str, String)]) -
             policy_name(handler.failure_policy).replace('_', "-"),
         ),
         ("Filter", handler.filter_json.clone()),
-        ("Ordering policy", ordering_policy_name(handler.ordering_policy)),
+        (
+            "Ordering policy",
+            ordering_policy_name(handler.ordering_policy),
+        ),
         ("Ordering group", handler.ordering_group.clone()),
         (
             "Created",
@@ -149,7 +156,10 @@ pub fn handler_json(handler: &proto::Handler) -> JsonObject {
         .str("disabled_reason", &handler.disabled_reason)
         .time("created_at", from_timestamp(handler.created_at.as_ref()))
         .time("updated_at", from_timestamp(handler.updated_at.as_ref()))
-        .str("ordering_policy", &ordering_policy_name(handler.ordering_policy))
+        .str(
+            "ordering_policy",
+            &ordering_policy_name(handler.ordering_policy),
+        )
         .str("ordering_group", &handler.ordering_group)
 }
 

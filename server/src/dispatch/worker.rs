@@ -173,8 +173,12 @@ async fn claim_loop(db: Db, worker: Worker, signals: Signals, shutdown: Shutdown
                 .await;
             match swept {
                 Ok(0) => {}
-                Ok(promoted) => tracing::info!(promoted, "queued keyed deliveries released by the sweep"),
-                Err(error) => tracing::warn!(%error, "looking for released keyed deliveries failed"),
+                Ok(promoted) => {
+                    tracing::info!(promoted, "queued keyed deliveries released by the sweep")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "looking for released keyed deliveries failed")
+                }
             }
         }
         // Claim no more than can start now: claimed work waiting here would hold a lease.

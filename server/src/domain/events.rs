@@ -370,7 +370,10 @@ fn store(
 ) -> Result<Stored, DomainError> {
     let all_or_nothing =
         atomicity == Atomicity::AllOrNothing && batch.iter().any(|e| e.idempotency_key.is_some());
-    let ordering_keys: Vec<&str> = batch.iter().filter_map(|e| e.ordering_key.as_deref()).collect();
+    let ordering_keys: Vec<&str> = batch
+        .iter()
+        .filter_map(|e| e.ordering_key.as_deref())
+        .collect();
     if all_or_nothing || !ordering_keys.is_empty() {
         use diesel::Connection;
         let in_transaction = conn.transaction(|conn| {

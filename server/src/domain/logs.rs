@@ -34,8 +34,8 @@ use filter::optional_cursor;
 
 use super::{parse_stored, DomainError, HandlerKind, HandlerStatus, Phase, RunStatus};
 use crate::db::models::LogRow;
-use crate::db::queries::{deliveries, events};
 use crate::db::queries::logs::{self, Position};
+use crate::db::queries::{deliveries, events};
 use crate::db::reads::Reads;
 use crate::db::Db;
 use crate::listener::Signals;
@@ -605,8 +605,7 @@ fn skip_delivery(
     if parse_stored(Phase::parse, &row.phase, "execution_logs.phase")? == Phase::Before {
         return refuse("is a BEFORE run: BEFORE handlers run inside Emit, nothing waits");
     }
-    if parse_stored(RunStatus::parse, &row.status, "execution_logs.status")? == RunStatus::Success
-    {
+    if parse_stored(RunStatus::parse, &row.status, "execution_logs.status")? == RunStatus::Success {
         return refuse("succeeded: there is nothing to skip");
     }
     let (event_id, handler_id) = (row.event_id, row.handler_id);
@@ -617,7 +616,9 @@ fn skip_delivery(
             return if deliveries::is_running(conn, event_id, handler_id)? {
                 refuse("has a delivery running now: wait for the attempt to end")
             } else {
-                refuse("has no delivery left to skip: it has succeeded since, or was skipped or ended")
+                refuse(
+                    "has no delivery left to skip: it has succeeded since, or was skipped or ended",
+                )
             };
         };
         deliveries::promote_queued(conn, skipped.ordering_slot.as_deref().as_slice())?;

@@ -293,7 +293,14 @@ impl EventApi {
         }
         let mut event = self
             .ingest
-            .validate(caller, field, event, data_json, idempotency_key, ordering_key)
+            .validate(
+                caller,
+                field,
+                event,
+                data_json,
+                idempotency_key,
+                ordering_key,
+            )
             .await?;
         event.trace = trace;
         Ok(event)
