@@ -10,7 +10,8 @@ use std::time::Duration;
 use provisioning_client::{proto, Client, ClientError};
 use provisioning_tests::receiver::{Receiver, Recorded, Reply};
 use provisioning_tests::{
-    eventually, prepare_scripts_dir, spawn_server, spawn_server_process, TempDir, TestDatabase,
+    eventually, prepare_scripts_dir, provctl, run_command, spawn_server, spawn_server_process,
+    TempDir, TestDatabase,
 };
 use tonic::Code;
 
@@ -497,4 +498,76 @@ async fn bad_ordering_keys_groups_and_policies_are_refused_naming_the_field() {
             .await,
     );
     assert!(message.starts_with("ordering_group: "), "{message}");
+}
+
+/// The operator's side in provctl: an ordered handler created with its policy and group,
+/// keyed events emitted, the blocked key shown by `handlers get` and `handlers stats`,
+/// and `logs skip` letting the key go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provctl_sets_ordering_shows_a_blocked_key_and_skips_it() {
+    let db = TestDatabase::new().await;
+    let server = spawn_server(&db).await;
+    let receiver = Receiver::start().await;
+    receiver.route(
+        "/p",
+        vec![
+            Reply::status(500),
+            Reply::status(500),
+            Reply::status(500),
+            Reply::ok(),
+        ],
+    );
+    let run = |args: Vec<String>| {
+        let mut command = provctl(&server.url);
+        command.args(args);
+        async move {
+            let output = run_command(command).await;
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        }
+    };
+    let args = |text: &str| text.split(' ').map(str::to_owned).collect::<Vec<_>>();
+    let created = run([
+        args("--output json handlers create --name p --event clients.update --phase after"),
+        vec!["--http".into(), receiver.url("/p")],
+        args("--ordering-policy block --ordering-group crm"),
+    ]
+    .concat())
+    .await;
+    let created: serde_json::Value = serde_json::from_str(created.trim()).expect("JSON");
+    assert_eq!(created["ordering_policy"], "block");
+    assert_eq!(created["ordering_group"], "crm");
+    let id = created["id"].as_i64().expect("id");
+
+    for n in 0..2 {
+        let mut emit = args("events emit clients.update --ordering-key client:15 --data");
+        emit.push(format!(r#"{{"n": {n}}}"#));
+        run(emit).await;
+    }
+    eventually(WAIT, "the first delivery dead", || {
+        let dead = count(&db, "SELECT count(*) AS n FROM deliveries WHERE state = 3") == 1;
+        std::future::ready(dead.then_some(()))
+    })
+    .await;
+    let shown = run(args(&format!("handlers get {id}"))).await;
+    for line in [
+        "Ordering policy: block",
+        "Ordering group:  crm",
+        "Queued:          1",
+        "Blocked keys:    1",
+    ] {
+        assert!(shown.contains(line), "{line:?} not in:\n{shown}");
+    }
+    let stats = run(args(&format!("--output json handlers stats {id}"))).await;
+    let stats: serde_json::Value = serde_json::from_str(stats.trim()).expect("JSON");
+    assert_eq!(
+        (stats["queued"].as_u64(), stats["blocked_keys"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    let failed = first_failure(&db, id);
+    let skipped = run(args(&format!("logs skip {failed}"))).await;
+    assert!(skipped.starts_with("skipped: delivery "), "{skipped}");
+    let requests = receiver.wait_for("/p", 4, WAIT).await;
+    assert_eq!(numbers(&requests, "n"), [0, 0, 0, 1]);
 }
