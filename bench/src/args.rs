@@ -90,11 +90,13 @@ pub enum Scenario {
     Search,
     /// A backlog of failed AFTER deliveries drained once the sink comes back.
     Backlog,
+    /// Delivery over 1,000 ordering keys next to unkeyed delivery.
+    Ordered,
 }
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::IngestUnary,
         Scenario::IngestBatch,
         Scenario::IngestStream,
@@ -102,6 +104,7 @@ impl Scenario {
         Scenario::Before,
         Scenario::Search,
         Scenario::Backlog,
+        Scenario::Ordered,
     ];
 
     /// The name used on the command line and in the results.
@@ -114,6 +117,7 @@ impl Scenario {
             Scenario::Before => "before",
             Scenario::Search => "search",
             Scenario::Backlog => "backlog",
+            Scenario::Ordered => "ordered",
         }
     }
 

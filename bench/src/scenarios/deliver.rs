@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use provisioning_client::proto;
 
-use super::{clients_with_after_handler, emit_batches, emit_request, Ctx};
+use super::{clients_with_after_handler, emit_batches_keyed, emit_request, Ctx};
 use crate::load::paced;
 use crate::report::{per_second, percentile_ms, Metric};
 
@@ -32,11 +32,28 @@ async fn saturation(
     ctx: &Ctx<'_>,
     clients: &[provisioning_client::Client],
 ) -> anyhow::Result<Vec<Metric>> {
+    let (rate, note) = drain_rate(ctx, clients, 0).await?;
+    Ok(vec![Metric::new(NAME, "saturation: delivered", rate, "events/s")
+        .baseline(
+            ctx.baselines.http,
+            "HTTP limit: plain hyper client → sink, requests/s",
+        )
+        .note(note)])
+}
+
+/// `--events` AFTER events emitted as fast as EmitBatch takes them (spread over `keys`
+/// ordering keys, none when 0) and delivered to the sink: events / (last arrival −
+/// first emit), with a note on how it went.
+pub async fn drain_rate(
+    ctx: &Ctx<'_>,
+    clients: &[provisioning_client::Client],
+    keys: u64,
+) -> anyhow::Result<(f64, String)> {
     let s = ctx.settings;
     ctx.sink.reset();
     let posts_before = ctx.sink.requests();
     let start = Instant::now();
-    let ids = emit_batches(clients, s.events, s.batch_size, s.batch_callers).await?;
+    let ids = emit_batches_keyed(clients, s.events, s.batch_size, s.batch_callers, keys).await?;
     let emitted = start.elapsed();
     // Generous: a slow machine must still finish, a stuck server must not hang CI.
     let timeout = Duration::from_secs(60).max(Duration::from_millis(s.events * 2));
@@ -55,23 +72,14 @@ async fn saturation(
         .unwrap_or(start);
     let elapsed = last.saturating_duration_since(start);
     let posts = ctx.sink.requests() - posts_before;
-    Ok(vec![Metric::new(
-        NAME,
-        "saturation: delivered",
-        per_second(ids.len() as u64, elapsed),
-        "events/s",
-    )
-    .baseline(
-        ctx.baselines.http,
-        "HTTP limit: plain hyper client → sink, requests/s",
-    )
-    .note(format!(
+    let note = format!(
         "{} events via EmitBatch (emitted in {:.2} s), first emit → last arrival {:.2} s, \
-                 {posts} POSTs received",
+         {posts} POSTs received",
         ids.len(),
         emitted.as_secs_f64(),
         elapsed.as_secs_f64()
-    ))])
+    );
+    Ok((per_second(ids.len() as u64, elapsed), note))
 }
 
 async fn latency(

@@ -9,6 +9,7 @@ pub mod backlog;
 pub mod before;
 pub mod deliver;
 pub mod ingest;
+pub mod ordered;
 pub mod search;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +61,7 @@ pub async fn run(scenario: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Vec<Metric
         Scenario::Before => before::run(ctx).await,
         Scenario::Search => search::run(ctx).await,
         Scenario::Backlog => backlog::run(ctx).await,
+        Scenario::Ordered => ordered::run(ctx).await,
     }
 }
 
@@ -72,7 +74,8 @@ pub fn server_flags(scenario: Scenario, settings: &Settings) -> Vec<String> {
         | Scenario::IngestStream
         | Scenario::Deliver
         | Scenario::Before
-        | Scenario::Search => Vec::new(),
+        | Scenario::Search
+        | Scenario::Ordered => Vec::new(),
     }
 }
 
@@ -153,6 +156,18 @@ pub async fn emit_batches(
     batch_size: usize,
     callers: usize,
 ) -> anyhow::Result<Vec<i64>> {
+    emit_batches_keyed(clients, total, batch_size, callers, 0).await
+}
+
+/// [`emit_batches`], event `i` with the ordering key `key-{i % keys}` (none when `keys`
+/// is 0).
+pub async fn emit_batches_keyed(
+    clients: &[Client],
+    total: u64,
+    batch_size: usize,
+    callers: usize,
+    keys: u64,
+) -> anyhow::Result<Vec<i64>> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for caller in 0..callers {
@@ -167,7 +182,13 @@ pub async fn emit_batches(
                 }
                 let last = (first + batch_size as u64).min(total);
                 let events = (first..last)
-                    .map(|i| emit_request(i, proto::Phase::After))
+                    .map(|i| {
+                        let mut request = emit_request(i, proto::Phase::After);
+                        if keys > 0 {
+                            request.ordering_key = format!("key-{}", i % keys);
+                        }
+                        request
+                    })
                     .collect();
                 let reply = client
                     .emit_batch(proto::EmitBatchRequest { events })
