@@ -415,6 +415,74 @@ async fn a_thousand_keys_of_twenty_events_over_two_replicas_arrive_in_order_per_
     assert_eq!(count(&db, "SELECT count(*) AS n FROM deliveries"), 0);
 }
 
+/// A replica killed with SIGKILL while delivering keyed events: the deliveries it was
+/// running are taken over by the other replica when their leases expire, and no key's
+/// later event starts before them (order lives in the database, not in the dead
+/// replica's memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_events_stay_in_order_when_a_replica_is_killed_mid_delivery() {
+    const KEYS: usize = 100;
+    const PER_KEY: usize = 10;
+    let db = TestDatabase::new().await;
+    let root = TempDir::new("provisioning-ordering-kill");
+    let scripts = root.path().join("scripts");
+    prepare_scripts_dir(&scripts);
+    let mut a = spawn_server_process(&db, &scripts, &[]).await;
+    let b = spawn_server_process(&db, &scripts, &[]).await;
+    let receiver = Receiver::start().await;
+    receiver.route("/o", vec![Reply::ok().delay(Duration::from_millis(20))]);
+    create(
+        &a.client,
+        http_handler(
+            "ordered",
+            "accounts.update",
+            proto::Phase::After,
+            &receiver.url("/o"),
+        ),
+    )
+    .await;
+    for n in 0..PER_KEY {
+        let events = (0..KEYS)
+            .map(|k| {
+                keyed(
+                    "accounts.update",
+                    &format!(r#"{{"k": {k}, "n": {n}}}"#),
+                    &format!("account:{k}"),
+                )
+            })
+            .collect();
+        let client = if n % 2 == 0 { &a.client } else { &b.client };
+        client
+            .emit_batch(proto::EmitBatchRequest { events })
+            .await
+            .expect("emit batch");
+    }
+    receiver.wait_for("/o", KEYS * PER_KEY / 4, WAIT).await;
+    a.kill().await;
+
+    eventually(Duration::from_secs(120), "every event delivered", || {
+        let done = count(
+            &db,
+            "SELECT count(DISTINCT event_id) AS n FROM execution_logs WHERE status = 'success'",
+        ) >= (KEYS * PER_KEY) as i64;
+        std::future::ready(done.then_some(()))
+    })
+    .await;
+    let mut per_key: HashMap<i64, Vec<i64>> = HashMap::new();
+    for request in receiver.requests("/o") {
+        let body = request.json();
+        per_key
+            .entry(body["k"].as_i64().expect("k"))
+            .or_default()
+            .push(body["n"].as_i64().expect("n"));
+    }
+    let expected: Vec<i64> = (0..PER_KEY as i64).collect();
+    for (key, mut arrived) in per_key {
+        arrived.dedup();
+        assert_eq!(arrived, expected, "key {key} out of order");
+    }
+}
+
 /// Bad keys, groups and policies are refused, naming the field; a group can be set and
 /// removed with Update.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,12 +33,17 @@ async fn saturation(
     clients: &[provisioning_client::Client],
 ) -> anyhow::Result<Vec<Metric>> {
     let (rate, note) = drain_rate(ctx, clients, 0).await?;
-    Ok(vec![Metric::new(NAME, "saturation: delivered", rate, "events/s")
-        .baseline(
-            ctx.baselines.http,
-            "HTTP limit: plain hyper client → sink, requests/s",
-        )
-        .note(note)])
+    Ok(vec![Metric::new(
+        NAME,
+        "saturation: delivered",
+        rate,
+        "events/s",
+    )
+    .baseline(
+        ctx.baselines.http,
+        "HTTP limit: plain hyper client → sink, requests/s",
+    )
+    .note(note)])
 }
 
 /// `--events` AFTER events emitted as fast as EmitBatch takes them (spread over `keys`

@@ -19,7 +19,10 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Metric>> {
     Ok(vec![
         Metric::new(NAME, "unkeyed: delivered", unkeyed, "events/s").note(unkeyed_note),
         Metric::new(NAME, "1,000 ordering keys: delivered", keyed, "events/s")
-            .baseline(Some(unkeyed), "the unkeyed delivery rate of this run, events/s")
+            .baseline(
+                Some(unkeyed),
+                "the unkeyed delivery rate of this run, events/s",
+            )
             .note(keyed_note),
     ])
 }
