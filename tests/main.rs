@@ -10,6 +10,7 @@ mod edges;
 mod embedded_ownership;
 mod faults;
 mod handlers;
+mod limits;
 mod logs;
 mod metrics;
 mod ordering;

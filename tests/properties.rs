@@ -374,6 +374,8 @@ fn handler_filters_select_exactly_the_containing_events() {
             filter: None,
             ordering_policy: "skip".into(),
             ordering_group: None,
+            max_in_flight: None,
+            rate_per_second: None,
         },
     )
     .expect("a handler");

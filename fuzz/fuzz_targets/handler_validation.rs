@@ -211,6 +211,8 @@ fn spec(u: &mut Unstructured) -> Result<HandlerSpec> {
         } else {
             None
         },
+        max_in_flight: u.arbitrary()?,
+        rate_per_second: u.arbitrary()?,
     })
 }
 
@@ -235,6 +237,9 @@ fn check_accepted(asked: &HandlerSpec, spec: &HandlerSpec, rules: &HandlerRules)
     if let Some(filter) = &spec.filter {
         assert!(filter.is_object(), "{filter}");
     }
+    // What the database's CHECKs take.
+    assert!(spec.max_in_flight.is_none_or(|n| (1..=10_000).contains(&n)));
+    assert!(spec.rate_per_second.is_none_or(|n| (1..=100_000).contains(&n)));
     if let Some(group) = &spec.ordering_group {
         // `|` separates the group from the key in a delivery's ordering slot.
         assert!(!group.is_empty() && group.len() <= 100 && !group.contains('|'), "{group:?}");

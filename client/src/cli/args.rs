@@ -226,6 +226,12 @@ pub struct CreateHandlerArgs {
     /// Share per-key ordering with the other handlers of this group.
     #[arg(long, value_name = "GROUP")]
     pub ordering_group: Option<String>,
+    /// Most deliveries to this handler running at once, across all replicas.
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<u32>,
+    /// Most deliveries to this handler started per second, across all replicas.
+    #[arg(long, value_name = "N")]
+    pub rate_per_second: Option<u32>,
 }
 
 /// `handlers update`: the handler id and the fields to change.
@@ -278,6 +284,12 @@ pub struct UpdateFields {
     /// New ordering group ('' removes it).
     #[arg(long, value_name = "GROUP")]
     pub ordering_group: Option<String>,
+    /// New concurrency limit (0 removes it).
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<u32>,
+    /// New rate limit per second (0 removes it).
+    #[arg(long, value_name = "N")]
+    pub rate_per_second: Option<u32>,
 }
 
 /// `handlers stats`.

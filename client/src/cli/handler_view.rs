@@ -24,6 +24,15 @@ fn policy_name(value: i32) -> String {
     enum_name(value, "FAILURE_POLICY_", proto::FailurePolicy::as_str_name)
 }
 
+/// A limit for the view: empty (left out) when there is none.
+fn limit_text(limit: u32) -> String {
+    if limit == 0 {
+        String::new()
+    } else {
+        limit.to_string()
+    }
+}
+
 fn ordering_policy_name(value: i32) -> String {
     enum_name(
         value,
@@ -109,6 +118,8 @@ pub fn handler_details_with(handler: &proto::Handler, more: &[(&str, String)]) -
             ordering_policy_name(handler.ordering_policy),
         ),
         ("Ordering group", handler.ordering_group.clone()),
+        ("Max in flight", limit_text(handler.max_in_flight)),
+        ("Rate per second", limit_text(handler.rate_per_second)),
         (
             "Created",
             from_timestamp(handler.created_at.as_ref())
@@ -161,6 +172,8 @@ pub fn handler_json(handler: &proto::Handler) -> JsonObject {
             &ordering_policy_name(handler.ordering_policy),
         )
         .str("ordering_group", &handler.ordering_group)
+        .uint("max_in_flight", u64::from(handler.max_in_flight))
+        .uint("rate_per_second", u64::from(handler.rate_per_second))
 }
 
 #[cfg(test)]
@@ -206,7 +219,7 @@ mod tests {
         let line = handler_json(&http_handler()).to_line();
         assert_eq!(
             line,
-            r#"{"id":2,"name":"Create client in the CRM","event":"accounts.create","phase":"after","kind":"http","status":"enabled","priority":0,"timeout_ms":0,"http":{"url":"http://crm.net/client-add","headers":{"Authorization":"Bearer t"},"secret":"whsec_…abcd"},"failure_policy":"unspecified","filter_json":{"id_clients":15},"disabled_reason":"","created_at":null,"updated_at":null,"ordering_policy":"unspecified","ordering_group":""}"#
+            r#"{"id":2,"name":"Create client in the CRM","event":"accounts.create","phase":"after","kind":"http","status":"enabled","priority":0,"timeout_ms":0,"http":{"url":"http://crm.net/client-add","headers":{"Authorization":"Bearer t"},"secret":"whsec_…abcd"},"failure_policy":"unspecified","filter_json":{"id_clients":15},"disabled_reason":"","created_at":null,"updated_at":null,"ordering_policy":"unspecified","ordering_group":"","max_in_flight":0,"rate_per_second":0}"#
         );
     }
 }

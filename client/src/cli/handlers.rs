@@ -45,6 +45,7 @@ pub async fn run(ctx: &mut Context, command: HandlersCommand) -> Result<(), CliE
                         ("Paused", held.paused.to_string()),
                         ("Queued", held.queued.to_string()),
                         ("Blocked keys", held.blocked_keys.to_string()),
+                        ("Throttled", held.throttled.to_string()),
                     ],
                 )),
                 Output::Json => ctx.line(
@@ -52,6 +53,7 @@ pub async fn run(ctx: &mut Context, command: HandlersCommand) -> Result<(), CliE
                         .uint("paused", held.paused)
                         .uint("queued", held.queued)
                         .uint("blocked_keys", held.blocked_keys)
+                        .uint("throttled", held.throttled)
                         .to_line(),
                 ),
             }
@@ -167,6 +169,8 @@ fn create_request(args: CreateHandlerArgs) -> proto::CreateHandlerRequest {
         filter,
         ordering_policy,
         ordering_group,
+        max_in_flight,
+        rate_per_second,
     } = args;
     let target = match (http, script) {
         (Some(url), _) => Some(proto::create_handler_request::Target::Http(
@@ -193,6 +197,8 @@ fn create_request(args: CreateHandlerArgs) -> proto::CreateHandlerRequest {
         filter_json: filter.unwrap_or_default(),
         ordering_policy: ordering_policy.map_or(0, |p| proto::OrderingPolicy::from(p).into()),
         ordering_group: ordering_group.unwrap_or_default(),
+        max_in_flight: max_in_flight.unwrap_or(0),
+        rate_per_second: rate_per_second.unwrap_or(0),
     }
 }
 
@@ -231,6 +237,8 @@ fn update_paths(fields: &UpdateFields) -> Vec<String> {
         ("filter_json", fields.filter.is_some()),
         ("ordering_policy", fields.ordering_policy.is_some()),
         ("ordering_group", fields.ordering_group.is_some()),
+        ("max_in_flight", fields.max_in_flight.is_some()),
+        ("rate_per_second", fields.rate_per_second.is_some()),
     ];
     given
         .iter()
@@ -259,6 +267,8 @@ fn update_request(
         headers,
         ordering_policy,
         ordering_group,
+        max_in_flight,
+        rate_per_second,
     } = fields;
     let current_http = current.and_then(|handler| match &handler.target {
         Some(handler::Target::Http(http)) => Some(http),
@@ -303,6 +313,8 @@ fn update_request(
         filter_json: filter.unwrap_or_default(),
         ordering_policy: ordering_policy.map_or(0, |p| proto::OrderingPolicy::from(p).into()),
         ordering_group: ordering_group.unwrap_or_default(),
+        max_in_flight: max_in_flight.unwrap_or(0),
+        rate_per_second: rate_per_second.unwrap_or(0),
         ..proto::Handler::default()
     };
     Ok(proto::UpdateHandlerRequest {
@@ -332,8 +344,9 @@ async fn stats(ctx: &mut Context, args: StatsArgs) -> Result<(), CliError> {
         "Paused",
         "Queued",
         "Blocked keys",
+        "Throttled",
     ])
-    .right_align(&[0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    .right_align(&[0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
     for s in &reply.handlers {
         match ctx.output {
             Output::Table => table.row(vec![
@@ -353,6 +366,7 @@ async fn stats(ctx: &mut Context, args: StatsArgs) -> Result<(), CliError> {
                 s.paused.to_string(),
                 s.queued.to_string(),
                 s.blocked_keys.to_string(),
+                s.throttled.to_string(),
             ]),
             Output::Json => ctx.line(
                 &JsonObject::new()
@@ -368,6 +382,7 @@ async fn stats(ctx: &mut Context, args: StatsArgs) -> Result<(), CliError> {
                     .uint("paused", s.paused)
                     .uint("queued", s.queued)
                     .uint("blocked_keys", s.blocked_keys)
+                    .uint("throttled", s.throttled)
                     .to_line(),
             )?,
         }

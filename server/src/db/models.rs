@@ -34,6 +34,8 @@ pub struct HandlerRow {
     pub updated_at: DateTime<Utc>,
     pub ordering_policy: String,
     pub ordering_group: Option<String>,
+    pub max_in_flight: Option<i32>,
+    pub rate_per_second: Option<i32>,
 }
 
 /// Insert form of `handlers`.
@@ -55,6 +57,8 @@ pub struct NewHandlerRow {
     pub filter: Option<serde_json::Value>,
     pub ordering_policy: String,
     pub ordering_group: Option<String>,
+    pub max_in_flight: Option<i32>,
+    pub rate_per_second: Option<i32>,
 }
 
 /// Full replacement of a handler's editable columns (Update reads, patches, writes).
@@ -78,6 +82,8 @@ pub struct HandlerChangeset {
     pub updated_at: DateTime<Utc>,
     pub ordering_policy: String,
     pub ordering_group: Option<String>,
+    pub max_in_flight: Option<i32>,
+    pub rate_per_second: Option<i32>,
 }
 
 /// A row of `event_types` (the columns the service reads and writes).

@@ -99,6 +99,10 @@ diesel::table! {
         updated_at -> Timestamptz,
         ordering_policy -> Text,
         ordering_group -> Nullable<Text>,
+        max_in_flight -> Nullable<Int4>,
+        rate_per_second -> Nullable<Int4>,
+        rate_tokens -> Float8,
+        rate_refilled_at -> Timestamptz,
     }
 }
 

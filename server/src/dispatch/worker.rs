@@ -39,6 +39,12 @@ const CLAIM_COALESCE: Duration = Duration::from_millis(5);
 /// How often queued keyed events that nothing holds back any more are looked for, in
 /// case their promotion was missed (`deliveries::promote_all_ready`).
 const ORDERING_SWEEP: Duration = Duration::from_secs(5);
+/// How often a replica looks for throttled deliveries of limited handlers when it has
+/// seen none lately (a handler may have just been limited).
+const ADMISSION_DISCOVERY: Duration = Duration::from_secs(1);
+/// How often throttled deliveries are admitted while there are some: slots and tokens
+/// free up by themselves, with nothing to wake the claim loop.
+const ADMISSION_TICK: Duration = Duration::from_millis(50);
 
 /// This replica's AFTER worker: run slots shared by the claim loop and the deliveries
 /// handed over by the ingest committer.
@@ -165,7 +171,19 @@ async fn claim_loop(db: Db, worker: Worker, signals: Signals, shutdown: Shutdown
     let worthwhile = (worker.config.concurrency.max(1) / 4).clamp(1, MAX_CLAIM);
     let lease_ms = worker.lease_ms();
     let mut next_sweep = tokio::time::Instant::now() + ORDERING_SWEEP;
+    let mut next_discovery = tokio::time::Instant::now();
+    let mut throttling = false;
     while !shutdown.is_requested() {
+        if throttling || tokio::time::Instant::now() >= next_discovery {
+            next_discovery = tokio::time::Instant::now() + ADMISSION_DISCOVERY;
+            match db
+                .run(|conn| deliveries::admit_throttled(conn).map_err(DbError::from))
+                .await
+            {
+                Ok((limited, _)) => throttling = limited > 0,
+                Err(error) => tracing::warn!(%error, "admitting throttled deliveries failed"),
+            }
+        }
         if tokio::time::Instant::now() >= next_sweep {
             next_sweep = tokio::time::Instant::now() + ORDERING_SWEEP;
             let swept = db
@@ -229,7 +247,11 @@ async fn claim_loop(db: Db, worker: Worker, signals: Signals, shutdown: Shutdown
                 // database more than the deliveries themselves.
                 tokio::time::sleep(CLAIM_COALESCE).await;
             }
-            _ = tokio::time::sleep(worker.config.poll_interval) => {}
+            _ = tokio::time::sleep(if throttling {
+                worker.config.poll_interval.min(ADMISSION_TICK)
+            } else {
+                worker.config.poll_interval
+            }) => {}
             _ = shutdown.requested() => break,
         }
     }

@@ -210,6 +210,8 @@ pub struct HandlerStats {
     pub queued: u64,
     /// Ordering keys held back by a given-up delivery (policy BLOCK).
     pub blocked_keys: u64,
+    /// Deliveries waiting for the handler's limits.
+    pub throttled: u64,
 }
 
 /// Where a tail starts.
@@ -402,6 +404,7 @@ impl LogStore {
                     paused: held.as_ref().map_or(0, |h| count(h.paused)),
                     queued: held.as_ref().map_or(0, |h| count(h.queued)),
                     blocked_keys: held.as_ref().map_or(0, |h| count(h.blocked_keys)),
+                    throttled: held.as_ref().map_or(0, |h| count(h.throttled)),
                 }
             })
             .collect();
@@ -412,6 +415,7 @@ impl LogStore {
             paused: count(h.paused),
             queued: count(h.queued),
             blocked_keys: count(h.blocked_keys),
+            throttled: count(h.throttled),
             ..HandlerStats::default()
         }));
         stats.sort_by_key(|s| s.handler_id);

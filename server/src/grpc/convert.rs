@@ -112,6 +112,11 @@ fn ordering_policy(value: i32, field: &str) -> Result<OrderingPolicy, Status> {
     }
 }
 
+/// A limit as sent; 0 = none.
+fn limit(value: u32) -> Option<u32> {
+    (value > 0).then_some(value)
+}
+
 /// An ordering group as sent; empty = none.
 fn ordering_group(group: &str) -> Option<String> {
     let group = group.trim();
@@ -168,6 +173,8 @@ pub fn handler_spec(request: pb::CreateHandlerRequest) -> Result<HandlerSpec, St
         filter_json,
         ordering_policy: order_policy,
         ordering_group: group,
+        max_in_flight,
+        rate_per_second,
     } = request;
     Ok(HandlerSpec {
         name,
@@ -181,6 +188,8 @@ pub fn handler_spec(request: pb::CreateHandlerRequest) -> Result<HandlerSpec, St
         filter: filter(&filter_json)?,
         ordering_policy: ordering_policy(order_policy, "ordering_policy")?,
         ordering_group: ordering_group(&group),
+        max_in_flight: limit(max_in_flight),
+        rate_per_second: limit(rate_per_second),
     })
 }
 
@@ -215,6 +224,8 @@ pub fn handler_patch(request: pb::UpdateHandlerRequest) -> Result<(i64, HandlerP
         updated_at: _updated,
         ordering_policy: order_policy,
         ordering_group: group,
+        max_in_flight,
+        rate_per_second,
     } = handler;
     let mut patch = HandlerPatch::default();
     for path in &paths {
@@ -237,6 +248,8 @@ pub fn handler_patch(request: pb::UpdateHandlerRequest) -> Result<(i64, HandlerP
                     Some(ordering_policy(order_policy, "handler.ordering_policy")?)
             }
             "ordering_group" => patch.ordering_group = Some(ordering_group(&group)),
+            "max_in_flight" => patch.max_in_flight = Some(limit(max_in_flight)),
+            "rate_per_second" => patch.rate_per_second = Some(limit(rate_per_second)),
             "http" | "http.url" | "http.headers" => {
                 let Some(pb::handler::Target::Http(http)) = &target else {
                     return Err(invalid(
@@ -347,6 +360,8 @@ pub fn handler(handler: Handler, view: SecretView) -> pb::Handler {
             OrderingPolicy::Block => pb::OrderingPolicy::Block,
         } as i32,
         ordering_group: handler.ordering_group.unwrap_or_default(),
+        max_in_flight: handler.max_in_flight.unwrap_or(0),
+        rate_per_second: handler.rate_per_second.unwrap_or(0),
     }
 }
 
@@ -529,6 +544,8 @@ mod tests {
             failure_policy: FailurePolicy::FailClosed,
             ordering_policy: OrderingPolicy::Skip,
             ordering_group: None,
+            max_in_flight: None,
+            rate_per_second: None,
             filter: None,
             disabled_reason: None,
             created_at: Utc::now(),

@@ -281,6 +281,7 @@ fn handler_stats(stats: HandlerStats) -> pb::HandlerStats {
         paused,
         queued,
         blocked_keys,
+        throttled,
     } = stats;
     pb::HandlerStats {
         handler_id,
@@ -295,6 +296,7 @@ fn handler_stats(stats: HandlerStats) -> pb::HandlerStats {
         paused,
         queued,
         blocked_keys,
+        throttled,
     }
 }
 

@@ -164,7 +164,7 @@ WHERE id = ANY($2) AND leased_by = $3 AND state = 1
 /// The statement promoting queued events: `$heads` selects, per ordering slot, the
 /// earliest queued event (`event_id`); those nothing earlier holds any more (in any of
 /// their slots) have their first delivery in run order made pending now and the rest
-/// waiting behind it. What holds a slot is what holds it at insert (`events::insert_batch`).
+/// waiting behind it (or are throttled, when one of their handlers is limited). What holds a slot is what holds it at insert (`events::insert_batch`).
 macro_rules! promote_sql {
     ($heads:literal) => {
         concat!(
@@ -179,10 +179,14 @@ macro_rules! promote_sql {
         WHERE q.event_id = n.event_id AND q.state = 4
           AND (p.state IN (0, 1, 4) OR ph.ordering_policy = 'block'))
 ), ranked AS (
-    SELECT d.id, row_number() OVER (PARTITION BY d.event_id ORDER BY d.priority, d.handler_id) AS rank
-    FROM deliveries d WHERE d.state = 4 AND d.event_id IN (SELECT event_id FROM ready)
+    SELECT d.id, row_number() OVER (PARTITION BY d.event_id ORDER BY d.priority, d.handler_id) AS rank,
+           bool_or(h.max_in_flight IS NOT NULL OR h.rate_per_second IS NOT NULL)
+               OVER (PARTITION BY d.event_id) AS throttled
+    FROM deliveries d JOIN handlers h ON h.id = d.handler_id
+    WHERE d.state = 4 AND d.event_id IN (SELECT event_id FROM ready)
 )
-UPDATE deliveries d SET state = CASE WHEN r.rank = 1 THEN 1 ELSE 0 END, next_attempt_at = now()
+UPDATE deliveries d
+SET state = CASE WHEN r.throttled THEN 5 WHEN r.rank = 1 THEN 1 ELSE 0 END, next_attempt_at = now()
 FROM ranked r WHERE d.id = r.id AND d.state = 4"#
         )
     };
@@ -221,8 +225,85 @@ pub fn promote_all_ready(conn: &mut PgConnection) -> QueryResult<usize> {
     .execute(conn)
 }
 
+/// Admits throttled events (state 5) that are due, as far as their limited handlers'
+/// budgets allow: a handler's budget is its `max_in_flight` less the deliveries running
+/// or about to run (waiting in a chain, pending and due, or leased), and the whole
+/// tokens in its bucket (refilled at `rate_per_second`, holding one second's worth).
+/// Admitted events get their first delivery in run order pending now and the rest
+/// waiting behind it; the tokens they take are spent. Runs under a transaction-scoped
+/// advisory lock, so replicas admitting at once never share a slot or a token. Returns
+/// how many limited handlers had due throttled events, and how many deliveries were
+/// admitted.
+pub fn admit_throttled(conn: &mut PgConnection) -> QueryResult<(usize, usize)> {
+    #[derive(QueryableByName)]
+    struct Limited {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    conn.transaction(|conn| {
+        conn.batch_execute(ADMISSION_LOCK)?;
+        let limited: Limited = prepared(
+            r#"
+SELECT count(*) AS n FROM handlers h
+WHERE (h.max_in_flight IS NOT NULL OR h.rate_per_second IS NOT NULL)
+  AND EXISTS (SELECT 1 FROM deliveries t WHERE t.state = 5 AND t.handler_id = h.id AND t.next_attempt_at <= now())
+"#,
+        )
+        .get_result(conn)?;
+        if limited.n == 0 {
+            return Ok((0, 0));
+        }
+        let admitted = prepared(
+            r#"
+WITH budget AS MATERIALIZED (
+    SELECT l.id, l.tokens, greatest(0, least(
+        coalesce(l.max_in_flight - (
+            SELECT count(*) FROM deliveries r
+            WHERE r.handler_id = l.id
+              AND (r.state = 0 OR (r.state = 1 AND (r.leased_by IS NOT NULL OR r.next_attempt_at <= now())))
+        ), 1000000),
+        coalesce(floor(l.tokens)::bigint, 1000000))) AS n
+    FROM (
+        SELECT h.id, h.max_in_flight,
+               least(h.rate_per_second::float8, h.rate_tokens
+                     + h.rate_per_second * extract(epoch FROM clock_timestamp() - h.rate_refilled_at)) AS tokens
+        FROM handlers h
+        WHERE (h.max_in_flight IS NOT NULL OR h.rate_per_second IS NOT NULL)
+          AND EXISTS (SELECT 1 FROM deliveries t WHERE t.state = 5 AND t.handler_id = h.id AND t.next_attempt_at <= now())
+    ) l
+), admit AS MATERIALIZED (
+    SELECT x.event_id, b.id AS handler_id FROM budget b
+    CROSS JOIN LATERAL (
+        SELECT t.event_id FROM deliveries t
+        WHERE t.state = 5 AND t.handler_id = b.id AND t.next_attempt_at <= now()
+        ORDER BY t.next_attempt_at, t.event_id
+        LIMIT b.n
+    ) x
+), spent AS (
+    UPDATE handlers h
+    SET rate_tokens = b.tokens - (SELECT count(*) FROM admit a WHERE a.handler_id = b.id),
+        rate_refilled_at = clock_timestamp()
+    FROM budget b
+    WHERE h.id = b.id AND b.tokens IS NOT NULL
+), ranked AS (
+    SELECT d.id, row_number() OVER (PARTITION BY d.event_id ORDER BY d.priority, d.handler_id) AS rank
+    FROM deliveries d WHERE d.state = 5 AND d.event_id IN (SELECT event_id FROM admit)
+)
+UPDATE deliveries d SET state = CASE WHEN r.rank = 1 THEN 1 ELSE 0 END, next_attempt_at = now()
+FROM ranked r WHERE d.id = r.id
+"#,
+        )
+        .execute(conn)?;
+        Ok((limited.n as usize, admitted))
+    })
+}
+
+/// Serializes admissions across replicas (a constant key: `provisioning admission`).
+const ADMISSION_LOCK: &str = "SELECT pg_advisory_xact_lock(7250153930911101185)";
+
 /// Records failed attempts: attempts + 1, the error, and either the next attempt time
-/// or, where it is `NULL`, death.
+/// or, where it is `NULL`, death. The retry of a limited handler is throttled: it runs
+/// when due and admitted by the handler's budget.
 pub fn record_failures(
     conn: &mut PgConnection,
     ids: &[i64],
@@ -234,11 +315,13 @@ pub fn record_failures(
 UPDATE deliveries d
 SET attempts = d.attempts + 1,
     last_error = f.error,
-    state = CASE WHEN f.next_at IS NULL THEN 3 ELSE 1 END,
+    state = CASE WHEN f.next_at IS NULL THEN 3
+                 WHEN h.max_in_flight IS NOT NULL OR h.rate_per_second IS NOT NULL THEN 5
+                 ELSE 1 END,
     next_attempt_at = coalesce(f.next_at, d.next_attempt_at),
     leased_by = NULL
-FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS f(id, next_at, error)
-WHERE d.id = f.id
+FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS f(id, next_at, error), handlers h
+WHERE d.id = f.id AND h.id = d.handler_id
 "#,
     )
     .bind::<Array<BigInt>, _>(ids)
@@ -372,11 +455,17 @@ pub fn pause(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
     .execute(conn)
 }
 
-/// Makes a handler's paused deliveries pending again; they keep their due times, so
-/// the oldest run first. Returns how many.
+/// Makes a handler's paused deliveries pending again (throttled, for a limited
+/// handler); they keep their due times, so the oldest run first. Returns how many.
 pub fn resume_handler(conn: &mut PgConnection, handler_id: i64) -> QueryResult<usize> {
     diesel::sql_query(
-        "UPDATE deliveries SET state = 1, leased_by = NULL WHERE handler_id = $1 AND state = 2",
+        r#"
+UPDATE deliveries d
+SET state = CASE WHEN h.max_in_flight IS NOT NULL OR h.rate_per_second IS NOT NULL THEN 5 ELSE 1 END,
+    leased_by = NULL
+FROM handlers h
+WHERE d.handler_id = $1 AND d.state = 2 AND h.id = d.handler_id
+"#,
     )
     .bind::<BigInt, _>(handler_id)
     .execute(conn)
@@ -545,6 +634,9 @@ pub struct HeldCounts {
     /// Ordering slots held by a given-up delivery of a handler with the BLOCK policy.
     #[diesel(sql_type = BigInt)]
     pub blocked_keys: i64,
+    /// Deliveries waiting for the handler's limits to admit them.
+    #[diesel(sql_type = BigInt)]
+    pub throttled: i64,
 }
 
 /// The [`HeldCounts`] of every handler holding anything back; one handler only when
@@ -559,9 +651,10 @@ SELECT h.id AS handler_id, h.name,
        count(*) FILTER (WHERE h.status <> 'enabled' AND d.state IN (0, 1, 2)) AS paused,
        count(*) FILTER (WHERE d.state = 4) AS queued,
        count(DISTINCT d.ordering_slot) FILTER (
-           WHERE h.ordering_policy = 'block' AND d.state IN (2, 3)) AS blocked_keys
+           WHERE h.ordering_policy = 'block' AND d.state IN (2, 3)) AS blocked_keys,
+       count(*) FILTER (WHERE d.state = 5) AS throttled
 FROM deliveries d JOIN handlers h ON h.id = d.handler_id
-WHERE (h.status <> 'enabled' OR d.state = 4 OR (d.ordering_slot IS NOT NULL AND d.state IN (2, 3)))
+WHERE (h.status <> 'enabled' OR d.state IN (4, 5) OR (d.ordering_slot IS NOT NULL AND d.state IN (2, 3)))
   AND ($1::bigint IS NULL OR h.id = $1)
 GROUP BY h.id, h.name
 "#,

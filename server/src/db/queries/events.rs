@@ -95,7 +95,9 @@ pub struct NewEventColumns<'a> {
 /// rest wait for it. A keyed event whose ordering slots (see `deliveries`) hold an
 /// earlier unfinished delivery, in the table or earlier in the batch, is queued whole
 /// (state 4) and never leased; the caller must hold the keys' locks
-/// ([`lock_ordering_keys`]) so that inserts of one key see each other. Events whose idempotency key is taken are skipped
+/// ([`lock_ordering_keys`]) so that inserts of one key see each other. Otherwise an
+/// event with a limited handler is throttled whole (state 5), for the admission
+/// (`deliveries::admit_throttled`). Events whose idempotency key is taken are skipped
 /// (`inserted = false`). `schema_versions` are the event types' schema versions each
 /// event was validated against: if any is no longer the table's, nothing is stored and
 /// the events of that type come back `stale` (see `domain::schemas`). One statement: it
@@ -128,6 +130,7 @@ WITH input AS MATERIALIZED (
     -- unfinished delivery in the table holds that slot (given-up ones hold it only
     -- under the BLOCK policy).
     SELECT ins.id, h.id AS handler_id, h.priority, h.timeout_ms, s.slot,
+           h.max_in_flight IS NOT NULL OR h.rate_per_second IS NOT NULL AS limited,
            s.slot IS NOT NULL AND EXISTS (
                SELECT 1 FROM deliveries p JOIN handlers ph ON ph.id = p.handler_id
                WHERE p.ordering_slot = s.slot AND p.event_id < ins.id
@@ -141,20 +144,22 @@ WITH input AS MATERIALIZED (
     ) s
 ), queued AS (
     -- Whole events wait: one of their slots is held, or taken by an earlier event of
-    -- this batch.
+    -- this batch (queued); or one of their handlers is limited (throttled).
     SELECT m.*, bool_or(m.held OR (m.slot IS NOT NULL AND m.id > m.first_of_slot))
-               OVER (PARTITION BY m.id) AS waits
+               OVER (PARTITION BY m.id) AS waits,
+           bool_or(m.limited) OVER (PARTITION BY m.id) AS throttled
     FROM (SELECT matched.*, min(id) OVER (PARTITION BY slot) AS first_of_slot FROM matched) m
 ), dl AS (
     INSERT INTO deliveries (event_id, handler_id, priority, state, next_attempt_at, leased_by, ordering_slot)
     SELECT c.id, c.handler_id, c.priority,
-           CASE WHEN c.waits THEN 4 WHEN c.leased OR c.rank = 1 THEN 1 ELSE 0 END,
+           CASE WHEN c.waits THEN 4 WHEN c.throttled THEN 5 WHEN c.leased OR c.rank = 1 THEN 1 ELSE 0 END,
            CASE WHEN c.leased THEN now() + (($6 + c.chain_ms) * interval '1 millisecond') ELSE now() END,
            CASE WHEN c.leased THEN $5 END,
            c.slot
     FROM (
-        SELECT q.id, q.handler_id, q.priority, q.slot, q.waits,
-               NOT q.waits AND dense_rank() OVER (PARTITION BY q.waits ORDER BY q.id) <= $4 AS leased,
+        SELECT q.id, q.handler_id, q.priority, q.slot, q.waits, q.throttled,
+               NOT (q.waits OR q.throttled)
+                   AND dense_rank() OVER (PARTITION BY q.waits OR q.throttled ORDER BY q.id) <= $4 AS leased,
                row_number() OVER (PARTITION BY q.id ORDER BY q.priority, q.handler_id) AS rank,
                sum(q.timeout_ms) OVER (PARTITION BY q.id) AS chain_ms
         FROM queued q

@@ -103,6 +103,8 @@ pub fn snapshot(handler: &Handler) -> Value {
         "filter": handler.filter,
         "ordering_policy": handler.ordering_policy.as_str(),
         "ordering_group": handler.ordering_group,
+        "max_in_flight": handler.max_in_flight,
+        "rate_per_second": handler.rate_per_second,
         "disabled_reason": handler.disabled_reason,
     })
 }

@@ -105,6 +105,8 @@ impl HandlerRegistry {
             filter: spec.filter,
             ordering_policy: spec.ordering_policy.as_str().into(),
             ordering_group: spec.ordering_group,
+            max_in_flight: spec.max_in_flight.map(|n| n as i32),
+            rate_per_second: spec.rate_per_second.map(|n| n as i32),
         };
         self.db
             .run(move |conn| {
@@ -244,6 +246,8 @@ impl HandlerRegistry {
                         updated_at: Utc::now(),
                         ordering_policy: spec.ordering_policy.as_str().into(),
                         ordering_group: spec.ordering_group,
+                        max_in_flight: spec.max_in_flight.map(|n| n as i32),
+                        rate_per_second: spec.rate_per_second.map(|n| n as i32),
                     };
                     let mut row = handlers::update(conn, id, &changes)?;
                     if reenabled {
@@ -552,6 +556,8 @@ fn spec_of(handler: &Handler) -> (HandlerSpec, Option<String>) {
         filter: handler.filter.clone(),
         ordering_policy: handler.ordering_policy,
         ordering_group: handler.ordering_group.clone(),
+        max_in_flight: handler.max_in_flight,
+        rate_per_second: handler.rate_per_second,
     };
     (spec, secret)
 }
@@ -573,6 +579,8 @@ fn apply_patch(spec: &mut HandlerSpec, patch: HandlerPatch) -> Result<(), Domain
         filter,
         ordering_policy,
         ordering_group,
+        max_in_flight,
+        rate_per_second,
     } = patch;
     if let Some(v) = name {
         spec.name = v;
@@ -621,6 +629,12 @@ fn apply_patch(spec: &mut HandlerSpec, patch: HandlerPatch) -> Result<(), Domain
     }
     if let Some(v) = ordering_group {
         spec.ordering_group = v;
+    }
+    if let Some(v) = max_in_flight {
+        spec.max_in_flight = v;
+    }
+    if let Some(v) = rate_per_second {
+        spec.rate_per_second = v;
     }
     Ok(())
 }

@@ -37,6 +37,10 @@ pub struct Handler {
     pub ordering_policy: OrderingPolicy,
     /// Handlers of one group share their per-key order; `None` = this handler alone.
     pub ordering_group: Option<String>,
+    /// Most deliveries running at once across all replicas; `None` = unlimited.
+    pub max_in_flight: Option<u32>,
+    /// Most deliveries started per second across all replicas; `None` = unlimited.
+    pub rate_per_second: Option<u32>,
     /// Why the service disabled it, if it did.
     pub disabled_reason: Option<String>,
     /// Creation time.
@@ -116,6 +120,10 @@ pub struct HandlerSpec {
     pub ordering_policy: OrderingPolicy,
     /// Ordering group, if any.
     pub ordering_group: Option<String>,
+    /// Concurrency limit, if any.
+    pub max_in_flight: Option<u32>,
+    /// Rate limit, if any.
+    pub rate_per_second: Option<u32>,
 }
 
 /// The fields an Update changes; `None` leaves a field as it is.
@@ -147,6 +155,10 @@ pub struct HandlerPatch {
     pub ordering_policy: Option<OrderingPolicy>,
     /// New ordering group (`Some(None)` removes it).
     pub ordering_group: Option<Option<String>>,
+    /// New concurrency limit (`Some(None)` removes it).
+    pub max_in_flight: Option<Option<u32>>,
+    /// New rate limit (`Some(None)` removes it).
+    pub rate_per_second: Option<Option<u32>>,
 }
 
 /// List filters.
@@ -224,6 +236,8 @@ pub(crate) fn handler_from_row(row: HandlerRow) -> Result<Handler, DomainError> 
             "handlers.ordering_policy",
         )?,
         ordering_group: row.ordering_group,
+        max_in_flight: row.max_in_flight.and_then(|n| u32::try_from(n).ok()),
+        rate_per_second: row.rate_per_second.and_then(|n| u32::try_from(n).ok()),
         disabled_reason: row.disabled_reason,
         created_at: row.created_at,
         updated_at: row.updated_at,

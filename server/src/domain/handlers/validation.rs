@@ -115,8 +115,35 @@ pub fn validate_spec(spec: &mut HandlerSpec, rules: &HandlerRules) -> Result<(),
     if let Some(group) = &spec.ordering_group {
         validate_ordering_group(group)?;
     }
+    for (field, limit, max) in [
+        ("max_in_flight", &mut spec.max_in_flight, MAX_IN_FLIGHT),
+        (
+            "rate_per_second",
+            &mut spec.rate_per_second,
+            MAX_RATE_PER_SECOND,
+        ),
+    ] {
+        // 0 means no limit, as in the API.
+        if *limit == Some(0) {
+            *limit = None;
+        }
+        if limit.is_some_and(|n| n > max) {
+            return Err(DomainError::invalid(
+                field,
+                format!(
+                    "must be at most {max} (0 = unlimited), got {}",
+                    limit.unwrap_or(0)
+                ),
+            ));
+        }
+    }
     Ok(())
 }
+
+/// Highest `max_in_flight`.
+pub const MAX_IN_FLIGHT: u32 = 10_000;
+/// Highest `rate_per_second`.
+pub const MAX_RATE_PER_SECOND: u32 = 100_000;
 
 /// Longest ordering group name.
 pub const MAX_ORDERING_GROUP_CHARS: usize = 100;
