@@ -388,31 +388,42 @@ async fn a_thousand_keys_of_twenty_events_over_two_replicas_arrive_in_order_per_
         second.expect("batch through b");
     }
 
-    let total = KEYS * PER_KEY;
+    wait_until_delivered(&db, KEYS * PER_KEY).await;
+    assert_in_order_per_key(&receiver.requests("/o"), KEYS, PER_KEY);
+    assert_eq!(count(&db, "SELECT count(*) AS n FROM deliveries"), 0);
+}
+
+/// Waits until `events` distinct events have a successful run.
+async fn wait_until_delivered(db: &TestDatabase, events: usize) {
     eventually(Duration::from_secs(180), "every event delivered", || {
         let done = count(
-            &db,
+            db,
             "SELECT count(DISTINCT event_id) AS n FROM execution_logs WHERE status = 'success'",
-        ) >= total as i64;
+        ) >= events as i64;
         std::future::ready(done.then_some(()))
     })
     .await;
-    let mut per_key: HashMap<i64, Vec<i64>> = HashMap::new();
-    for request in receiver.requests("/o") {
+}
+
+/// Checks that requests with bodies `{"k": key, "n": n}` came for `keys` keys, each
+/// with n = 0, 1, ... `per_key` - 1 in that order (a repeat of the same n, a retry or a
+/// redelivery, is allowed; going back is not).
+fn assert_in_order_per_key(requests: &[Recorded], keys: usize, per_key: usize) {
+    let mut arrivals: HashMap<i64, Vec<i64>> = HashMap::new();
+    for request in requests {
         let body = request.json();
         let (k, n) = (body["k"].as_i64(), body["n"].as_i64());
-        per_key
+        arrivals
             .entry(k.expect("k"))
             .or_default()
             .push(n.expect("n"));
     }
-    assert_eq!(per_key.len(), KEYS);
-    let expected: Vec<i64> = (0..PER_KEY as i64).collect();
-    for (key, mut arrived) in per_key {
+    assert_eq!(arrivals.len(), keys);
+    let expected: Vec<i64> = (0..per_key as i64).collect();
+    for (key, mut arrived) in arrivals {
         arrived.dedup();
         assert_eq!(arrived, expected, "key {key} out of order");
     }
-    assert_eq!(count(&db, "SELECT count(*) AS n FROM deliveries"), 0);
 }
 
 /// A replica killed with SIGKILL while delivering keyed events: the deliveries it was
@@ -460,27 +471,8 @@ async fn keyed_events_stay_in_order_when_a_replica_is_killed_mid_delivery() {
     receiver.wait_for("/o", KEYS * PER_KEY / 4, WAIT).await;
     a.kill().await;
 
-    eventually(Duration::from_secs(120), "every event delivered", || {
-        let done = count(
-            &db,
-            "SELECT count(DISTINCT event_id) AS n FROM execution_logs WHERE status = 'success'",
-        ) >= (KEYS * PER_KEY) as i64;
-        std::future::ready(done.then_some(()))
-    })
-    .await;
-    let mut per_key: HashMap<i64, Vec<i64>> = HashMap::new();
-    for request in receiver.requests("/o") {
-        let body = request.json();
-        per_key
-            .entry(body["k"].as_i64().expect("k"))
-            .or_default()
-            .push(body["n"].as_i64().expect("n"));
-    }
-    let expected: Vec<i64> = (0..PER_KEY as i64).collect();
-    for (key, mut arrived) in per_key {
-        arrived.dedup();
-        assert_eq!(arrived, expected, "key {key} out of order");
-    }
+    wait_until_delivered(&db, KEYS * PER_KEY).await;
+    assert_in_order_per_key(&receiver.requests("/o"), KEYS, PER_KEY);
 }
 
 /// Bad keys, groups and policies are refused, naming the field; a group can be set and

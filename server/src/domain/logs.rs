@@ -594,7 +594,7 @@ fn skip_delivery(
     conn: &mut diesel::PgConnection,
     log_id: i64,
     reason: &str,
-) -> Result<deliveries::Skipped, DomainError> {
+) -> Result<deliveries::EndedDelivery, DomainError> {
     let row = logs::find(conn, log_id)
         .optional()?
         .ok_or_else(|| DomainError::NotFound(format!("execution log {log_id} not found")))?;

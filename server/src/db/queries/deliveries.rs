@@ -482,46 +482,18 @@ pub struct Ended {
     pub ordering_slots: Vec<String>,
 }
 
-/// Ends every unfinished delivery (waiting, pending, paused) of a handler: each gets a
-/// failed execution-log row carrying `reason` (attempt = the attempts made so far) and is
-/// deleted. Dead deliveries are left as they are, and so are deliveries running now
-/// under a live lease: their attempt logs its own row (the worker ends them afterwards
-/// if the handler is archived; a delete removes them with the handler).
+/// Ends every unfinished delivery (waiting, pending, paused, queued, throttled) of a
+/// handler: each gets a failed execution-log row carrying `reason` (attempt = the
+/// attempts made so far) and is deleted. Dead deliveries are left as they are, and so
+/// are deliveries running now under a live lease: their attempt logs its own row (the
+/// worker ends them afterwards if the handler is archived; a delete removes them with
+/// the handler).
 pub fn end_for_handler(
     conn: &mut PgConnection,
     handler_id: i64,
     reason: &str,
 ) -> QueryResult<Ended> {
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = BigInt)]
-        event_id: i64,
-        #[diesel(sql_type = BigInt)]
-        log_id: i64,
-        #[diesel(sql_type = Nullable<Text>)]
-        ordering_slot: Option<String>,
-    }
-    let rows: Vec<Row> = diesel::sql_query(
-        r#"
-WITH ended AS (
-    DELETE FROM deliveries
-    WHERE handler_id = $1 AND state IN (0, 1, 2)
-      AND NOT (state = 1 AND leased_by IS NOT NULL AND next_attempt_at > now())
-    RETURNING id, event_id, attempts, ordering_slot
-)
-INSERT INTO execution_logs (created_at, phase, event, status, handler_id, handler_name, kind, error,
-    duration_ms, attempt, data_sent, event_id, delivery_id, emitted_by)
-SELECT now(), 'after', e.event, 'fail', h.id, h.name, h.kind, $2, 0, x.attempts, e.data::jsonb, x.event_id, x.id,
-       e.emitted_by
-FROM ended x
-JOIN events e ON e.id = x.event_id
-JOIN handlers h ON h.id = $1
-RETURNING event_id, id AS log_id, (SELECT x2.ordering_slot FROM ended x2 WHERE x2.id = delivery_id) AS ordering_slot
-"#,
-    )
-    .bind::<BigInt, _>(handler_id)
-    .bind::<Text, _>(reason)
-    .load(conn)?;
+    let rows = end_with_log(conn, handler_id, None, reason)?;
     let mut ended = Ended {
         max_log_id: rows.iter().map(|r| r.log_id).max(),
         ..Ended::default()
@@ -533,13 +505,16 @@ RETURNING event_id, id AS log_id, (SELECT x2.ordering_slot FROM ended x2 WHERE x
     Ok(ended)
 }
 
-/// What [`skip`] found.
+/// A delivery ended by [`end_for_handler`] or [`skip`], with the log row saying so.
 #[derive(Debug, QueryableByName)]
-pub struct Skipped {
-    /// The delivery given up.
+pub struct EndedDelivery {
+    /// Its event.
+    #[diesel(sql_type = BigInt)]
+    pub event_id: i64,
+    /// The delivery.
     #[diesel(sql_type = BigInt)]
     pub delivery_id: i64,
-    /// The log row recording it.
+    /// The log row recording its end.
     #[diesel(sql_type = BigInt)]
     pub log_id: i64,
     /// Its ordering slot, for a keyed event.
@@ -547,20 +522,33 @@ pub struct Skipped {
     pub ordering_slot: Option<String>,
 }
 
-/// Gives up the delivery of (event, handler) for good unless it is running now under a
-/// live lease: deletes it and logs a failed run carrying `reason`. `None` when there is
-/// no such delivery or it is running.
+/// Gives up the delivery of (event, handler) for good, whatever its state (dead
+/// included), unless it is running now under a live lease: deletes it and logs a
+/// failed run carrying `reason`. `None` when there is no such delivery or it is running.
 pub fn skip(
     conn: &mut PgConnection,
     event_id: i64,
     handler_id: i64,
     reason: &str,
-) -> QueryResult<Option<Skipped>> {
+) -> QueryResult<Option<EndedDelivery>> {
+    Ok(end_with_log(conn, handler_id, Some(event_id), reason)?.pop())
+}
+
+/// Deletes a handler's deliveries that are not running now under a live lease (of one
+/// event, any state; or of every event, every state but dead) and logs a failed run for
+/// each, carrying `reason`.
+fn end_with_log(
+    conn: &mut PgConnection,
+    handler_id: i64,
+    event_id: Option<i64>,
+    reason: &str,
+) -> QueryResult<Vec<EndedDelivery>> {
     diesel::sql_query(
         r#"
 WITH ended AS (
     DELETE FROM deliveries
-    WHERE event_id = $1 AND handler_id = $2
+    WHERE handler_id = $1
+      AND ($2::bigint IS NULL AND state <> 3 OR event_id = $2)
       AND NOT (state = 1 AND leased_by IS NOT NULL AND next_attempt_at > now())
     RETURNING id, event_id, attempts, ordering_slot
 )
@@ -570,16 +558,15 @@ SELECT now(), 'after', e.event, 'fail', h.id, h.name, h.kind, $3, 0, x.attempts,
        e.emitted_by
 FROM ended x
 JOIN events e ON e.id = x.event_id
-JOIN handlers h ON h.id = $2
-RETURNING delivery_id, id AS log_id,
+JOIN handlers h ON h.id = $1
+RETURNING event_id, delivery_id, id AS log_id,
     (SELECT x2.ordering_slot FROM ended x2 WHERE x2.id = delivery_id) AS ordering_slot
 "#,
     )
-    .bind::<BigInt, _>(event_id)
     .bind::<BigInt, _>(handler_id)
+    .bind::<Nullable<BigInt>, _>(event_id)
     .bind::<Text, _>(reason)
-    .get_result(conn)
-    .optional()
+    .load(conn)
 }
 
 /// Whether (event, handler) has a delivery running now under a live lease.
