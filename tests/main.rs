@@ -14,6 +14,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod ordering;
+mod otlp_export;
 mod outages;
 mod properties;
 mod read_standby;
