@@ -9,6 +9,7 @@ mod dispatch;
 mod edges;
 mod embedded_ownership;
 mod faults;
+mod handler_guide;
 mod handlers;
 mod limits;
 mod logs;
