@@ -16,7 +16,7 @@ const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const EMITTER_SPAN: &str = "00f067aa0ba902b7";
 
 /// Emits through a raw stub with `traceparent` metadata, as any instrumented client does.
-async fn emit_traced(
+pub(crate) async fn emit_traced(
     stub: &mut EventServiceClient<Channel>,
     request: proto::EmitRequest,
     traceparent: &str,

@@ -93,6 +93,11 @@ pub struct Config {
     #[arg(long, env = "PROVISIOND_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// OTLP/gRPC collector the server's spans are exported to (`http://HOST:4317`,
+    /// plaintext); off when not set: without it no exporter, no batch thread.
+    #[arg(long, env = "PROVISIOND_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
+
     /// Deliveries run at once by this replica.
     #[arg(long, env = "PROVISIOND_CONCURRENCY", default_value_t = 512)]
     pub concurrency: usize,
@@ -279,6 +284,21 @@ impl Config {
     }
 }
 
+/// Accepts an `http://host:port` URL (OTLP over plaintext gRPC, as a local collector
+/// or agent listens); anything else is refused at start with the reason.
+pub fn parse_otlp_endpoint(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(format!(
+            "{text:?}: expected http://HOST:PORT (OTLP over plaintext gRPC, e.g. http://127.0.0.1:4317)"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
 /// Parses `500ms`, `5s`, `2m`, `1h`, `5d` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -311,6 +331,17 @@ fn parse_schedule(text: &str) -> Result<Schedule, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn otlp_endpoints_must_be_plaintext_grpc_urls() {
+        assert_eq!(
+            parse_otlp_endpoint(" http://127.0.0.1:4317 "),
+            Ok("http://127.0.0.1:4317".to_owned())
+        );
+        assert!(parse_otlp_endpoint("https://collector:4317").is_err());
+        assert!(parse_otlp_endpoint("collector:4317").is_err());
+        assert!(parse_otlp_endpoint("not a url").is_err());
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -257,14 +257,14 @@ pub async fn run(
     let max_message = config.max_message_bytes;
     let router = tonic::transport::Server::builder()
         .trace_fn(|request| {
-            // The caller's trace id on every line logged for the call.
-            let trace_id = request
+            // A child of the caller's trace: its id on every line logged for the call,
+            // and the parent of the exported span (--otlp-endpoint).
+            let caller = request
                 .headers()
                 .get("traceparent")
                 .and_then(|value| value.to_str().ok())
-                .and_then(domain::trace_context::TraceContext::parse)
-                .map(|trace| trace.trace_id());
-            tracing::info_span!("grpc", method = %request.uri().path(), trace_id)
+                .and_then(domain::trace_context::TraceContext::parse);
+            telemetry::grpc_span(request.uri().path(), caller)
         })
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_keepalive_interval(Some(config.http2_keepalive_interval))

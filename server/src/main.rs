@@ -58,7 +58,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = cli.config;
-    provisioning_server::telemetry::init(config.log_format);
+    let telemetry =
+        provisioning_server::telemetry::init(config.log_format, config.otlp_endpoint.as_deref())
+            .map_err(|e| anyhow::anyhow!(provisioning_server::telemetry::error_chain(&e)))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -69,7 +71,12 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         token.cancel();
     });
-    if let Err(error) = provisioning_server::run(config, listener, shutdown).await {
+    let served = provisioning_server::run(config, listener, shutdown).await;
+    // The spans of the last calls are still queued: export them before exiting.
+    if let Err(error) = tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
+        eprintln!("provisiond: flushing traces: {error}");
+    }
+    if let Err(error) = served {
         eprintln!("provisiond: {error}");
         std::process::exit(1);
     }

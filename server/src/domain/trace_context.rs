@@ -65,6 +65,12 @@ impl TraceContext {
     pub fn trace_id(&self) -> String {
         hex(&self.trace_id)
     }
+
+    /// The raw fields `(trace id, parent id, flags)`, for a tracing library's own
+    /// span-context type.
+    pub fn parts(&self) -> ([u8; 16], [u8; 8], u8) {
+        (self.trace_id, self.parent_id, self.flags)
+    }
 }
 
 impl fmt::Display for TraceContext {
