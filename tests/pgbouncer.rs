@@ -118,7 +118,10 @@ async fn two_replicas_through_pgbouncer_transaction_pooling_deliver_once_and_tai
     // Anything delivered twice would arrive by now (deliveries run at once).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let delivered = receiver.requests("/h").len().max(delivered.len());
-    assert_eq!(delivered, EVENTS as usize, "each event delivered exactly once");
+    assert_eq!(
+        delivered, EVENTS as usize,
+        "each event delivered exactly once"
+    );
     let mut seen = numbers(&receiver.requests("/h"));
     seen.sort_unstable();
     assert_eq!(seen, (0..EVENTS).collect::<Vec<_>>());
@@ -127,7 +130,11 @@ async fn two_replicas_through_pgbouncer_transaction_pooling_deliver_once_and_tai
         .iter()
         .filter_map(|r| r.header("webhook-id").map(str::to_owned))
         .collect();
-    assert_eq!(webhook_ids.len(), EVENTS as usize, "one delivery id per event");
+    assert_eq!(
+        webhook_ids.len(),
+        EVENTS as usize,
+        "one delivery id per event"
+    );
 
     let mut tailed = HashSet::new();
     while tailed.len() < EVENTS as usize {

@@ -66,7 +66,11 @@ pub fn pid_ticks(pid: u32) -> Option<u64> {
 pub fn family_ticks(root: u32) -> Option<u64> {
     let mut total = pid_ticks(root)?;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {

@@ -105,10 +105,7 @@ impl PgBouncer {
             .stderr(log)
             .spawn()
             .expect("spawning pgbouncer");
-        let bouncer_url = format!(
-            "postgres://{}@{addr}/{}",
-            upstream.user, upstream.database
-        );
+        let bouncer_url = format!("postgres://{}@{addr}/{}", upstream.user, upstream.database);
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if let Some(status) = child.try_wait().expect("polling pgbouncer") {

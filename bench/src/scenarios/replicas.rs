@@ -65,10 +65,7 @@ struct Round {
 pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Metric>> {
     let mut rounds: Vec<Round> = Vec::new();
     for replicas in ROUNDS {
-        let db = ctx
-            .databases
-            .create(&format!("{NAME}_{replicas}"))
-            .await?;
+        let db = ctx.databases.create(&format!("{NAME}_{replicas}")).await?;
         let outcome = round(ctx, &db, replicas).await;
         if let Err(error) = ctx.databases.drop_database(&db).await {
             eprintln!("dropping {}: {error:#}", db.name);
@@ -266,16 +263,18 @@ async fn failed_attempts(url: &str) -> anyhow::Result<i64> {
 
 fn round_metrics(ctx: &Ctx<'_>, round: &Round, reference: Option<f64>) -> Vec<Metric> {
     let n = round.replicas;
-    let mut metrics = vec![
-        Metric::new(NAME, format!("{n} replica(s): accepted"), round.accepted, "events/s").note(
-            format!(
-                "{} AFTER events via EmitBatch of {BATCH} from {CALLERS} callers spread over {n} \
+    let mut metrics = vec![Metric::new(
+        NAME,
+        format!("{n} replica(s): accepted"),
+        round.accepted,
+        "events/s",
+    )
+    .note(format!(
+        "{} AFTER events via EmitBatch of {BATCH} from {CALLERS} callers spread over {n} \
                  replica(s); delivered in {:.2} s",
-                round.events,
-                round.elapsed.as_secs_f64()
-            ),
-        ),
-    ];
+        round.events,
+        round.elapsed.as_secs_f64()
+    ))];
     let delivered = Metric::new(
         NAME,
         format!("{n} replica(s): delivered"),
@@ -283,7 +282,10 @@ fn round_metrics(ctx: &Ctx<'_>, round: &Round, reference: Option<f64>) -> Vec<Me
         "events/s",
     );
     metrics.push(if n == 1 {
-        delivered.baseline(ctx.baselines.http, "HTTP limit: plain hyper client → sink, requests/s")
+        delivered.baseline(
+            ctx.baselines.http,
+            "HTTP limit: plain hyper client → sink, requests/s",
+        )
     } else {
         delivered.baseline(reference, "1 replica's delivery rate (target ≥ 85%)")
     });
@@ -301,7 +303,12 @@ fn round_metrics(ctx: &Ctx<'_>, round: &Round, reference: Option<f64>) -> Vec<Me
     );
     metrics.push(match round.servers_cores {
         Some(cores) => Metric::new(NAME, format!("{n} replica(s): CPU servers"), cores, "cores"),
-        None => Metric::unavailable(NAME, format!("{n} replica(s): CPU servers"), "cores", "/proc not readable"),
+        None => Metric::unavailable(
+            NAME,
+            format!("{n} replica(s): CPU servers"),
+            "cores",
+            "/proc not readable",
+        ),
     });
     let database = format!("{n} replica(s): CPU database");
     metrics.push(match round.database_cores {
