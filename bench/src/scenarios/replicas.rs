@@ -345,7 +345,7 @@ fn storage_metrics(round: &Round) -> Vec<Metric> {
         )
         .note(format!(
             "pg_total_relation_size (heap + indexes + TOAST) after minus before {} events of \
-             ~90 bytes of data, 1 handler; {} log rows",
+             ~80 bytes of data, 1 handler; {} log rows",
             round.events,
             after.log_rows - before.log_rows
         )),
