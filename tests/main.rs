@@ -17,6 +17,7 @@ mod metrics;
 mod ordering;
 mod otlp_export;
 mod outages;
+mod pgbouncer;
 mod properties;
 mod read_standby;
 mod retry;

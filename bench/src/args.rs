@@ -19,12 +19,12 @@ use clap::Parser;
 )]
 pub struct Args {
     /// `all`, or a comma-separated list of: ingest-unary, ingest-batch, ingest-stream,
-    /// deliver, before, search, backlog.
+    /// deliver, before, search, backlog, ordered, replicas.
     #[arg(long, default_value = "all")]
     pub scenarios: String,
 
-    /// Events emitted by each ingest scenario and by the delivery saturation run (the
-    /// storage baseline inserts as many).
+    /// Events emitted by each ingest scenario, by the delivery saturation run and by
+    /// each round of the replicas scenario (the storage baseline inserts as many).
     #[arg(long, default_value_t = 100_000)]
     pub events: u64,
 
@@ -92,11 +92,13 @@ pub enum Scenario {
     Backlog,
     /// Delivery over 1,000 ordering keys next to unkeyed delivery.
     Ordered,
+    /// 1, 2 and 3 servers on one database sharing the AFTER load.
+    Replicas,
 }
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::IngestUnary,
         Scenario::IngestBatch,
         Scenario::IngestStream,
@@ -105,6 +107,7 @@ impl Scenario {
         Scenario::Search,
         Scenario::Backlog,
         Scenario::Ordered,
+        Scenario::Replicas,
     ];
 
     /// The name used on the command line and in the results.
@@ -118,6 +121,7 @@ impl Scenario {
             Scenario::Search => "search",
             Scenario::Backlog => "backlog",
             Scenario::Ordered => "ordered",
+            Scenario::Replicas => "replicas",
         }
     }
 
@@ -131,7 +135,10 @@ impl Scenario {
 
     /// Compared with the HTTP baseline (requests/s a plain client gets from the sink).
     pub fn needs_http_baseline(self) -> bool {
-        matches!(self, Scenario::Deliver | Scenario::Backlog)
+        matches!(
+            self,
+            Scenario::Deliver | Scenario::Backlog | Scenario::Replicas
+        )
     }
 }
 

@@ -74,6 +74,14 @@ impl Databases {
         }
     }
 
+    /// The embedded cluster's postmaster pid (from `postmaster.pid`); `None` for an
+    /// external server, whose processes this harness cannot see.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let pgdata = self.embedded.as_ref()?.cluster_dir();
+        let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
     /// `SELECT version()`, shortened to "PostgreSQL 15.x".
     pub async fn version(&self) -> anyhow::Result<String> {
         let url = self.admin_url.clone();

@@ -24,7 +24,7 @@
 //! - `server`: the server child process, health wait, peak RSS, stop.
 //! - `sink`: the HTTP sink and the plain hyper client of the HTTP baselines.
 //! - `baseline`: the storage limit (raw inserts through an r2d2 pool).
-//! - `scenarios`: one module per scenario family.
+//! - `scenarios`: one module per scenario family (`replicas` starts servers of its own).
 //! - `report`: metrics, table, JSON lines, machine, percentiles.
 //! - `usage`: CPU time of the server, the harness and the machine, from /proc.
 
@@ -276,6 +276,9 @@ impl ScenarioEnv<'_> {
             server: &server,
             db,
             baselines: self.baselines,
+            databases: self.databases,
+            binary: self.binary,
+            workdir: self.workdir,
         };
         let cpu_before = usage::Snapshot::take(server.pid());
         let outcome = scenarios::run(scenario, &ctx).await;

@@ -5,14 +5,16 @@
 //! as possible: it answers `200` with an empty body (which a BEFORE handler reads as
 //! "data unchanged"), counts requests, and records the first arrival [`Instant`] of each
 //! `x-provisioning-event-id`, so latency is measured on one clock from the emitter's
-//! `Instant` to the sink's. Arrivals are kept until [`Sink::reset`]; every scenario
+//! `Instant` to the sink's. It also counts repeated delivery ids (`webhook-id`, the
+//! same for every attempt of one event to one handler): a duplicate is a delivery POSTed
+//! again. Arrivals and delivery ids are kept until [`Sink::reset`]; every scenario
 //! resets because event ids restart in each fresh database.
 //!
 //! A sink can also be down: [`closed_address`] finds a loopback port nothing listens
 //! on (connections to it are refused) and [`Sink::start_on`] brings a sink up on it
 //! later, for the scenario whose endpoint comes back after an outage.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,17 +34,28 @@ use crate::load::closed_loop;
 
 /// Header the server puts the event id in.
 const EVENT_ID_HEADER: &str = "x-provisioning-event-id";
+/// Header the server puts the delivery id in (Standard Webhooks).
+const DELIVERY_ID_HEADER: &str = "webhook-id";
 
 #[derive(Default)]
 struct State {
     requests: AtomicU64,
     arrivals: Mutex<HashMap<i64, Instant>>,
+    deliveries: Mutex<HashSet<String>>,
+    duplicates: AtomicU64,
 }
 
 impl State {
     /// The map stays consistent even if a holder panicked (it only ever inserts).
     fn arrivals(&self) -> MutexGuard<'_, HashMap<i64, Instant>> {
         self.arrivals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Likewise: the set only ever grows until a reset.
+    fn deliveries(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.deliveries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -100,9 +113,16 @@ impl Sink {
         self.state.requests.load(Ordering::Relaxed)
     }
 
-    /// Forgets the recorded arrivals.
+    /// Forgets the recorded arrivals, delivery ids and duplicates.
     pub fn reset(&self) {
         self.state.arrivals().clear();
+        self.state.deliveries().clear();
+        self.state.duplicates.store(0, Ordering::Relaxed);
+    }
+
+    /// POSTs since the last reset whose delivery id had arrived before.
+    pub fn duplicates(&self) -> u64 {
+        self.state.duplicates.load(Ordering::Relaxed)
     }
 
     /// First arrival of each id, `None` for ids not seen.
@@ -208,6 +228,15 @@ async fn handle(
         .and_then(|v| v.parse::<i64>().ok());
     if let Some(id) = event_id {
         state.arrivals().entry(id).or_insert(arrived);
+    }
+    let delivery_id = request
+        .headers()
+        .get(DELIVERY_ID_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if let Some(id) = delivery_id {
+        if !state.deliveries().insert(id.to_owned()) {
+            state.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
     }
     // Read the body so the connection can be reused; its content does not matter.
     let _body = request.into_body().collect().await;

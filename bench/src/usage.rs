@@ -55,6 +55,50 @@ impl Snapshot {
     }
 }
 
+/// CPU ticks (utime + stime) of process `pid`, if it exists and is readable.
+pub fn pid_ticks(pid: u32) -> Option<u64> {
+    process_ticks(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU ticks of `root` and of its live direct children: a postmaster and its backends
+/// and background workers. Children that exited are not counted (their time is gone
+/// from /proc): pooled backends live long, autovacuum workers do not.
+pub fn family_ticks(root: u32) -> Option<u64> {
+    let mut total = pid_ticks(root)?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if parse_parent(&stat) == Some(root) {
+            total += parse_process_ticks(&stat).unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
+/// Busy ticks of the whole machine (see [`Snapshot`]).
+pub fn machine_ticks() -> Option<u64> {
+    machine_busy_ticks()
+}
+
+/// Average cores that `ticks` of CPU time over `elapsed` amount to.
+pub fn cores(ticks: u64, elapsed: Duration) -> f64 {
+    ticks as f64 / ticks_per_second() / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// The parent pid (field 4) of a `/proc/<pid>/stat` line.
+fn parse_parent(stat: &str) -> Option<u32> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -105,6 +149,12 @@ mod tests {
     fn process_ticks_survive_spaces_in_the_name() {
         let stat = "1234 (tokio runtime) S 1 2 3 4 5 6 7 8 9 10 25 5 0 0 20 0";
         assert_eq!(parse_process_ticks(stat), Some(30));
+    }
+
+    #[test]
+    fn the_parent_follows_the_state_field() {
+        let stat = "1234 (postgres: x) S 77 2 3 4 5 6 7 8 9 10 25 5 0 0 20 0";
+        assert_eq!(parse_parent(stat), Some(77));
     }
 
     #[test]

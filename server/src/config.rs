@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::db::Statements;
 use crate::policy::outbound::{Cidr, OutboundPolicy};
 
 /// Log output format.
@@ -29,6 +30,28 @@ pub struct Config {
     /// PostgreSQL URL. Without it the server runs its own cluster under --data-dir.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
+
+    /// PostgreSQL URL the LISTEN connection uses instead of --database-url: the same
+    /// database reached directly, when --database-url goes through a transaction pooler
+    /// such as PgBouncer (LISTEN cannot). Needs --database-url.
+    #[arg(
+        long,
+        env = "PROVISIOND_LISTEN_DATABASE_URL",
+        requires = "database_url"
+    )]
+    pub listen_database_url: Option<String>,
+
+    /// How pooled connections run statements: `named` keeps them prepared per
+    /// connection; `unnamed` sends each in one round trip, for transaction poolers that
+    /// cannot carry named prepared statements (PgBouncer before 1.21, or without
+    /// max_prepared_statements).
+    #[arg(
+        long,
+        env = "PROVISIOND_PREPARED_STATEMENTS",
+        value_enum,
+        default_value = "named"
+    )]
+    pub prepared_statements: Statements,
 
     /// PostgreSQL URL of a streaming standby of the database: Search, Get and Stats read
     /// from it while it keeps up (see --max-read-lag). Off when not set.
@@ -364,6 +387,7 @@ mod tests {
             .collect();
         assert_eq!(secs, [5, 30, 120, 600, 1800, 3600, 10800]);
         assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.prepared_statements, Statements::Named);
     }
 
     #[test]
@@ -382,6 +406,28 @@ mod tests {
         assert!(Config::try_parse_from(["provisiond", "--outbound-deny", "10.0.0.1/8"]).is_err());
         assert_eq!(Config::defaults().validate(), Ok(()));
         assert_eq!(Config::defaults().script_user, "nobody");
+    }
+
+    #[test]
+    fn a_listen_url_needs_a_database_url_and_unnamed_statements_parse() {
+        assert!(
+            Config::try_parse_from(["provisiond", "--listen-database-url", "postgres://x/y"])
+                .is_err()
+        );
+        let config = Config::parse_from([
+            "provisiond",
+            "--database-url",
+            "postgres://pooler/db",
+            "--listen-database-url",
+            "postgres://direct/db",
+            "--prepared-statements",
+            "unnamed",
+        ]);
+        assert_eq!(
+            config.listen_database_url.as_deref(),
+            Some("postgres://direct/db")
+        );
+        assert_eq!(config.prepared_statements, Statements::Unnamed);
     }
 
     #[test]

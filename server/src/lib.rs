@@ -123,6 +123,18 @@ pub async fn run(
     };
 
     let (db, embedded) = open_database(&config).await?;
+    if config.prepared_statements == db::Statements::Unnamed
+        && config.database_url.is_some()
+        && config.listen_database_url.is_none()
+    {
+        // Unnamed statements usually mean a transaction pooler, which LISTEN cannot
+        // cross: replicas would then only find each other's work by polling.
+        tracing::warn!(
+            "--prepared-statements unnamed without --listen-database-url: if --database-url \
+             goes through a transaction pooler, LISTEN does not work through it; give the \
+             direct URL with --listen-database-url"
+        );
+    }
     db.migrate().await?;
     maintenance::prepare(&db).await?;
     let scripts_dir = config.scripts_dir();
@@ -197,7 +209,8 @@ pub async fn run(
     );
     let reads = match &config.read_database_url {
         Some(url) => {
-            let standby = db::Db::connect_lazy(url, config.db_pool_size);
+            let standby =
+                db::Db::connect_lazy(url, config.db_pool_size, config.prepared_statements);
             db::reads::Reads::with_standby(db.clone(), standby, config.max_read_lag, &shutdown)
         }
         None => db::reads::Reads::primary_only(db.clone()),
@@ -375,15 +388,21 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 
 async fn open_database(config: &Config) -> Result<(Db, Option<EmbeddedPostgres>), ServerError> {
     let pool_size = config.db_pool_size;
+    let statements = config.prepared_statements;
     let url = config.database_url.clone();
+    let listen_url = config.listen_database_url.clone();
     let data_dir = config.data_dir();
     // Starting a cluster and opening the pool's first connections both block.
     let opened = tokio::task::spawn_blocking(move || match url {
-        Some(url) => Ok((Db::connect(&url, pool_size)?, None)),
+        Some(url) => Ok((
+            Db::connect_with(&url, pool_size, statements)?.with_listen_url(listen_url),
+            None,
+        )),
         None => {
             tracing::info!(data_dir = %data_dir.display(), "taking the data directory and starting the embedded PostgreSQL");
             let embedded = EmbeddedPostgres::start(&data_dir)?;
-            Ok((Db::connect(&embedded.url(), pool_size)?, Some(embedded)))
+            let db = Db::connect_with(&embedded.url(), pool_size, statements)?;
+            Ok((db, Some(embedded)))
         }
     });
     opened.await.map_err(DbError::Join)?

@@ -1,6 +1,8 @@
 //! Cross-replica signals over PostgreSQL LISTEN/NOTIFY.
 //!
-//! One dedicated connection (outside the pool) listens on two channels:
+//! One dedicated connection (outside the pool, on `--listen-database-url` when the pool
+//! goes through a transaction pooler: LISTEN belongs to a session) listens on two
+//! channels:
 //! `provisioning_work` (new or due deliveries: wakes this replica's dispatcher) and
 //! `provisioning_logs` (new execution-log rows, payload = highest new id: feeds Tail).
 //! Diesel's notification API does not block, so a blocking thread polls it every few
@@ -10,7 +12,9 @@
 //! Announcing is done after commit by one announcer task, never inside the writing
 //! transaction: PostgreSQL serialises committing transactions that sent a NOTIFY (a
 //! queue lock held through the commit's WAL flush), which would cap the commit rate.
-//! The announcer coalesces bursts into one small NOTIFY statement at a time.
+//! The announcer coalesces bursts into one small NOTIFY statement at a time, on a pooled
+//! connection: `pg_notify` is delivered at its transaction's commit, so it works
+//! through a transaction pooler too.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -104,7 +108,7 @@ fn listen_until_cancelled(db: Db, signals: Signals, token: tokio_util::sync::Can
     let mut backoff = FIRST_BACKOFF;
     let mut lost = false;
     while !token.is_cancelled() {
-        match db.dedicated() {
+        match db.listen_connection() {
             Ok(mut conn) => {
                 let listened = diesel::sql_query(format!("LISTEN {WORK_CHANNEL}"))
                     .execute(&mut conn)

@@ -9,11 +9,13 @@
 //! - [`eventually`]: polling with a deadline instead of sleeps.
 //! - [`TempDir`]: temporary directories (mode 0755) removed on drop.
 //! - [`TestPki`]: a CA, server and client certificates made at run time (rcgen).
+//! - [`pgbouncer::PgBouncer`]: a real PgBouncer in transaction pooling mode.
 //!
 //! The tests themselves live in `tests/main.rs` and its modules (one binary).
 
 pub mod database;
 pub mod embedded;
+pub mod pgbouncer;
 pub mod process;
 pub mod receiver;
 pub mod requests;

@@ -10,15 +10,17 @@ pub mod before;
 pub mod deliver;
 pub mod ingest;
 pub mod ordered;
+pub mod replicas;
 pub mod search;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use provisioning_client::{proto, Client};
 
 use crate::args::{Scenario, Settings};
-use crate::database::FreshDb;
+use crate::database::{Databases, FreshDb};
 use crate::report::Metric;
 use crate::server::Server;
 use crate::sink::Sink;
@@ -49,6 +51,12 @@ pub struct Ctx<'a> {
     pub db: &'a FreshDb,
     /// Limits to compare with.
     pub baselines: Baselines,
+    /// Where fresh databases come from (for scenarios that need more than one).
+    pub databases: &'a Databases,
+    /// The server binary (for scenarios that start servers of their own).
+    pub binary: &'a Path,
+    /// The run's temporary directory (server logs, scripts directory).
+    pub workdir: &'a Path,
 }
 
 /// Runs one scenario.
@@ -62,6 +70,7 @@ pub async fn run(scenario: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Vec<Metric
         Scenario::Search => search::run(ctx).await,
         Scenario::Backlog => backlog::run(ctx).await,
         Scenario::Ordered => ordered::run(ctx).await,
+        Scenario::Replicas => replicas::run(ctx).await,
     }
 }
 
@@ -75,7 +84,8 @@ pub fn server_flags(scenario: Scenario, settings: &Settings) -> Vec<String> {
         | Scenario::Deliver
         | Scenario::Before
         | Scenario::Search
-        | Scenario::Ordered => Vec::new(),
+        | Scenario::Ordered
+        | Scenario::Replicas => Vec::new(),
     }
 }
 

@@ -4,6 +4,16 @@
 //!
 //! This layer holds no business rules: `queries/` has one small function per statement,
 //! transactions are opened by `domain/`.
+//!
+//! Pooled connections keep no session state between checkouts beyond Diesel's own
+//! (time zone and client encoding, set at connect, which PgBouncer tracks per client):
+//! `SET` is only ever `SET LOCAL` inside a transaction, advisory locks are
+//! transaction-level, no temporary tables. So the pool may go through a transaction
+//! pooler (PgBouncer `pool_mode = transaction`); the one session-bound feature, LISTEN,
+//! runs on its own connection, which can take a direct URL ([`Db::with_listen_url`]).
+//! The other is Diesel's cache of named prepared statements: [`Statements::Unnamed`]
+//! turns it off for poolers that cannot carry named statements across server
+//! connections.
 
 pub mod embedded;
 pub mod models;
@@ -17,8 +27,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
-use diesel::PgConnection;
+use diesel::connection::CacheSize;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::{Connection, PgConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 /// Migrations compiled into the binary; run at every start.
@@ -102,11 +113,40 @@ pub enum ClusterStatus {
     Down,
 }
 
+/// How pooled connections run statements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Statements {
+    /// Each connection keeps its statements prepared under a name (Diesel's statement
+    /// cache): parsed and planned once per connection. Needs a direct connection, a
+    /// session pooler, or PgBouncer 1.21+ with `max_prepared_statements` set.
+    #[default]
+    Named,
+    /// Every statement is sent as an unnamed one, parsed, bound and run in one round
+    /// trip (libpq's `PQsendQueryParams`): works through any transaction pooler, at the
+    /// cost of parsing and planning every statement on every call.
+    Unnamed,
+}
+
+/// Applies [`Statements`] to every connection the pool opens.
+#[derive(Debug, Clone, Copy)]
+struct StatementMode(Statements);
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for StatementMode {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        if self.0 == Statements::Unnamed {
+            conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+        }
+        Ok(())
+    }
+}
+
 /// A cloneable handle on the connection pool.
 #[derive(Clone)]
 pub struct Db {
     pool: Pool<ConnectionManager<PgConnection>>,
     url: String,
+    /// Where the LISTEN connection goes when it must bypass a pooler; `None` = `url`.
+    listen_url: Option<String>,
     /// Callers waiting for a pooled connection now (r2d2 does not count them).
     waiting: Arc<AtomicUsize>,
 }
@@ -123,9 +163,15 @@ pub struct PoolStats {
 }
 
 impl Db {
-    /// Builds a pool of at most `max_size` connections to `url`. Connections are opened
-    /// lazily, so this fails only if the first connection cannot be opened.
+    /// Builds a pool of at most `max_size` connections to `url`, with named (cached)
+    /// statements. Connections are opened lazily, so this fails only if the first
+    /// connection cannot be opened.
     pub fn connect(url: &str, max_size: u32) -> Result<Db, DbError> {
+        Db::connect_with(url, max_size, Statements::Named)
+    }
+
+    /// [`Db::connect`] running statements as `statements` says.
+    pub fn connect_with(url: &str, max_size: u32, statements: Statements) -> Result<Db, DbError> {
         let pool = Pool::builder()
             .max_size(max_size)
             .min_idle(Some(2.min(max_size)))
@@ -134,28 +180,40 @@ impl Db {
             // that broke fails its statement, is marked broken and is replaced; callers
             // retry (the recorder) or get UNAVAILABLE.
             .test_on_check_out(false)
+            .connection_customizer(Box::new(StatementMode(statements)))
             .build(ConnectionManager::new(url))
             .map_err(DbError::Pool)?;
         Ok(Db {
             pool,
             url: url.to_owned(),
+            listen_url: None,
             waiting: Arc::default(),
         })
     }
 
-    /// Like [`Db::connect`], but opens no connection now: for a database that may be
-    /// down when the server starts (a read standby), whose calls fail until it is up.
-    pub fn connect_lazy(url: &str, max_size: u32) -> Db {
+    /// Like [`Db::connect_with`], but opens no connection now: for a database that may
+    /// be down when the server starts (a read standby), whose calls fail until it is up.
+    pub fn connect_lazy(url: &str, max_size: u32, statements: Statements) -> Db {
         let pool = Pool::builder()
             .max_size(max_size)
             .connection_timeout(Duration::from_secs(2))
             .test_on_check_out(false)
+            .connection_customizer(Box::new(StatementMode(statements)))
             .build_unchecked(ConnectionManager::new(url));
         Db {
             pool,
             url: url.to_owned(),
+            listen_url: None,
             waiting: Arc::default(),
         }
+    }
+
+    /// Opens the LISTEN connection on `url` instead of the pool's URL: the same
+    /// database reached directly, when the pool goes through a transaction pooler
+    /// (LISTEN holds its session, which such a pooler hands to other clients).
+    pub fn with_listen_url(mut self, url: Option<String>) -> Db {
+        self.listen_url = url;
+        self
     }
 
     /// Runs blocking Diesel work on a pooled connection inside `spawn_blocking`, so no
@@ -211,17 +269,23 @@ impl Db {
         }
     }
 
-    /// Opens a connection outside the pool (for LISTEN, which holds its connection).
+    /// Opens a connection outside the pool, to the pool's URL (the health probe's).
     pub fn dedicated(&self) -> Result<PgConnection, DbError> {
-        use diesel::Connection;
         Ok(PgConnection::establish(&self.url)?)
+    }
+
+    /// Opens the connection LISTEN runs on: to the listen URL if one is set (see
+    /// [`Db::with_listen_url`]), else to the pool's URL.
+    pub fn listen_connection(&self) -> Result<PgConnection, DbError> {
+        Ok(PgConnection::establish(
+            self.listen_url.as_deref().unwrap_or(&self.url),
+        )?)
     }
 
     /// Applies the pending embedded migrations. Safe to call from several replicas at
     /// once: the run holds a transaction-level advisory lock.
     pub async fn migrate(&self) -> Result<(), DbError> {
         self.run(|conn| {
-            use diesel::connection::Connection;
             use diesel::RunQueryDsl;
             conn.transaction::<_, DbError, _>(|conn| {
                 diesel::sql_query("SELECT pg_advisory_xact_lock(7262024)").execute(conn)?;
