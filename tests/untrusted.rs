@@ -521,7 +521,9 @@ impl JsonGenerator {
                     self.acceptable = false;
                 }
                 1 => {
-                    text.push_str(["\\ud800", "\\udc00x"][self.rng.random_range(0..2)]);
+                    // A lone surrogate: the `x` after the high one keeps a low one in
+                    // the next piece from completing a (valid) pair.
+                    text.push_str(["\\ud800x", "\\udc00x"][self.rng.random_range(0..2)]);
                     self.acceptable = false;
                 }
                 _ => text.push_str(PIECES[self.rng.random_range(0..PIECES.len())]),
