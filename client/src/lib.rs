@@ -28,7 +28,9 @@
 //!         event: "accounts.create".into(),
 //!         phase: proto::Phase::After.into(),
 //!         data_json: r#"{"id": 178, "id_clients": 15}"#.into(),
-//!         idempotency_key: String::new(),
+//!         // Deliveries of events with the same key reach each handler in order.
+//!         ordering_key: "client:15".into(),
+//!         ..Default::default()
 //!     })
 //!     .await?;
 //! println!("event {}", reply.event_id);
