@@ -8,7 +8,9 @@
 //! stored while every slot was busy and the fresh ones that queue behind them, other
 //! replicas' expired leases) is claimed with `FOR UPDATE SKIP LOCKED` and a lease by
 //! the claim loop, which wakes at once on new work (in-process signal or NOTIFY from
-//! another replica) and otherwise polls at the configured interval.
+//! another replica) and otherwise polls at the configured interval. Between claims it
+//! admits the throttled deliveries of limited handlers as their budgets allow, and now
+//! and then sweeps for queued keyed deliveries that nothing holds back any more.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use chrono::Utc;
 use diesel::Connection;
 use rand::Rng;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -170,35 +173,9 @@ async fn claim_loop(db: Db, worker: Worker, signals: Signals, shutdown: Shutdown
     // rows each time one chain ends: fewer, larger claims.
     let worthwhile = (worker.config.concurrency.max(1) / 4).clamp(1, MAX_CLAIM);
     let lease_ms = worker.lease_ms();
-    let mut next_sweep = tokio::time::Instant::now() + ORDERING_SWEEP;
-    let mut next_discovery = tokio::time::Instant::now();
-    let mut throttling = false;
+    let mut upkeep = Upkeep::new();
     while !shutdown.is_requested() {
-        if throttling || tokio::time::Instant::now() >= next_discovery {
-            next_discovery = tokio::time::Instant::now() + ADMISSION_DISCOVERY;
-            match db
-                .run(|conn| deliveries::admit_throttled(conn).map_err(DbError::from))
-                .await
-            {
-                Ok((limited, _)) => throttling = limited > 0,
-                Err(error) => tracing::warn!(%error, "admitting throttled deliveries failed"),
-            }
-        }
-        if tokio::time::Instant::now() >= next_sweep {
-            next_sweep = tokio::time::Instant::now() + ORDERING_SWEEP;
-            let swept = db
-                .run(|conn| deliveries::promote_all_ready(conn).map_err(DbError::from))
-                .await;
-            match swept {
-                Ok(0) => {}
-                Ok(promoted) => {
-                    tracing::info!(promoted, "queued keyed deliveries released by the sweep")
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "looking for released keyed deliveries failed")
-                }
-            }
-        }
+        upkeep.run_due(&db).await;
         // Claim no more than can start now: claimed work waiting here would hold a lease.
         let free = worker.slots.available_permits();
         if free < worthwhile && !worker.chains.is_empty() {
@@ -247,11 +224,7 @@ async fn claim_loop(db: Db, worker: Worker, signals: Signals, shutdown: Shutdown
                 // database more than the deliveries themselves.
                 tokio::time::sleep(CLAIM_COALESCE).await;
             }
-            _ = tokio::time::sleep(if throttling {
-                worker.config.poll_interval.min(ADMISSION_TICK)
-            } else {
-                worker.config.poll_interval
-            }) => {}
+            _ = tokio::time::sleep(upkeep.idle_wait(worker.config.poll_interval)) => {}
             _ = shutdown.requested() => break,
         }
     }
@@ -259,6 +232,64 @@ async fn claim_loop(db: Db, worker: Worker, signals: Signals, shutdown: Shutdown
     // which drains its queue before stopping.
     worker.chains.close();
     worker.chains.wait().await;
+}
+
+/// The claim loop's periodic work besides claiming: admitting the throttled deliveries
+/// of limited handlers, and the sweep for queued keyed deliveries nothing holds back.
+struct Upkeep {
+    next_sweep: Instant,
+    next_discovery: Instant,
+    /// Limited handlers had throttled work at the last admission.
+    throttling: bool,
+}
+
+impl Upkeep {
+    fn new() -> Upkeep {
+        Upkeep {
+            next_sweep: Instant::now() + ORDERING_SWEEP,
+            next_discovery: Instant::now(),
+            throttling: false,
+        }
+    }
+
+    /// Runs what is due now; failures are logged and retried at the next turn.
+    async fn run_due(&mut self, db: &Db) {
+        if self.throttling || Instant::now() >= self.next_discovery {
+            self.next_discovery = Instant::now() + ADMISSION_DISCOVERY;
+            match db
+                .run(|conn| deliveries::admit_throttled(conn).map_err(DbError::from))
+                .await
+            {
+                Ok((limited, _)) => self.throttling = limited > 0,
+                Err(error) => tracing::warn!(%error, "admitting throttled deliveries failed"),
+            }
+        }
+        if Instant::now() >= self.next_sweep {
+            self.next_sweep = Instant::now() + ORDERING_SWEEP;
+            match db
+                .run(|conn| deliveries::promote_all_ready(conn).map_err(DbError::from))
+                .await
+            {
+                Ok(0) => {}
+                Ok(promoted) => {
+                    tracing::info!(promoted, "queued keyed deliveries released by the sweep")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "looking for released keyed deliveries failed")
+                }
+            }
+        }
+    }
+
+    /// How long the claim loop may sleep when nothing wakes it: while deliveries are
+    /// throttled, slots and tokens free up by themselves.
+    fn idle_wait(&self, poll_interval: Duration) -> Duration {
+        if self.throttling {
+            poll_interval.min(ADMISSION_TICK)
+        } else {
+            poll_interval
+        }
+    }
 }
 
 /// Claimed rows come ordered by event: consecutive rows of one event form a chain.

@@ -2,6 +2,9 @@
 //!
 //! A claim is a lease: claimed rows get `next_attempt_at` pushed to the lease expiry, so
 //! if this replica dies they simply become due again and any replica takes them over.
+//! Only pending rows are claimed: a keyed event waiting for an earlier delivery of its
+//! ordering slot is queued (promoted when that one finishes, [`promote_queued`]), and an
+//! event with a limited handler is throttled (admitted by [`admit_throttled`]).
 
 use chrono::{DateTime, Utc};
 use diesel::connection::SimpleConnection;
@@ -237,8 +240,11 @@ pub fn promote_all_ready(conn: &mut PgConnection) -> QueryResult<usize> {
 
 /// Admits throttled events (state 5) that are due, as far as their limited handlers'
 /// budgets allow: a handler's budget is its `max_in_flight` less the deliveries running
-/// or about to run (waiting in a chain, pending and due, or leased), and the whole
-/// tokens in its bucket (refilled at `rate_per_second`, holding one second's worth).
+/// or about to run (waiting or pending: a limited handler's retries wait throttled, so
+/// every pending one was admitted), and the whole tokens in its bucket (refilled at
+/// `rate_per_second`, holding one second's worth). Not a time comparison: an admission
+/// that waited for the lock started before the rows the previous one admitted were
+/// made due.
 /// Admitted events get their first delivery in run order pending now and the rest
 /// waiting behind it; the tokens they take are spent. Runs under a transaction-scoped
 /// advisory lock, so replicas admitting at once never share a slot or a token. Returns
@@ -268,9 +274,7 @@ WHERE (h.max_in_flight IS NOT NULL OR h.rate_per_second IS NOT NULL)
 WITH budget AS MATERIALIZED (
     SELECT l.id, l.tokens, greatest(0, least(
         coalesce(l.max_in_flight - (
-            SELECT count(*) FROM deliveries r
-            WHERE r.handler_id = l.id
-              AND (r.state = 0 OR (r.state = 1 AND (r.leased_by IS NOT NULL OR r.next_attempt_at <= now())))
+            SELECT count(*) FROM deliveries r WHERE r.handler_id = l.id AND r.state IN (0, 1)
         ), 1000000),
         coalesce(floor(l.tokens)::bigint, 1000000))) AS n
     FROM (
