@@ -598,8 +598,9 @@ pub fn is_running(conn: &mut PgConnection, event_id: i64, handler_id: i64) -> Qu
 }
 
 /// Makes every failed, undelivered delivery of a handler (dead, or waiting for its next
-/// retry) for events created at or after `since` due now. Deliveries leased to a replica
-/// right now are left to it. Returns how many.
+/// retry, throttled or not) for events created at or after `since` due now: an
+/// operator's retry is not throttled. Deliveries leased to a replica right now are left
+/// to it. Returns how many.
 pub fn retry_failed(
     conn: &mut PgConnection,
     handler_id: i64,
@@ -608,7 +609,7 @@ pub fn retry_failed(
     diesel::sql_query(
         r#"
 UPDATE deliveries SET state = 1, next_attempt_at = now(), leased_by = NULL
-WHERE handler_id = $1 AND attempts > 0 AND state IN (1, 3) AND leased_by IS NULL
+WHERE handler_id = $1 AND attempts > 0 AND state IN (1, 3, 5) AND leased_by IS NULL
   AND created_at >= $2
 "#,
     )
