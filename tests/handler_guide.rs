@@ -1,8 +1,10 @@
-//! The signature verifiers of `docs/handler-guide.md` (`docs/examples/verify.*`), run
+//! The signature verifiers of `docs/handler-guide.md` (`docs/examples/verify*`), run
 //! against a real signed delivery: a real server delivers an AFTER event to the
-//! recording receiver, and each verifier (Rust compiled in here, Python and Node run as
-//! programs) accepts the captured request and rejects it with a tampered body or with
-//! another handler's secret.
+//! recording receiver, and each verifier (Rust compiled in here; Python and Node run as
+//! programs, both the standard-library ones and the ones using the Standard Webhooks
+//! libraries) accepts the captured request and rejects it with a tampered body or with
+//! another handler's secret. The library verifiers need PyPI `standardwebhooks` and
+//! `npm ci` in `docs/examples` (both done by `.ci/run`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -67,12 +69,16 @@ async fn run_verifier(
         .await
         .unwrap_or_else(|_| panic!("{program} did not finish"))
         .expect("verifier output");
-    let stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let mut stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success() || output.status.code() == Some(1),
-        "{program} {args:?} crashed: {stdout} {}",
-        String::from_utf8_lossy(&output.stderr)
+        "{program} {args:?} crashed: {stdout} {stderr}"
     );
+    if !stderr.trim().is_empty() {
+        // A missing library also exits 1: show why.
+        stdout = format!("{stdout} (stderr: {})", stderr.trim());
+    }
     (output.status.success(), stdout)
 }
 
@@ -126,6 +132,8 @@ async fn the_guides_verifiers_accept_a_real_delivery_and_reject_tampering() {
     let verifiers = [
         ("python3", vec![example("verify.py")]),
         ("node", vec![example("verify.mjs")]),
+        ("python3", vec![example("verify_standardwebhooks.py")]),
+        ("node", vec![example("verify_standardwebhooks.mjs")]),
     ];
     for (program, args) in &verifiers {
         let (accepted, out) = run_verifier(program, args, &secret, &headers, &body).await;
