@@ -481,16 +481,10 @@ fn write_batch(
         });
     }
     conn.transaction::<_, DbError, _>(|conn| {
-        let keys: Vec<&str> = finished_slots
-            .iter()
-            .filter_map(|slot| deliveries::ordering_key_of(slot))
-            .collect();
-        events::lock_ordering_keys(conn, &keys)?;
         let max_id = logs::insert_batch(conn, &columns, &delivered, &succeeded_handlers)?;
         if !failed_ids.is_empty() {
             deliveries::record_failures(conn, &failed_ids, &failed_at, &failed_errors)?;
         }
-        let promoted = deliveries::promote_queued(conn, &finished_slots)?;
         let mut disabled = 0;
         if !failed_handlers.is_empty() {
             for id in deliveries::record_handler_failures(conn, &failed_handlers, disable_after_ms)?
@@ -510,6 +504,17 @@ fn write_batch(
                 "handler disabled: its endpoint answered 410 Gone"
             );
         }
+        // The keys' locks are taken last, held only while the next events are promoted
+        // and the transaction commits: an insert of one of these keys either committed
+        // before (its queued event is promoted here) or waits and then sees these
+        // deliveries finished. Held across the log write, they would stall every insert
+        // of the keys for as long.
+        let keys: Vec<&str> = finished_slots
+            .iter()
+            .filter_map(|slot| deliveries::ordering_key_of(slot))
+            .collect();
+        events::lock_ordering_keys(conn, &keys)?;
+        let promoted = deliveries::promote_queued(conn, &finished_slots)?;
         Ok(Written {
             max_id,
             disabled,
