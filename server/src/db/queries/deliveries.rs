@@ -69,13 +69,6 @@ pub struct ClaimedDelivery {
     pub ordering_slot: Option<String>,
 }
 
-impl ClaimedDelivery {
-    /// The ordering key of a keyed event (the part of its slot after the first `|`).
-    pub fn ordering_key(&self) -> Option<&str> {
-        ordering_key_of(self.ordering_slot.as_deref()?)
-    }
-}
-
 /// The ordering key in a slot: what follows the first `|` (groups and `h:<id>` hold
 /// none).
 pub fn ordering_key_of(slot: &str) -> Option<&str> {
