@@ -201,3 +201,37 @@ async fn bad_limits_are_refused_and_zero_removes_a_limit() {
         .expect("update");
     assert_eq!((updated.max_in_flight, updated.rate_per_second), (0, 7));
 }
+
+/// A limited handler with ordering keys: a failed first delivery waits throttled for its
+/// retry, and the later events of its key wait for it, then arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_events_to_a_limited_handler_keep_their_order_across_a_retry() {
+    let db = TestDatabase::new().await;
+    let server = spawn_server(&db).await;
+    let receiver = Receiver::start().await;
+    receiver.route("/keyed", vec![Reply::status(500), Reply::ok()]);
+    create(
+        &server.client,
+        limited_handler("accounts.update", &receiver.url("/keyed"), 5, 0),
+    )
+    .await;
+    for n in 0..6 {
+        let request = proto::EmitRequest {
+            ordering_key: "account:1".into(),
+            ..event_request(
+                "accounts.update",
+                proto::Phase::After,
+                &format!(r#"{{"n": {n}}}"#),
+            )
+        };
+        server.client.emit(request).await.expect("emit");
+    }
+    let requests = receiver
+        .wait_for("/keyed", 7, Duration::from_secs(30))
+        .await;
+    let order: Vec<i64> = requests
+        .iter()
+        .map(|r| r.json()["n"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(order, [0, 0, 1, 2, 3, 4, 5]);
+}

@@ -177,7 +177,7 @@ macro_rules! promote_sql {
         JOIN deliveries p ON p.ordering_slot = q.ordering_slot AND p.event_id < q.event_id
         JOIN handlers ph ON ph.id = p.handler_id
         WHERE q.event_id = n.event_id
-          AND (p.state IN (0, 1, 4) OR ph.ordering_policy = 'block'))
+          AND (p.state IN (0, 1, 4, 5) OR ph.ordering_policy = 'block'))
 ), ranked AS (
     SELECT d.id, row_number() OVER (PARTITION BY d.event_id ORDER BY d.priority, d.handler_id) AS rank,
            bool_or(h.max_in_flight IS NOT NULL OR h.rate_per_second IS NOT NULL)

@@ -127,14 +127,14 @@ WITH input AS MATERIALIZED (
     RETURNING id, event, data, ordering_key
 ), matched AS (
     -- One row per delivery to create, with its ordering slot and whether an earlier
-    -- unfinished delivery in the table holds that slot (given-up ones hold it only
-    -- under the BLOCK policy).
+    -- unfinished delivery in the table holds that slot (waiting, pending or running,
+    -- queued, or throttled; given-up ones hold it only under the BLOCK policy).
     SELECT ins.id, h.id AS handler_id, h.priority, h.timeout_ms, s.slot,
            h.max_in_flight IS NOT NULL OR h.rate_per_second IS NOT NULL AS limited,
            s.slot IS NOT NULL AND EXISTS (
                SELECT 1 FROM deliveries p JOIN handlers ph ON ph.id = p.handler_id
                WHERE p.ordering_slot = s.slot AND p.event_id < ins.id
-                 AND (p.state IN (0, 1, 4) OR ph.ordering_policy = 'block')
+                 AND (p.state IN (0, 1, 4, 5) OR ph.ordering_policy = 'block')
            ) AS held
     FROM ins
     JOIN handlers h ON h.event = ins.event AND h.phase = 'after' AND h.status = 'enabled'
