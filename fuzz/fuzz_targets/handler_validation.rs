@@ -31,6 +31,9 @@ const FIELDS: &[&str] = &[
     "timeout_ms",
     "http.url",
     "http.headers",
+    "ordering_group",
+    "max_in_flight",
+    "rate_per_second",
     "script.path",
     "filter_json",
 ];
