@@ -8,10 +8,12 @@ use std::time::Duration;
 use provisioning_client::{proto, Client};
 use provisioning_tests::receiver::{Receiver, Recorded, Reply};
 use provisioning_tests::{
-    eventually, prepare_scripts_dir, spawn_server, spawn_server_process, TempDir, TestDatabase,
+    prepare_scripts_dir, spawn_server, spawn_server_process, TempDir, TestDatabase,
 };
 
-use crate::dispatch::{count, create, event_request, http_handler, invalid_argument};
+use crate::dispatch::{
+    create, event_request, http_handler, invalid_argument, numbers, wait_for_count,
+};
 
 /// A limited AFTER handler of `event` posting to `url`.
 fn limited_handler(
@@ -83,10 +85,12 @@ async fn max_in_flight_holds_across_two_replicas() {
     let most = most_within(&requests, SLOW);
     assert!(most <= 3, "{most} requests started within {SLOW:?}");
     assert!(most >= 2, "the limit is 3, not 1: at most {most} at once");
-    eventually(Duration::from_secs(20), "every delivery recorded", || {
-        let left = count(&db, "SELECT count(*) AS n FROM deliveries");
-        std::future::ready((left == 0).then_some(()))
-    })
+    wait_for_count(
+        &db,
+        "every delivery recorded",
+        "SELECT count(*) AS n FROM deliveries",
+        0,
+    )
     .await;
 }
 
@@ -229,9 +233,5 @@ async fn keyed_events_to_a_limited_handler_keep_their_order_across_a_retry() {
     let requests = receiver
         .wait_for("/keyed", 7, Duration::from_secs(30))
         .await;
-    let order: Vec<i64> = requests
-        .iter()
-        .map(|r| r.json()["n"].as_i64().unwrap_or(-1))
-        .collect();
-    assert_eq!(order, [0, 0, 1, 2, 3, 4, 5]);
+    assert_eq!(numbers(&requests), [0, 0, 1, 2, 3, 4, 5]);
 }

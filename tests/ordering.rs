@@ -15,7 +15,9 @@ use provisioning_tests::{
 };
 use tonic::Code;
 
-use crate::dispatch::{count, create, http_handler, invalid_argument, WAIT};
+use crate::dispatch::{
+    count, create, http_handler, invalid_argument, numbers, wait_for_count, WAIT,
+};
 
 /// An AFTER event of `event` with `data` and ordering key `key`.
 fn keyed(event: &str, data: &str, key: &str) -> proto::EmitRequest {
@@ -50,14 +52,6 @@ fn ordered_handler(
         ordering_group: group.to_owned(),
         ..http_handler(name, event, proto::Phase::After, url)
     }
-}
-
-/// The `field` number of each request's JSON body, in arrival order.
-fn numbers(requests: &[Recorded], field: &str) -> Vec<i64> {
-    requests
-        .iter()
-        .map(|r| r.json()[field].as_i64().unwrap_or(-1))
-        .collect()
 }
 
 /// The first failed run of a handler, by log id.
@@ -125,7 +119,7 @@ async fn a_retried_delivery_holds_back_the_later_events_of_its_key_only() {
         .cloned()
         .collect();
     assert_eq!(
-        numbers(&client_15, "n"),
+        numbers(&client_15),
         [0, 0, 1, 2, 3, 4],
         "the first event's retry, then the rest in emit order"
     );
@@ -150,10 +144,12 @@ async fn a_retried_delivery_holds_back_the_later_events_of_its_key_only() {
         other < retry,
         "another key's event must not wait for client:15's retry"
     );
-    eventually(WAIT, "every delivery recorded as delivered", || {
-        let left = count(&db, "SELECT count(*) AS n FROM deliveries");
-        std::future::ready((left == 0).then_some(()))
-    })
+    wait_for_count(
+        &db,
+        "every delivery recorded as delivered",
+        "SELECT count(*) AS n FROM deliveries",
+        0,
+    )
     .await;
 }
 
@@ -211,16 +207,18 @@ async fn a_dead_delivery_blocks_its_key_under_block_until_skipped_and_not_under_
 
     // SKIP: the second event follows the first one's death without help.
     let skipped_on = receiver.wait_for("/skip", 4, WAIT).await;
-    assert_eq!(numbers(&skipped_on, "n"), [0, 0, 0, 1]);
+    assert_eq!(numbers(&skipped_on), [0, 0, 0, 1]);
 
     // BLOCK: three failed attempts, then nothing while the dead delivery holds the key.
-    eventually(WAIT, "the blocking handler's delivery dead", || {
-        let dead = count(&db, "SELECT count(*) AS n FROM deliveries WHERE state = 3") == 2;
-        std::future::ready(dead.then_some(()))
-    })
+    wait_for_count(
+        &db,
+        "the blocking handler's delivery dead",
+        "SELECT count(*) AS n FROM deliveries WHERE state = 3",
+        2,
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(numbers(&receiver.requests("/block"), "n"), [0, 0, 0]);
+    assert_eq!(numbers(&receiver.requests("/block")), [0, 0, 0]);
     let stats = stats_of(&server.client, blocking.id).await;
     assert_eq!((stats.queued, stats.blocked_keys), (1, 1), "{stats:?}");
     let stats = stats_of(&server.client, skipping.id).await;
@@ -234,7 +232,7 @@ async fn a_dead_delivery_blocks_its_key_under_block_until_skipped_and_not_under_
         .expect("skip");
     assert!(reply.delivery_id > 0 && reply.log_id > failed, "{reply:?}");
     let unblocked = receiver.wait_for("/block", 4, WAIT).await;
-    assert_eq!(numbers(&unblocked, "n"), [0, 0, 0, 1]);
+    assert_eq!(numbers(&unblocked), [0, 0, 0, 1]);
     let skip_row = count(
         &db,
         &format!(
@@ -273,10 +271,12 @@ async fn a_dead_delivery_blocks_its_key_under_block_until_skipped_and_not_under_
         })
         .await;
     assert_eq!(code(unknown), Some(Code::NotFound as i32));
-    eventually(WAIT, "no delivery left", || {
-        let left = count(&db, "SELECT count(*) AS n FROM deliveries WHERE state <> 3");
-        std::future::ready((left == 0).then_some(()))
-    })
+    wait_for_count(
+        &db,
+        "no delivery left",
+        "SELECT count(*) AS n FROM deliveries WHERE state <> 3",
+        0,
+    )
     .await;
 }
 
@@ -608,10 +608,12 @@ async fn provctl_sets_ordering_shows_a_blocked_key_and_skips_it() {
         emit.push(format!(r#"{{"n": {n}}}"#));
         run(emit).await;
     }
-    eventually(WAIT, "the first delivery dead", || {
-        let dead = count(&db, "SELECT count(*) AS n FROM deliveries WHERE state = 3") == 1;
-        std::future::ready(dead.then_some(()))
-    })
+    wait_for_count(
+        &db,
+        "the first delivery dead",
+        "SELECT count(*) AS n FROM deliveries WHERE state = 3",
+        1,
+    )
     .await;
     let shown = run(args(&format!("handlers get {id}"))).await;
     for line in [
@@ -633,5 +635,5 @@ async fn provctl_sets_ordering_shows_a_blocked_key_and_skips_it() {
     let skipped = run(args(&format!("logs skip {failed}"))).await;
     assert!(skipped.starts_with("skipped: delivery "), "{skipped}");
     let requests = receiver.wait_for("/p", 4, WAIT).await;
-    assert_eq!(numbers(&requests, "n"), [0, 0, 0, 1]);
+    assert_eq!(numbers(&requests), [0, 0, 0, 1]);
 }

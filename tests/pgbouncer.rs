@@ -10,12 +10,13 @@ use std::time::Duration;
 use diesel::sql_types::BigInt;
 use diesel::{QueryableByName, RunQueryDsl};
 use futures_util::StreamExt;
-use provisioning_client::{proto, Client};
+use provisioning_client::proto;
 use provisioning_tests::pgbouncer::PgBouncer;
 use provisioning_tests::receiver::Receiver;
 use provisioning_tests::{eventually, free_addr, provisiond, ServerProcess, TempDir, TestDatabase};
 
 use crate::dispatch::{create, emit_after, http_handler, numbers, with_conn, WAIT};
+use crate::read_standby::searched;
 
 /// Server connections PgBouncer may open to the test database: fewer than the two
 /// replicas' pools, so sessions are shared between them.
@@ -62,25 +63,6 @@ fn sessions(db: &TestDatabase) -> (i64, i64) {
         .expect("counting sessions")
     });
     (counted.listening, counted.others)
-}
-
-/// Log rows of `clients.create` Search returns through `client`.
-async fn searched(client: &Client) -> usize {
-    let request = proto::SearchLogsRequest {
-        filter: Some(proto::LogFilter {
-            events: vec!["clients.create".into()],
-            ..Default::default()
-        }),
-        limit: 1000,
-        ..Default::default()
-    };
-    let mut rows = client.search_logs(request).await.expect("search");
-    let mut n = 0;
-    while let Some(row) = rows.next().await {
-        row.expect("a row");
-        n += 1;
-    }
-    n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

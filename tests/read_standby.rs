@@ -19,7 +19,7 @@ use provisioning_tests::{data_dir, eventually, free_addr, provisiond, ServerProc
 use crate::dispatch::{create, emit_after, http_handler, WAIT};
 
 /// Log rows of `clients.create` a Search through `client` returns.
-async fn searched(client: &Client) -> usize {
+pub(crate) async fn searched(client: &Client) -> usize {
     let request = proto::SearchLogsRequest {
         filter: Some(proto::LogFilter {
             events: vec!["clients.create".into()],

@@ -242,6 +242,14 @@ pub(crate) fn count(db: &TestDatabase, sql: &str) -> i64 {
     })
 }
 
+/// Waits until `count(sql)` is `expected`; panics after [`WAIT`], naming `what`.
+pub(crate) async fn wait_for_count(db: &TestDatabase, what: &str, sql: &str, expected: i64) {
+    provisioning_tests::eventually(WAIT, what, || {
+        std::future::ready((count(db, sql) == expected).then_some(()))
+    })
+    .await;
+}
+
 /// The `n` member of each request body, as the multi-event tests number their events.
 pub(crate) fn numbers(requests: &[Recorded]) -> Vec<u64> {
     requests

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use provisioning_client::proto;
 
-use super::{clients_with_after_handler, emit_batches_keyed, emit_request, Ctx};
+use super::{clients_with_after_handler, delivered_since, emit_batches_keyed, emit_request, Ctx};
 use crate::load::paced;
 use crate::report::{per_second, percentile_ms, Metric};
 
@@ -60,22 +60,7 @@ pub async fn drain_rate(
     let start = Instant::now();
     let ids = emit_batches_keyed(clients, s.events, s.batch_size, s.batch_callers, keys).await?;
     let emitted = start.elapsed();
-    // Generous: a slow machine must still finish, a stuck server must not hang CI.
-    let timeout = Duration::from_secs(60).max(Duration::from_millis(s.events * 2));
-    let missing = ctx.sink.wait_for(&ids, timeout).await;
-    anyhow::ensure!(
-        missing == 0,
-        "{missing} of {} events not delivered within {timeout:?}",
-        ids.len()
-    );
-    let last = ctx
-        .sink
-        .arrivals_of(&ids)
-        .into_iter()
-        .flatten()
-        .max()
-        .unwrap_or(start);
-    let elapsed = last.saturating_duration_since(start);
+    let elapsed = delivered_since(ctx.sink, &ids, start).await?;
     let posts = ctx.sink.requests() - posts_before;
     let note = format!(
         "{} events via EmitBatch (emitted in {:.2} s), first emit → last arrival {:.2} s, \

@@ -16,6 +16,7 @@ pub mod search;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use provisioning_client::{proto, Client};
 
@@ -156,6 +157,31 @@ pub async fn http_handler(
         })
         .await?;
     Ok(handler.id)
+}
+
+/// How long `events` deliveries may take. Generous: a slow machine must still finish,
+/// a stuck server must not hang CI.
+pub fn delivery_timeout(events: usize) -> Duration {
+    Duration::from_secs(60).max(Duration::from_millis(events as u64 * 2))
+}
+
+/// Waits (at most [`delivery_timeout`]) until the sink has every one of `ids` and
+/// returns the time from `start` (the first emit) to the last arrival.
+pub async fn delivered_since(sink: &Sink, ids: &[i64], start: Instant) -> anyhow::Result<Duration> {
+    let timeout = delivery_timeout(ids.len());
+    let missing = sink.wait_for(ids, timeout).await;
+    anyhow::ensure!(
+        missing == 0,
+        "{missing} of {} events not delivered within {timeout:?}",
+        ids.len()
+    );
+    let last = sink
+        .arrivals_of(ids)
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(start);
+    Ok(last.saturating_duration_since(start))
 }
 
 /// Emits events `0..total` (AFTER) through EmitBatch calls of `batch_size` events from

@@ -28,7 +28,7 @@ use diesel::sql_types::BigInt;
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
 use provisioning_client::{proto, Client};
 
-use super::{emit_batches, http_handler, Ctx};
+use super::{delivered_since, delivery_timeout, emit_batches, http_handler, Ctx};
 use crate::database::FreshDb;
 use crate::report::{per_second, Metric};
 use crate::server::Server;
@@ -133,25 +133,11 @@ async fn measure(ctx: &Ctx<'_>, db: &FreshDb, servers: &[Server]) -> anyhow::Res
     let start = Instant::now();
     let ids = emit_batches(&clients, s.events, BATCH.min(s.batch_size), CALLERS).await?;
     let emitted = start.elapsed();
-    let timeout = Duration::from_secs(60).max(Duration::from_millis(s.events * 2));
-    let missing = ctx.sink.wait_for(&ids, timeout).await;
-    anyhow::ensure!(
-        missing == 0,
-        "{missing} of {} events not delivered within {timeout:?}",
-        ids.len()
-    );
-    let last = ctx
-        .sink
-        .arrivals_of(&ids)
-        .into_iter()
-        .flatten()
-        .max()
-        .unwrap_or(start);
+    let elapsed = delivered_since(ctx.sink, &ids, start).await?;
     let after = Counters::take(&pids, postmaster);
-    let elapsed = last.saturating_duration_since(start);
     // A late second POST of a delivery would show up by now (attempts run at once),
     // and the recorder has written the last runs' rows.
-    let stored_after = logged(&db.url, ids.len() as i64, timeout).await?;
+    let stored_after = logged(&db.url, ids.len() as i64, delivery_timeout(ids.len())).await?;
     let window = after.at.duration_since(before.at);
     let cores = |a: Option<u64>, b: Option<u64>| Some(usage::cores(b?.checked_sub(a?)?, window));
     Ok(Round {
