@@ -1,0 +1,191 @@
+//! The console's JSON API over plain HTTP: statuses and `{code, message, field}` for
+//! bad input, roles enforced as on gRPC, and the gRPC services' own validation.
+
+use provisioning_client::proto;
+use provisioning_server::config::Config;
+use provisioning_server::shutdown::Shutdown;
+use provisioning_server::ServerError;
+use provisioning_tests::requests::http_handler;
+use provisioning_tests::{free_addr, TestDatabase};
+
+use super::{call, send, ConsoleServer};
+use crate::auth::{with_token, ADMIN, EMITTER, READER};
+
+const BAD_URL: &str = r#"{"name": "CRM", "event": "accounts.create", "phase": "after",
+    "http": {"url": "ftp://crm.example/add"}}"#;
+
+/// Why: the console is a second door to the same services; each kind of bad request
+/// must get a precise HTTP status and a message the page can show, never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_api_answers_bad_requests_with_a_status_a_message_and_the_field() {
+    let db = TestDatabase::new().await;
+    let console = ConsoleServer::start(&db, true).await;
+    let addr = console.console;
+
+    let missing = call(addr, "GET", "/api/handlers", None, None).await;
+    assert_eq!(missing.status, 401, "{}", missing.text);
+    assert_eq!(missing.json()["code"], "unauthenticated");
+    let invalid = call(addr, "GET", "/api/handlers", Some("not-a-token"), None).await;
+    assert_eq!(invalid.status, 401, "{}", invalid.text);
+    assert!(!invalid.text.contains("not-a-token"), "{}", invalid.text);
+    let whoami = call(addr, "GET", "/api/whoami", Some("not-a-token"), None).await;
+    assert_eq!(whoami.status, 401);
+
+    let unknown = call(addr, "GET", "/api/nothing-here", Some(ADMIN), None).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+    assert_eq!(unknown.json()["code"], "not_found");
+    let unknown_page = call(addr, "GET", "/nothing.html", None, None).await;
+    assert_eq!(unknown_page.status, 404);
+
+    let malformed = call(addr, "POST", "/api/handlers", Some(ADMIN), Some(r#"{"name": "#)).await;
+    assert_eq!(malformed.status, 400, "{}", malformed.text);
+    let body = malformed.json();
+    assert!(
+        body["message"].as_str().unwrap_or("").starts_with("malformed JSON body"),
+        "{body}"
+    );
+    assert!(body["field"].is_null(), "{body}");
+    let not_json = send(
+        addr,
+        "POST",
+        "/api/handlers",
+        Some(ADMIN),
+        Some(("text/plain", BAD_URL)),
+    )
+    .await;
+    assert_eq!(not_json.status, 415, "{}", not_json.text);
+    let wrong_type = call(
+        addr,
+        "POST",
+        "/api/handlers",
+        Some(ADMIN),
+        Some(r#"{"priority": "first"}"#),
+    )
+    .await;
+    assert_eq!(wrong_type.status, 400);
+    assert_eq!(wrong_type.json()["field"], "priority");
+
+    // The service's own validation, with the field the form shows it next to, and the
+    // very message a gRPC caller gets.
+    let refused = call(addr, "POST", "/api/handlers", Some(ADMIN), Some(BAD_URL)).await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    let refused = refused.json();
+    assert_eq!(refused["code"], "invalid_argument");
+    assert_eq!(refused["field"], "http.url");
+    let grpc = with_token(&console.server, ADMIN)
+        .create_handler(http_handler(
+            "CRM",
+            "accounts.create",
+            proto::Phase::After,
+            "ftp://crm.example/add",
+        ))
+        .await
+        .expect_err("refused over gRPC too");
+    assert!(
+        grpc.to_string().contains(refused["message"].as_str().unwrap_or("?")),
+        "gRPC: {grpc}; console: {refused}"
+    );
+
+    let bad_filter = call(addr, "GET", "/api/logs?status=maybe", Some(READER), None).await;
+    assert_eq!(bad_filter.status, 400);
+    assert_eq!(bad_filter.json()["field"], "status");
+    let bad_date = call(addr, "GET", "/api/logs?from=yesterday", Some(READER), None).await;
+    assert_eq!(bad_date.json()["field"], "from");
+    let no_run = call(addr, "GET", "/api/logs/987654", Some(READER), None).await;
+    assert_eq!(no_run.status, 404, "{}", no_run.text);
+}
+
+/// Why: the console must grant exactly what the gRPC role table grants; a reader
+/// reads, an emitter does not read handlers, only an admin edits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_decide_the_json_routes_as_they_decide_the_grpc_methods() {
+    let db = TestDatabase::new().await;
+    let console = ConsoleServer::start(&db, true).await;
+    let addr = console.console;
+    let valid = r#"{"name": "CRM", "event": "accounts.create", "phase": "after",
+        "http": {"url": "http://127.0.0.1:9/add"}}"#;
+
+    let reader = call(addr, "GET", "/api/whoami", Some(READER), None).await.json();
+    assert_eq!(reader["name"], "dashboard");
+    assert_eq!(reader["roles"], serde_json::json!(["reader"]));
+    assert_eq!(reader["admin"], false);
+    assert_eq!(reader["development"], false);
+
+    let denied = call(addr, "POST", "/api/handlers", Some(READER), Some(valid)).await;
+    assert_eq!(denied.status, 403, "{}", denied.text);
+    assert_eq!(denied.json()["code"], "permission_denied");
+    let emitter = call(addr, "GET", "/api/handlers", Some(EMITTER), None).await;
+    assert_eq!(emitter.status, 403, "{}", emitter.text);
+
+    let created = call(addr, "POST", "/api/handlers", Some(ADMIN), Some(valid)).await;
+    assert_eq!(created.status, 200, "{}", created.text);
+    let created = created.json();
+    let secret = created["http"]["secret"].as_str().unwrap_or_default();
+    assert!(secret.starts_with("whsec_") && !secret.contains('…'), "{created}");
+    let id = created["id"].as_i64().expect("an id");
+
+    let listed = call(addr, "GET", "/api/handlers", Some(READER), None).await.json();
+    assert_eq!(listed["handlers"][0]["id"], id);
+    assert!(
+        listed["handlers"][0]["http"]["secret"]
+            .as_str()
+            .unwrap_or_default()
+            .contains('…'),
+        "readers see the secret masked: {listed}"
+    );
+    let toggle = format!("/api/handlers/{id}/status");
+    let denied = call(addr, "POST", &toggle, Some(READER), Some(r#"{"status": "disabled"}"#)).await;
+    assert_eq!(denied.status, 403, "{}", denied.text);
+    let disabled = call(addr, "POST", &toggle, Some(ADMIN), Some(r#"{"status": "disabled"}"#)).await;
+    assert_eq!(disabled.json()["status"], "disabled", "{}", disabled.text);
+    let patched = call(
+        addr,
+        "PATCH",
+        &format!("/api/handlers/{id}"),
+        Some(ADMIN),
+        Some(r#"{"priority": 7}"#),
+    )
+    .await
+    .json();
+    assert_eq!(patched["priority"], 7, "{patched}");
+    assert_eq!(patched["status"], "disabled", "only the named fields change");
+    let retry = call(addr, "POST", "/api/logs/1/retry", Some(READER), Some("{}")).await;
+    assert_eq!(retry.status, 403, "{}", retry.text);
+}
+
+/// Why: without a tokens file no sign-in is needed, and the page itself is served with
+/// the headers that keep it from being framed or sniffed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn development_mode_serves_the_page_and_needs_no_token() {
+    let db = TestDatabase::new().await;
+    let console = ConsoleServer::start(&db, false).await;
+    let whoami = super::call(console.console, "GET", "/api/whoami", None, None).await.json();
+    assert_eq!(whoami["development"], true);
+    assert_eq!(whoami["admin"], true);
+    let page = super::call(console.console, "GET", "/", None, None).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("Provisioning API"));
+    let csp = page.headers["content-security-policy"].to_str().unwrap_or("");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    let script = super::call(console.console, "GET", "/js/main.js", None, None).await;
+    assert!(script.headers["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .starts_with("text/javascript"));
+}
+
+/// Why: development mode trusts every caller, so the console, like the gRPC listener,
+/// must not be reachable from the network without a tokens file.
+#[tokio::test]
+async fn development_mode_refuses_a_console_on_a_network_address() {
+    let db = TestDatabase::new().await;
+    let scripts = provisioning_tests::TempDir::new("console-scripts");
+    let mut config: Config = provisioning_tests::test_config(&db, scripts.path());
+    config.console_listen = Some(format!("0.0.0.0:{}", free_addr().port()).parse().expect("an address"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let result = provisioning_server::run(config, listener, Shutdown::default()).await;
+    match result {
+        Err(ServerError::Auth(message)) => assert!(message.contains("0.0.0.0"), "{message}"),
+        other => panic!("expected the start to be refused, got {other:?}"),
+    }
+}
