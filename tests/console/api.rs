@@ -37,11 +37,21 @@ async fn the_json_api_answers_bad_requests_with_a_status_a_message_and_the_field
     let unknown_page = call(addr, "GET", "/nothing.html", None, None).await;
     assert_eq!(unknown_page.status, 404);
 
-    let malformed = call(addr, "POST", "/api/handlers", Some(ADMIN), Some(r#"{"name": "#)).await;
+    let malformed = call(
+        addr,
+        "POST",
+        "/api/handlers",
+        Some(ADMIN),
+        Some(r#"{"name": "#),
+    )
+    .await;
     assert_eq!(malformed.status, 400, "{}", malformed.text);
     let body = malformed.json();
     assert!(
-        body["message"].as_str().unwrap_or("").starts_with("malformed JSON body"),
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("malformed JSON body"),
         "{body}"
     );
     assert!(body["field"].is_null(), "{body}");
@@ -82,7 +92,8 @@ async fn the_json_api_answers_bad_requests_with_a_status_a_message_and_the_field
         .await
         .expect_err("refused over gRPC too");
     assert!(
-        grpc.to_string().contains(refused["message"].as_str().unwrap_or("?")),
+        grpc.to_string()
+            .contains(refused["message"].as_str().unwrap_or("?")),
         "gRPC: {grpc}; console: {refused}"
     );
 
@@ -105,7 +116,9 @@ async fn roles_decide_the_json_routes_as_they_decide_the_grpc_methods() {
     let valid = r#"{"name": "CRM", "event": "accounts.create", "phase": "after",
         "http": {"url": "http://127.0.0.1:9/add"}}"#;
 
-    let reader = call(addr, "GET", "/api/whoami", Some(READER), None).await.json();
+    let reader = call(addr, "GET", "/api/whoami", Some(READER), None)
+        .await
+        .json();
     assert_eq!(reader["name"], "dashboard");
     assert_eq!(reader["roles"], serde_json::json!(["reader"]));
     assert_eq!(reader["admin"], false);
@@ -121,10 +134,15 @@ async fn roles_decide_the_json_routes_as_they_decide_the_grpc_methods() {
     assert_eq!(created.status, 200, "{}", created.text);
     let created = created.json();
     let secret = created["http"]["secret"].as_str().unwrap_or_default();
-    assert!(secret.starts_with("whsec_") && !secret.contains('…'), "{created}");
+    assert!(
+        secret.starts_with("whsec_") && !secret.contains('…'),
+        "{created}"
+    );
     let id = created["id"].as_i64().expect("an id");
 
-    let listed = call(addr, "GET", "/api/handlers", Some(READER), None).await.json();
+    let listed = call(addr, "GET", "/api/handlers", Some(READER), None)
+        .await
+        .json();
     assert_eq!(listed["handlers"][0]["id"], id);
     assert!(
         listed["handlers"][0]["http"]["secret"]
@@ -134,9 +152,23 @@ async fn roles_decide_the_json_routes_as_they_decide_the_grpc_methods() {
         "readers see the secret masked: {listed}"
     );
     let toggle = format!("/api/handlers/{id}/status");
-    let denied = call(addr, "POST", &toggle, Some(READER), Some(r#"{"status": "disabled"}"#)).await;
+    let denied = call(
+        addr,
+        "POST",
+        &toggle,
+        Some(READER),
+        Some(r#"{"status": "disabled"}"#),
+    )
+    .await;
     assert_eq!(denied.status, 403, "{}", denied.text);
-    let disabled = call(addr, "POST", &toggle, Some(ADMIN), Some(r#"{"status": "disabled"}"#)).await;
+    let disabled = call(
+        addr,
+        "POST",
+        &toggle,
+        Some(ADMIN),
+        Some(r#"{"status": "disabled"}"#),
+    )
+    .await;
     assert_eq!(disabled.json()["status"], "disabled", "{}", disabled.text);
     let patched = call(
         addr,
@@ -148,7 +180,10 @@ async fn roles_decide_the_json_routes_as_they_decide_the_grpc_methods() {
     .await
     .json();
     assert_eq!(patched["priority"], 7, "{patched}");
-    assert_eq!(patched["status"], "disabled", "only the named fields change");
+    assert_eq!(
+        patched["status"], "disabled",
+        "only the named fields change"
+    );
     let retry = call(addr, "POST", "/api/logs/1/retry", Some(READER), Some("{}")).await;
     assert_eq!(retry.status, 403, "{}", retry.text);
 }
@@ -159,13 +194,17 @@ async fn roles_decide_the_json_routes_as_they_decide_the_grpc_methods() {
 async fn development_mode_serves_the_page_and_needs_no_token() {
     let db = TestDatabase::new().await;
     let console = ConsoleServer::start(&db, false).await;
-    let whoami = super::call(console.console, "GET", "/api/whoami", None, None).await.json();
+    let whoami = super::call(console.console, "GET", "/api/whoami", None, None)
+        .await
+        .json();
     assert_eq!(whoami["development"], true);
     assert_eq!(whoami["admin"], true);
     let page = super::call(console.console, "GET", "/", None, None).await;
     assert_eq!(page.status, 200);
     assert!(page.text.contains("Provisioning API"));
-    let csp = page.headers["content-security-policy"].to_str().unwrap_or("");
+    let csp = page.headers["content-security-policy"]
+        .to_str()
+        .unwrap_or("");
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     let script = super::call(console.console, "GET", "/js/main.js", None, None).await;
     assert!(script.headers["content-type"]
@@ -181,8 +220,14 @@ async fn development_mode_refuses_a_console_on_a_network_address() {
     let db = TestDatabase::new().await;
     let scripts = provisioning_tests::TempDir::new("console-scripts");
     let mut config: Config = provisioning_tests::test_config(&db, scripts.path());
-    config.console_listen = Some(format!("0.0.0.0:{}", free_addr().port()).parse().expect("an address"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    config.console_listen = Some(
+        format!("0.0.0.0:{}", free_addr().port())
+            .parse()
+            .expect("an address"),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let result = provisioning_server::run(config, listener, Shutdown::default()).await;
     match result {
         Err(ServerError::Auth(message)) => assert!(message.contains("0.0.0.0"), "{message}"),

@@ -37,7 +37,12 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
     // succeeds: the manual Retry is what delivers it.
     receiver.route(
         "/failing",
-        vec![Reply::status(500), Reply::status(500), Reply::status(500), Reply::ok()],
+        vec![
+            Reply::status(500),
+            Reply::status(500),
+            Reply::status(500),
+            Reply::ok(),
+        ],
     );
     let admin = with_token(&console.server, ADMIN);
     let emitter = with_token(&console.server, EMITTER);
@@ -51,13 +56,18 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
     browser.fill("#token", ADMIN).await;
     browser.click("#sign-in button[type=submit]").await;
     browser.wait_for_text("main h1", "Handlers").await;
-    browser.wait_for_text("#who-name", "Signed in as ops (admin)").await;
+    browser
+        .wait_for_text("#who-name", "Signed in as ops (admin)")
+        .await;
 
     // New Handler: a bad URL first, its error next to the URL field.
     browser.click("#new-handler").await;
     browser.wait_for_text("main h1", "New Handler").await;
     assert!(
-        browser.count("#event optgroup[label='Email Rates Manager']").await == 1,
+        browser
+            .count("#event optgroup[label='Email Rates Manager']")
+            .await
+            == 1,
         "the event list is grouped as the seeds' list"
     );
     browser.fill("#name", CRM).await;
@@ -69,7 +79,14 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
     let error = browser.wait_for_text("#error-url", "http.url").await;
     assert!(error.contains("ftp"), "{error}");
     assert_eq!(
-        browser.find("#url").await.attr("aria-invalid").await.ok().flatten().as_deref(),
+        browser
+            .find("#url")
+            .await
+            .attr("aria-invalid")
+            .await
+            .ok()
+            .flatten()
+            .as_deref(),
         Some("true")
     );
     browser.screenshot("02-new-handler-validation-error").await;
@@ -77,38 +94,71 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
     browser.click("#save").await;
     browser.wait_for_text("#secret", "whsec_").await;
     browser.wait_for_text("main h1", CRM).await;
-    browser.screenshot("03-handler-created-secret-shown-once").await;
+    browser
+        .screenshot("03-handler-created-secret-shown-once")
+        .await;
 
     // Handlers: the quick enable/disable switch.
     let failing = admin
         .create_handler(proto::CreateHandlerRequest {
             priority: 2,
-            ..http_handler(FAILING, "accounts.create", proto::Phase::After, &receiver.url("/failing"))
+            ..http_handler(
+                FAILING,
+                "accounts.create",
+                proto::Phase::After,
+                &receiver.url("/failing"),
+            )
         })
         .await
         .expect("the failing handler");
-    page.goto(&format!("{}/#/handlers", console.url())).await.expect("handlers");
+    page.goto(&format!("{}/#/handlers", console.url()))
+        .await
+        .expect("handlers");
     browser.wait_for_count("#handlers-table tbody tr", 2).await;
     let crm_row = "#handlers-table tbody tr:first-child";
     browser.wait_for_text(crm_row, CRM).await;
     browser.click(&format!("{crm_row} .status-toggle")).await;
-    browser.find("#handlers-table tr[data-status=disabled]").await;
+    browser
+        .find("#handlers-table tr[data-status=disabled]")
+        .await;
     browser.screenshot("04-handlers-one-disabled").await;
     browser.click(&format!("{crm_row} .status-toggle")).await;
-    browser.wait_for_count("#handlers-table tr[data-status=enabled]", 2).await;
+    browser
+        .wait_for_count("#handlers-table tr[data-status=enabled]", 2)
+        .await;
     browser.screenshot("05-handlers").await;
 
     // Execution Logs, Live: an event emitted over gRPC appears without a reload.
     browser.click("#nav a[data-section=logs]").await;
     browser.wait_for_text("main h1", "Execution Logs").await;
     browser.click("#live").await;
-    browser.wait_for_text("#live-status", "Live: new runs").await;
-    emit_after(&emitter, "accounts.create", r#"{"id": 178, "accname": "1", "id_clients": 15}"#).await;
-    browser.wait_for_count(&format!("{LOG_ROWS}[data-status=success]"), 1).await;
+    browser
+        .wait_for_text("#live-status", "Live: new runs")
+        .await;
+    emit_after(
+        &emitter,
+        "accounts.create",
+        r#"{"id": 178, "accname": "1", "id_clients": 15}"#,
+    )
+    .await;
+    browser
+        .wait_for_count(&format!("{LOG_ROWS}[data-status=success]"), 1)
+        .await;
     let live_row = browser.wait_for_text(LOG_ROWS, CRM).await;
-    assert!(live_row.contains("Accounts Create") && live_row.contains("After"), "{live_row}");
-    let date = browser.find(&format!("{LOG_ROWS} time")).await.text().await.expect("a date");
-    assert!(is_seeds_date(&date), "{date:?} is not MM/DD/YYYY HH:MM:SS +0000");
+    assert!(
+        live_row.contains("Accounts Create") && live_row.contains("After"),
+        "{live_row}"
+    );
+    let date = browser
+        .find(&format!("{LOG_ROWS} time"))
+        .await
+        .text()
+        .await
+        .expect("a date");
+    assert!(
+        is_seeds_date(&date),
+        "{date:?} is not MM/DD/YYYY HH:MM:SS +0000"
+    );
     let title = browser
         .find(&format!("{LOG_ROWS} time"))
         .await
@@ -121,26 +171,46 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
     browser.screenshot("06-execution-logs-live").await;
 
     // Details of that run.
-    browser.click(&format!("{LOG_ROWS}[data-status=success] a[href^='#/logs/']")).await;
+    browser
+        .click(&format!(
+            "{LOG_ROWS}[data-status=success] a[href^='#/logs/']"
+        ))
+        .await;
     browser.wait_for_text("#details-title", CRM).await;
-    let details = browser.wait_for_text("#log-details", "Accounts Create").await;
-    assert!(details.contains("Success") && details.contains("After"), "{details}");
-    browser.wait_for_text("#data-sent", "\"accname\": \"1\"").await;
+    let details = browser
+        .wait_for_text("#log-details", "Accounts Create")
+        .await;
+    assert!(
+        details.contains("Success") && details.contains("After"),
+        "{details}"
+    );
+    browser
+        .wait_for_text("#data-sent", "\"accname\": \"1\"")
+        .await;
     browser.screenshot("07-log-details").await;
 
     // A failed run: all attempts of the failing handler's delivery fail.
-    emit_after(&emitter, "accounts.create", r#"{"id": 179, "accname": "2", "id_clients": 15}"#).await;
+    emit_after(
+        &emitter,
+        "accounts.create",
+        r#"{"id": 179, "accname": "2", "id_clients": 15}"#,
+    )
+    .await;
     receiver.wait_for("/failing", 3, WAIT).await;
     wait_for_runs(&admin, failing.id, 3).await;
 
     // Advanced Search: status + event + data + date.
-    page.goto(&format!("{}/#/logs", console.url())).await.expect("logs");
+    page.goto(&format!("{}/#/logs", console.url()))
+        .await
+        .expect("logs");
     browser.wait_for_text("main h1", "Execution Logs").await;
     browser.click("#toggle-search").await;
     browser.select("#search-status", "fail").await;
     browser.select("#search-event", "accounts.create").await;
     browser.fill("#search-data", "\"accname\": \"2\"").await;
-    let from = (chrono::Utc::now() - chrono::Duration::minutes(5)).format("%Y-%m-%dT%H:%M:%S").to_string();
+    let from = (chrono::Utc::now() - chrono::Duration::minutes(5))
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
     page.execute(
         "document.getElementById('search-from').value = arguments[0];",
         vec![json!(from)],
@@ -148,8 +218,14 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
     .await
     .expect("set Date From");
     browser.click("#search-submit").await;
-    let failed = browser.wait_for_count(&format!("{LOG_ROWS}[data-status=fail]"), 3).await;
-    assert_eq!(browser.count(LOG_ROWS).await, 3, "only the failed runs match");
+    let failed = browser
+        .wait_for_count(&format!("{LOG_ROWS}[data-status=fail]"), 3)
+        .await;
+    assert_eq!(
+        browser.count(LOG_ROWS).await,
+        3,
+        "only the failed runs match"
+    );
     let first = failed[0].text().await.expect("row text");
     assert!(first.contains(FAILING), "{first}");
     browser.screenshot("08-advanced-search").await;
@@ -159,16 +235,24 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
     browser.click("#search-submit").await;
     browser.wait_for_count(LOG_ROWS, 3).await;
     browser.click("#live").await;
-    browser.wait_for_text("#live-status", "Live: new runs").await;
-    browser.click(&format!("{LOG_ROWS}[data-status=fail] .retry")).await;
+    browser
+        .wait_for_text("#live-status", "Live: new runs")
+        .await;
+    browser
+        .click(&format!("{LOG_ROWS}[data-status=fail] .retry"))
+        .await;
     browser.wait_for_text("#logs-message", "scheduled").await;
-    browser.wait_for_count(&format!("{LOG_ROWS}[data-status=success]"), 1).await;
+    browser
+        .wait_for_count(&format!("{LOG_ROWS}[data-status=success]"), 1)
+        .await;
     receiver.wait_for("/failing", 4, WAIT).await;
     browser.screenshot("09-retried").await;
 
     // Stats per handler.
     browser.click("#nav a[data-section=stats]").await;
-    browser.wait_for_count("#stats-table tbody tr[data-handler-id]", 2).await;
+    browser
+        .wait_for_count("#stats-table tbody tr[data-handler-id]", 2)
+        .await;
     let stats = browser.wait_for_text("#stats-table", FAILING).await;
     assert!(stats.contains(CRM) && stats.contains("25.0 %"), "{stats}");
     browser.screenshot("10-stats").await;
@@ -184,7 +268,10 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
         )
         .await
         .expect("measure");
-    assert!(overflow.as_i64().unwrap_or(1) <= 0, "the page is wider than the window by {overflow}");
+    assert!(
+        overflow.as_i64().unwrap_or(1) <= 0,
+        "the page is wider than the window by {overflow}"
+    );
     browser.screenshot("11-narrow-window").await;
     page.set_window_size(1280, 900).await.expect("resize");
 
@@ -193,8 +280,12 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
     browser.find("#sign-in").await;
     browser.fill("#token", READER).await;
     browser.click("#sign-in button[type=submit]").await;
-    browser.wait_for_text("#who-name", "dashboard (reader)").await;
-    page.goto(&format!("{}/#/handlers", console.url())).await.expect("handlers");
+    browser
+        .wait_for_text("#who-name", "dashboard (reader)")
+        .await;
+    page.goto(&format!("{}/#/handlers", console.url()))
+        .await
+        .expect("handlers");
     browser.wait_for_count("#handlers-table tbody tr", 2).await;
     assert_eq!(browser.count("#new-handler").await, 0);
     assert_eq!(browser.count(".status-toggle").await, 0);

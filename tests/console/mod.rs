@@ -57,8 +57,7 @@ pub(crate) struct Answer {
 
 impl Answer {
     pub(crate) fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
     }
 }
 
@@ -70,7 +69,14 @@ pub(crate) async fn call(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Answer {
-    send(console, method, path, token, body.map(|b| ("application/json", b))).await
+    send(
+        console,
+        method,
+        path,
+        token,
+        body.map(|b| ("application/json", b)),
+    )
+    .await
 }
 
 /// Sends one request with any content type.
@@ -81,8 +87,7 @@ pub(crate) async fn send(
     token: Option<&str>,
     body: Option<(&str, &str)>,
 ) -> Answer {
-    let client: HttpClient<_, Full<Bytes>> =
-        HttpClient::builder(TokioExecutor::new()).build_http();
+    let client: HttpClient<_, Full<Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
     let mut request = hyper::Request::builder()
         .method(method)
         .uri(format!("http://{console}{path}"));

@@ -151,7 +151,10 @@ impl Browser {
     /// Clears the input at `css` and types `text` into it.
     pub async fn fill(&self, css: &str, text: &str) {
         let input = self.find(css).await;
-        input.clear().await.unwrap_or_else(|e| panic!("clearing {css}: {e}"));
+        input
+            .clear()
+            .await
+            .unwrap_or_else(|e| panic!("clearing {css}: {e}"));
         input
             .send_keys(text)
             .await

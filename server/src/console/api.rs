@@ -103,11 +103,7 @@ impl ApiError {
     }
 
     fn into_response(self) -> Response<Body> {
-        let mut response = whole(
-            self.status,
-            "application/json",
-            self.json().to_string(),
-        );
+        let mut response = whole(self.status, "application/json", self.json().to_string());
         no_store(&mut response);
         response
     }
@@ -119,7 +115,10 @@ impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> ApiError {
         let (http, code) = match status.code() {
             Code::Ok => (StatusCode::OK, "ok"),
-            Code::Cancelled => (StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST), "cancelled"),
+            Code::Cancelled => (
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                "cancelled",
+            ),
             Code::Unknown => (StatusCode::INTERNAL_SERVER_ERROR, "unknown"),
             Code::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_argument"),
             Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
@@ -235,7 +234,10 @@ impl Call<'_> {
     }
 }
 
-async fn route(request: Request<Incoming>, services: &Services) -> Result<Response<Body>, ApiError> {
+async fn route(
+    request: Request<Incoming>,
+    services: &Services,
+) -> Result<Response<Body>, ApiError> {
     let (parts, body) = request.into_parts();
     let call = Call {
         services,
@@ -255,9 +257,16 @@ async fn route(request: Request<Incoming>, services: &Services) -> Result<Respon
     let reply = match (&parts.method, segments.as_slice()) {
         (&Method::GET, ["whoami"]) => whoami(&call)?,
         (&Method::GET, ["event-types"]) => {
-            let request = call.grpc(&handler_method("ListEventTypes"), pb::ListEventTypesRequest {})?;
+            let request = call.grpc(
+                &handler_method("ListEventTypes"),
+                pb::ListEventTypesRequest {},
+            )?;
             let reply = handlers.list_event_types(request).await?.into_inner();
-            let types: Vec<Value> = reply.event_types.into_iter().map(convert::event_type).collect();
+            let types: Vec<Value> = reply
+                .event_types
+                .into_iter()
+                .map(convert::event_type)
+                .collect();
             json!({ "event_types": types })
         }
         (&Method::GET, ["handlers"]) => list_handlers(&call).await?,
@@ -271,16 +280,23 @@ async fn route(request: Request<Incoming>, services: &Services) -> Result<Respon
             let id = id_of(id)?;
             match *method {
                 Method::GET => {
-                    let request = call.grpc(&handler_method("Get"), pb::GetHandlerRequest { id })?;
+                    let request =
+                        call.grpc(&handler_method("Get"), pb::GetHandlerRequest { id })?;
                     convert::handler(handlers.get(request).await?.into_inner())
                 }
                 Method::PATCH => {
                     let authorized = call.authorize(&handler_method("Update"))?;
                     let message = convert::update_handler(id, body().await?)?;
-                    convert::handler(handlers.update(authorized.request(message)).await?.into_inner())
+                    convert::handler(
+                        handlers
+                            .update(authorized.request(message))
+                            .await?
+                            .into_inner(),
+                    )
                 }
                 Method::DELETE => {
-                    let request = call.grpc(&handler_method("Delete"), pb::DeleteHandlerRequest { id })?;
+                    let request =
+                        call.grpc(&handler_method("Delete"), pb::DeleteHandlerRequest { id })?;
                     handlers.delete(request).await?;
                     json!({ "deleted": id })
                 }
@@ -298,7 +314,10 @@ async fn route(request: Request<Incoming>, services: &Services) -> Result<Respon
             convert::handler(handlers.set_status(request).await?.into_inner())
         }
         (&Method::POST, ["handlers", id, "rotate-secret"]) => {
-            let request = call.grpc(&handler_method("RotateSecret"), pb::RotateSecretRequest { id: id_of(id)? })?;
+            let request = call.grpc(
+                &handler_method("RotateSecret"),
+                pb::RotateSecretRequest { id: id_of(id)? },
+            )?;
             convert::handler(handlers.rotate_secret(request).await?.into_inner())
         }
         (&Method::GET, ["logs"]) => search(&call).await?,
@@ -325,7 +344,11 @@ async fn route(request: Request<Incoming>, services: &Services) -> Result<Respon
             };
             let request = call.grpc(&log_method("Stats"), request)?;
             let reply = logs.stats(request).await?.into_inner();
-            let handlers: Vec<Value> = reply.handlers.into_iter().map(convert::handler_stats).collect();
+            let handlers: Vec<Value> = reply
+                .handlers
+                .into_iter()
+                .map(convert::handler_stats)
+                .collect();
             json!({ "handlers": handlers })
         }
         _ => return Err(no_route(&parts)),
@@ -449,7 +472,11 @@ fn log_filter(call: &Call<'_>) -> Result<pb::LogFilter, ApiError> {
             pb::RunStatus::from_str_name(s).map(Into::into)
         })?,
         phase: phase_param(call, "phase")?,
-        events: if event.is_empty() { Vec::new() } else { vec![event] },
+        events: if event.is_empty() {
+            Vec::new()
+        } else {
+            vec![event]
+        },
         handler_id: call.number("handler_id")?,
         data_contains: call.text("data"),
         error_contains: call.text("error"),
@@ -592,7 +619,8 @@ mod tests {
         let denied = ApiError::from(tonic::Status::permission_denied("no"));
         assert_eq!(denied.status, StatusCode::FORBIDDEN);
         assert_eq!(denied.json()["code"], "permission_denied");
-        let nested = ApiError::bad_request(Some("url"), "must be a string".into()).with_field_prefix("http");
+        let nested =
+            ApiError::bad_request(Some("url"), "must be a string".into()).with_field_prefix("http");
         assert_eq!(nested.field.as_deref(), Some("http.url"));
         assert_eq!(nested.message, "http.url: must be a string");
     }

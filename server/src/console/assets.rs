@@ -40,12 +40,13 @@ pub(super) fn answer<B>(request: &Request<B>) -> Response<Body> {
             "text/plain; charset=utf-8",
             "use GET\n",
         );
-        response
-            .headers_mut()
-            .insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
+        response.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
         return response;
     }
-    let mut response = whole(StatusCode::OK, content_type, *content);
+    let mut response = whole(StatusCode::OK, *content_type, *content);
     response.headers_mut().insert(
         hyper::header::CACHE_CONTROL,
         hyper::header::HeaderValue::from_static("no-cache"),

@@ -53,9 +53,9 @@ impl Fields {
     pub(super) fn integer<T: TryFrom<i64>>(&mut self, key: &str) -> Result<T, ApiError> {
         let value = match self.take(key) {
             None => 0,
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .ok_or_else(|| ApiError::bad_request(Some(key), format!("{n} is not an integer")))?,
+            Some(Value::Number(n)) => n.as_i64().ok_or_else(|| {
+                ApiError::bad_request(Some(key), format!("{n} is not an integer"))
+            })?,
             Some(other) => return Err(wrong_type(key, "an integer", &other)),
         };
         T::try_from(value)
@@ -88,9 +88,7 @@ impl Fields {
         let keys: Vec<String> = fields.0.keys().cloned().collect();
         keys.into_iter()
             .map(|name| {
-                let value = fields
-                    .string(&name)
-                    .map_err(|e| e.with_field_prefix(key))?;
+                let value = fields.string(&name).map_err(|e| e.with_field_prefix(key))?;
                 Ok((name, value))
             })
             .collect()
@@ -145,7 +143,9 @@ fn phase_name(value: i32) -> String {
 
 fn phase(fields: &mut Fields) -> Result<i32, ApiError> {
     let text = fields.string("phase")?;
-    enum_value("phase", &text, "PHASE", |s| pb::Phase::from_str_name(s).map(Into::into))
+    enum_value("phase", &text, "PHASE", |s| {
+        pb::Phase::from_str_name(s).map(Into::into)
+    })
 }
 
 /// `"enabled"` ... to the HandlerStatus value.
@@ -163,7 +163,9 @@ fn failure_policy(fields: &mut Fields) -> Result<i32, ApiError> {
 }
 
 fn http_target(mut fields: Fields) -> Result<pb::HttpTarget, ApiError> {
-    let url = fields.string("url").map_err(|e| e.with_field_prefix("http"))?;
+    let url = fields
+        .string("url")
+        .map_err(|e| e.with_field_prefix("http"))?;
     let headers = fields
         .string_map("headers")
         .map_err(|e| e.with_field_prefix("http"))?;
@@ -176,7 +178,9 @@ fn http_target(mut fields: Fields) -> Result<pb::HttpTarget, ApiError> {
 }
 
 fn script_target(mut fields: Fields) -> Result<pb::ScriptTarget, ApiError> {
-    let path = fields.string("path").map_err(|e| e.with_field_prefix("script"))?;
+    let path = fields
+        .string("path")
+        .map_err(|e| e.with_field_prefix("script"))?;
     fields.finish("script.")?;
     Ok(pb::ScriptTarget { path })
 }
@@ -268,7 +272,10 @@ pub(super) fn create_handler(mut fields: Fields) -> Result<pb::CreateHandlerRequ
 
 /// The body of `PATCH /api/handlers/{id}` as an UpdateHandlerRequest changing the
 /// fields the body names (and only those).
-pub(super) fn update_handler(id: i64, mut fields: Fields) -> Result<pb::UpdateHandlerRequest, ApiError> {
+pub(super) fn update_handler(
+    id: i64,
+    mut fields: Fields,
+) -> Result<pb::UpdateHandlerRequest, ApiError> {
     let paths: Vec<String> = [
         "name",
         "event",
@@ -307,7 +314,10 @@ pub(super) fn update_handler(id: i64, mut fields: Fields) -> Result<pb::UpdateHa
 }
 
 /// RFC 3339 text (`2016-12-20T13:45:15Z`) as a timestamp; `""` is none.
-pub(super) fn timestamp_from(field: &str, text: &str) -> Result<Option<prost_types::Timestamp>, ApiError> {
+pub(super) fn timestamp_from(
+    field: &str,
+    text: &str,
+) -> Result<Option<prost_types::Timestamp>, ApiError> {
     if text.is_empty() {
         return Ok(None);
     }
@@ -515,10 +525,22 @@ mod tests {
     #[test]
     fn shape_errors_name_their_field() {
         let error = |text: &str| create_handler(fields(text)).unwrap_err();
-        assert_eq!(error(r#"{"priority": "high"}"#).field.as_deref(), Some("priority"));
-        assert_eq!(error(r#"{"phase": "during"}"#).field.as_deref(), Some("phase"));
-        assert_eq!(error(r#"{"phase": "AFTER"}"#).field.as_deref(), Some("phase"));
-        assert_eq!(error(r#"{"colour": "red"}"#).field.as_deref(), Some("colour"));
+        assert_eq!(
+            error(r#"{"priority": "high"}"#).field.as_deref(),
+            Some("priority")
+        );
+        assert_eq!(
+            error(r#"{"phase": "during"}"#).field.as_deref(),
+            Some("phase")
+        );
+        assert_eq!(
+            error(r#"{"phase": "AFTER"}"#).field.as_deref(),
+            Some("phase")
+        );
+        assert_eq!(
+            error(r#"{"colour": "red"}"#).field.as_deref(),
+            Some("colour")
+        );
         assert_eq!(
             error(r#"{"http": {"url": 5}}"#).field.as_deref(),
             Some("http.url")
@@ -533,7 +555,8 @@ mod tests {
 
     #[test]
     fn an_update_names_only_the_fields_sent() {
-        let request = update_handler(7, fields(r#"{"priority": 0, "script": {"path": "a.sh"}}"#)).unwrap();
+        let request =
+            update_handler(7, fields(r#"{"priority": 0, "script": {"path": "a.sh"}}"#)).unwrap();
         assert_eq!(request.update_mask.unwrap().paths, ["priority", "script"]);
         assert_eq!(request.handler.unwrap().id, 7);
     }
@@ -545,11 +568,17 @@ mod tests {
             enum_name(pb::FailurePolicy::FailOpen.as_str_name(), "FAILURE_POLICY"),
             "fail_open"
         );
-        assert_eq!(handler_status("s", "archived").unwrap(), pb::HandlerStatus::Archived as i32);
+        assert_eq!(
+            handler_status("s", "archived").unwrap(),
+            pb::HandlerStatus::Archived as i32
+        );
         assert_eq!(handler_status("s", "").unwrap(), 0);
         assert!(timestamp_from("from", "yesterday").is_err());
         assert_eq!(
-            timestamp_from("from", "2016-12-20T13:45:15Z").unwrap().unwrap().seconds,
+            timestamp_from("from", "2016-12-20T13:45:15Z")
+                .unwrap()
+                .unwrap()
+                .seconds,
             1_482_241_515
         );
     }

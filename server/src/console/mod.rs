@@ -123,7 +123,11 @@ async fn answer(request: Request<hyper::body::Incoming>, services: &Services) ->
 }
 
 /// A whole response: status, content type and body.
-fn whole(status: hyper::StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+fn whole(
+    status: hyper::StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     use http_body_util::BodyExt;
     let mut response = Response::new(http_body_util::Full::new(body.into()).boxed_unsync());
     *response.status_mut() = status;
