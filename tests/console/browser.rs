@@ -99,22 +99,10 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
         .await;
 
     // Handlers: the quick enable/disable switch.
-    let failing = admin
-        .create_handler(proto::CreateHandlerRequest {
-            priority: 2,
-            ..http_handler(
-                FAILING,
-                "accounts.create",
-                proto::Phase::After,
-                &receiver.url("/failing"),
-            )
-        })
-        .await
-        .expect("the failing handler");
     page.goto(&format!("{}/#/handlers", console.url()))
         .await
         .expect("handlers");
-    browser.wait_for_count("#handlers-table tbody tr", 2).await;
+    browser.wait_for_count("#handlers-table tbody tr", 1).await;
     let crm_row = "#handlers-table tbody tr:first-child";
     browser.wait_for_text(crm_row, CRM).await;
     browser.click(&format!("{crm_row} .status-toggle")).await;
@@ -124,7 +112,7 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
     browser.screenshot("04-handlers-one-disabled").await;
     browser.click(&format!("{crm_row} .status-toggle")).await;
     browser
-        .wait_for_count("#handlers-table tr[data-status=enabled]", 2)
+        .wait_for_count("#handlers-table tr[data-status=enabled]", 1)
         .await;
     browser.screenshot("05-handlers").await;
 
@@ -190,6 +178,18 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
     browser.screenshot("07-log-details").await;
 
     // A failed run: all attempts of the failing handler's delivery fail.
+    let failing = admin
+        .create_handler(proto::CreateHandlerRequest {
+            priority: 2,
+            ..http_handler(
+                FAILING,
+                "accounts.create",
+                proto::Phase::After,
+                &receiver.url("/failing"),
+            )
+        })
+        .await
+        .expect("the failing handler");
     emit_after(
         &emitter,
         "accounts.create",
@@ -233,7 +233,7 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
     // Retry of a failed AFTER run: followed live, the new attempt succeeds.
     browser.select("#search-status", "").await;
     browser.click("#search-submit").await;
-    browser.wait_for_count(LOG_ROWS, 3).await;
+    browser.wait_for_count(LOG_ROWS, 4).await;
     browser.click("#live").await;
     browser
         .wait_for_text("#live-status", "Live: new runs")
@@ -243,7 +243,7 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
         .await;
     browser.wait_for_text("#logs-message", "scheduled").await;
     browser
-        .wait_for_count(&format!("{LOG_ROWS}[data-status=success]"), 1)
+        .wait_for_count(&format!("{LOG_ROWS}[data-status=success]"), 2)
         .await;
     receiver.wait_for("/failing", 4, WAIT).await;
     browser.screenshot("09-retried").await;
@@ -260,7 +260,7 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
     // In a narrow window nothing spills out of the page: wide tables scroll in place.
     page.set_window_size(400, 800).await.expect("resize");
     browser.click("#nav a[data-section=logs]").await;
-    browser.wait_for_count(LOG_ROWS, 4).await;
+    browser.wait_for_count(LOG_ROWS, 5).await;
     let overflow = page
         .execute(
             "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
@@ -291,7 +291,7 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
     assert_eq!(browser.count(".status-toggle").await, 0);
     browser.screenshot("12-reader-handlers").await;
     browser.click("#nav a[data-section=logs]").await;
-    browser.wait_for_count(LOG_ROWS, 4).await;
+    browser.wait_for_count(LOG_ROWS, 5).await;
     assert_eq!(browser.count(".retry").await, 0);
     page.goto(&format!("{}/#/handlers/{}", console.url(), failing.id))
         .await
