@@ -46,7 +46,7 @@ pub(super) fn answer<B>(request: &Request<B>) -> Response<Body> {
         );
         return response;
     }
-    let mut response = whole(StatusCode::OK, *content_type, *content);
+    let mut response = whole(StatusCode::OK, content_type, *content);
     response.headers_mut().insert(
         hyper::header::CACHE_CONTROL,
         hyper::header::HeaderValue::from_static("no-cache"),

@@ -29,6 +29,11 @@ export function formatDate(iso) {
     `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())} +0000`;
 }
 
+/** Replaces `node`'s children with the given ones, skipping null, undefined and false. */
+export function fill(node, ...children) {
+  node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
+
 /** A <time> in the seeds' format, the browser's local time on hover. */
 export function dateNode(iso) {
   return el("time", { datetime: iso, title: iso ? new Date(iso).toString() : "" }, formatDate(iso));

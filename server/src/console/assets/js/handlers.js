@@ -4,7 +4,7 @@
 // its errors are shown next to the field they name.
 
 import { api, ApiError, query } from "./api.js";
-import { el, eventLabel, eventSelect, field, notice, title } from "./format.js";
+import { el, fill, eventLabel, eventSelect, field, notice, title } from "./format.js";
 
 const STATUS_ICONS = { enabled: "●", disabled: "○", archived: "⊖" };
 
@@ -103,7 +103,7 @@ export async function handlersScreen({ main, session }) {
     setTimeout(() => refresh().catch((error) => notice(message, error.message, "error")));
   });
 
-  main.replaceChildren(
+  fill(main,
     el("div", { class: "title-bar" }, el("h1", {}, "Handlers"),
       el("div", { class: "tools" },
         session.admin ? el("a", { href: "#/handlers/new", class: "button primary", id: "new-handler" }, "+ New Handler") : null,
@@ -251,7 +251,7 @@ export async function handlerForm({ main, session }, id) {
     clearErrors();
     try {
       const rotated = await api("POST", `/api/handlers/${handler.id}/rotate-secret`, {});
-      secretSlot.replaceChildren(secretPanel(rotated));
+      fill(secretSlot, secretPanel(rotated));
     } catch (error) {
       showError(error);
     }
@@ -279,7 +279,7 @@ export async function handlerForm({ main, session }, id) {
         await handlerForm({ main, session }, String(saved.id));
         history.replaceState(null, "", `#/handlers/${saved.id}`);
         const slot = document.getElementById("secret-slot");
-        if (slot) slot.replaceChildren(secretPanel(saved) || "");
+        if (slot) fill(slot, secretPanel(saved));
         notice(document.getElementById("form-message"), `Handler ${saved.name} created.`);
         return;
       }
@@ -290,7 +290,7 @@ export async function handlerForm({ main, session }, id) {
   });
 
   secretSlot.id = "secret-slot";
-  main.replaceChildren(
+  fill(main,
     el("div", { class: "title-bar" },
       el("h1", {}, handler ? `Handler ${handler.id}: ${handler.name}` : "New Handler"),
       el("div", { class: "tools" }, el("a", { href: "#/handlers" }, "← Handlers"))),

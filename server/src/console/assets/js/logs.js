@@ -5,7 +5,7 @@
 
 import { api, events, query } from "./api.js";
 import {
-  dateNode, duration, el, eventLabel, eventSelect, field, notice, prettyJson, title, utcInput,
+  dateNode, fill, duration, el, eventLabel, eventSelect, field, notice, prettyJson, title, utcInput,
 } from "./format.js";
 
 /** The search kept while the console is open (Event Type: After by default). */
@@ -197,7 +197,7 @@ export async function logsScreen({ main, session, params, onLeave }) {
   });
   onLeave(stopLive);
 
-  main.replaceChildren(
+  fill(main,
     el("div", { class: "title-bar" }, el("h1", {}, "Execution Logs"),
       el("div", { class: "tools" },
         el("span", { class: "switch" }, live, el("label", { for: "live" }, "Live")),
@@ -221,7 +221,7 @@ export async function logDetails({ main, session }, id) {
   const log = await api("GET", `/api/logs/${encodeURIComponent(id)}`);
   const message = el("p", { class: "notice", role: "status", hidden: true });
   const item = (term, value) => [el("dt", {}, term), el("dd", {}, value)];
-  main.replaceChildren(
+  fill(main,
     el("div", { class: "title-bar" }, el("h1", { id: "details-title" }, log.handler_name),
       el("div", { class: "tools" }, el("a", { href: "#/logs" }, "← Execution Logs"))),
     el("dl", { class: "details", id: "log-details" },

@@ -4,7 +4,7 @@
 // show edit controls (the server refuses edits by non-admins anyway).
 
 import { api, ApiError, setToken, token } from "./api.js";
-import { el } from "./format.js";
+import { el, fill } from "./format.js";
 import { handlerForm, handlersScreen } from "./handlers.js";
 import { logDetails, logsScreen } from "./logs.js";
 import { statsScreen } from "./stats.js";
@@ -58,12 +58,12 @@ function showSignIn(message) {
       input.focus();
     }
   });
-  main.replaceChildren(form);
+  fill(main, form);
   input.focus();
 }
 
 function showFailure(error) {
-  main.replaceChildren(el("p", { class: "notice error", role: "alert" }, error.message));
+  fill(main, el("p", { class: "notice error", role: "alert" }, error.message));
 }
 
 function route() {

@@ -2,7 +2,7 @@
 // durations (test runs not counted), and what waits (paused, queued).
 
 import { api, query } from "./api.js";
-import { el, field } from "./format.js";
+import { el, fill, field } from "./format.js";
 
 const WINDOWS = [["1", "Last hour"], ["24", "Last 24 hours"], ["168", "Last 7 days"], ["720", "Last 30 days"]];
 let hours = "24";
@@ -35,13 +35,13 @@ export async function statsScreen({ main }) {
     hours = select.value;
     load();
   });
-  main.replaceChildren(
+  fill(main,
     el("div", { class: "title-bar" }, el("h1", {}, "Stats"),
       el("div", { class: "tools" }, field("Window", select))),
     el("div", { class: "table-wrap" }, el("table", { id: "stats-table" },
       el("caption", { class: "visually-hidden" }, "Runs per handler"),
       el("thead", {}, el("tr", {}, ...["ID", "Name", "Runs", "Success", "Fail", "Success rate", "p50", "p95", "Waiting"]
-        .map((h) => el("th", { scope: "col" }, h)))),
+        .map((h, i) => el("th", { scope: "col", class: i >= 2 ? "number" : null }, h)))),
       body)));
   await load();
 }
