@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::{call, ConsoleServer};
 use crate::auth::{with_token, ADMIN, EMITTER, READER};
-use crate::dispatch::{emit_after, WAIT};
+use crate::dispatch::{emit_after, emit_before, WAIT};
 
 const CRM: &str = "Create client in the CRM";
 const FAILING: &str = "Failing CRM";
@@ -115,6 +115,15 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
         .wait_for_count("#handlers-table tr[data-status=enabled]", 1)
         .await;
     browser.screenshot("05-handlers").await;
+    // Advanced Search of handlers: by type.
+    browser.click("#toggle-search").await;
+    browser.select("#filter-kind", "script").await;
+    browser.click("#handler-filters button[type=submit]").await;
+    browser
+        .wait_for_text("#handlers-count", "No handlers")
+        .await;
+    browser.click("#handler-filters button[type=reset]").await;
+    browser.wait_for_count("#handlers-table tbody tr", 1).await;
 
     // Execution Logs, Live: an event emitted over gRPC appears without a reload.
     browser.click("#nav a[data-section=logs]").await;
@@ -257,6 +266,32 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
     assert!(stats.contains(CRM) && stats.contains("25.0 %"), "{stats}");
     browser.screenshot("10-stats").await;
 
+    // Details of a BEFORE run show the data the handler returned.
+    receiver.route(
+        "/credit",
+        vec![Reply::text(200, r#"{"id": 15, "credit": 20}"#)],
+    );
+    admin
+        .create_handler(http_handler(
+            "Credit check",
+            "clients.update",
+            proto::Phase::Before,
+            &receiver.url("/credit"),
+        ))
+        .await
+        .expect("the BEFORE handler");
+    emit_before(&emitter, "clients.update", r#"{"id": 15, "credit": 12.5}"#).await;
+    let before_run = newest_run(&admin, proto::Phase::Before).await;
+    page.goto(&format!("{}/#/logs/{before_run}", console.url()))
+        .await
+        .expect("the BEFORE run");
+    browser.wait_for_text("#log-details", "Before").await;
+    browser.wait_for_text("#data-sent", "12.5").await;
+    browser
+        .wait_for_text("#data-returned", "\"credit\": 20")
+        .await;
+    browser.screenshot("11-before-run-details").await;
+
     // In a narrow window nothing spills out of the page: wide tables scroll in place.
     page.set_window_size(400, 800).await.expect("resize");
     browser.click("#nav a[data-section=logs]").await;
@@ -272,7 +307,7 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
         overflow.as_i64().unwrap_or(1) <= 0,
         "the page is wider than the window by {overflow}"
     );
-    browser.screenshot("11-narrow-window").await;
+    browser.screenshot("12-narrow-window").await;
     page.set_window_size(1280, 900).await.expect("resize");
 
     // A reader: the same screens without edit controls.
@@ -286,10 +321,10 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
     page.goto(&format!("{}/#/handlers", console.url()))
         .await
         .expect("handlers");
-    browser.wait_for_count("#handlers-table tbody tr", 2).await;
+    browser.wait_for_count("#handlers-table tbody tr", 3).await;
     assert_eq!(browser.count("#new-handler").await, 0);
     assert_eq!(browser.count(".status-toggle").await, 0);
-    browser.screenshot("12-reader-handlers").await;
+    browser.screenshot("13-reader-handlers").await;
     browser.click("#nav a[data-section=logs]").await;
     browser.wait_for_count(LOG_ROWS, 5).await;
     assert_eq!(browser.count(".retry").await, 0);
@@ -298,7 +333,7 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
         .expect("the handler form");
     browser.find("#handler-form fieldset[disabled]").await;
     assert_eq!(browser.count("#save").await, 0);
-    browser.screenshot("13-reader-handler-read-only").await;
+    browser.screenshot("14-reader-handler-read-only").await;
     // The server refuses the edit anyway.
     let refused = call(
         console.console,
@@ -340,4 +375,22 @@ async fn wait_for_runs(client: &provisioning_client::Client, handler_id: i64, n:
         (count >= n).then_some(())
     })
     .await;
+}
+
+/// The id of the newest run of `phase`.
+async fn newest_run(client: &provisioning_client::Client, phase: proto::Phase) -> i64 {
+    eventually(Duration::from_secs(20), "a run", || async {
+        let request = proto::SearchLogsRequest {
+            filter: Some(proto::LogFilter {
+                phase: phase.into(),
+                ..Default::default()
+            }),
+            limit: 1,
+            ..Default::default()
+        };
+        let mut rows = client.search_logs(request).await.ok()?;
+        let entry = rows.next().await?.ok()?;
+        entry.log.map(|log| log.id)
+    })
+    .await
 }
