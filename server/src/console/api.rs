@@ -4,8 +4,8 @@
 //! A route resolves the caller with the auth [`Gate`](crate::auth::layer::Gate) for the
 //! gRPC method it maps to (the same decision, from the same role table, as the tower
 //! layer makes), builds the prost request from the query or the JSON body
-//! ([`super::convert`]), calls the method with the caller in the request's extensions
-//! and writes the reply as JSON. A refusal, the service's or the gate's, becomes an
+//! ([`super::request`], [`super::query`]), calls the method with the caller in the request's extensions
+//! and writes the reply as JSON ([`super::reply`]). A refusal, the service's or the gate's, becomes an
 //! [`ApiError`]: the HTTP status of its gRPC code and `{code, message, field}`.
 //!
 //! | route | gRPC method |
@@ -35,11 +35,11 @@ use provisioning_api::v1 as pb;
 use provisioning_api::v1::execution_log_service_server::ExecutionLogService;
 use provisioning_api::v1::handler_service_server::HandlerService;
 use serde_json::{json, Value};
-use tonic::Code;
-use tonic_types::StatusExt;
 
-use super::convert::{self, Fields};
-use super::{whole, Body, Services};
+use super::error::ApiError;
+use super::query::parse_query;
+use super::request::{self, Fields};
+use super::{no_store, reply, whole, Body, Services};
 
 /// Rows of a search page when the page asks for no size, and the most it may ask for.
 const DEFAULT_PAGE: usize = 50;
@@ -49,104 +49,6 @@ const HANDLER_PAGE: u32 = 1000;
 /// A comment line sent on an idle event stream, so a closed browser tab is noticed
 /// (the write fails) and its tail subscription ends.
 const KEEPALIVE: Duration = Duration::from_secs(15);
-
-/// A refusal as the console shows it: an HTTP status and `{code, message, field}`.
-#[derive(Debug)]
-pub(super) struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    /// The request field the error is about (from the `google.rpc.BadRequest` field
-    /// violation of an INVALID_ARGUMENT status), so the form shows it by that field.
-    pub(super) field: Option<String>,
-}
-
-impl ApiError {
-    /// 400 `invalid_argument`: the request could not even be read.
-    pub(super) fn bad_request(field: Option<&str>, message: String) -> ApiError {
-        let message = match field {
-            Some(field) => format!("{field}: {message}"),
-            None => message,
-        };
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "invalid_argument",
-            message,
-            field: field.map(str::to_owned),
-        }
-    }
-
-    /// The same error about `prefix.field`.
-    pub(super) fn with_field_prefix(mut self, prefix: &str) -> ApiError {
-        if let Some(field) = &self.field {
-            let full = format!("{prefix}.{field}");
-            self.message = match self.message.strip_prefix(&format!("{field}: ")) {
-                Some(rest) => format!("{full}: {rest}"),
-                None => self.message,
-            };
-            self.field = Some(full);
-        }
-        self
-    }
-
-    fn not_found(message: String) -> ApiError {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "not_found",
-            message,
-            field: None,
-        }
-    }
-
-    fn json(&self) -> Value {
-        json!({"code": self.code, "message": self.message, "field": self.field})
-    }
-
-    fn into_response(self) -> Response<Body> {
-        let mut response = whole(self.status, "application/json", self.json().to_string());
-        no_store(&mut response);
-        response
-    }
-}
-
-/// The gRPC code's HTTP status (the mapping of `google.rpc.Code`), its name, the
-/// message, and the field of a BadRequest violation.
-impl From<tonic::Status> for ApiError {
-    fn from(status: tonic::Status) -> ApiError {
-        let (http, code) = match status.code() {
-            Code::Ok => (StatusCode::OK, "ok"),
-            Code::Cancelled => (
-                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-                "cancelled",
-            ),
-            Code::Unknown => (StatusCode::INTERNAL_SERVER_ERROR, "unknown"),
-            Code::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_argument"),
-            Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
-            Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            Code::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
-            Code::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
-            Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
-            Code::FailedPrecondition => (StatusCode::BAD_REQUEST, "failed_precondition"),
-            Code::Aborted => (StatusCode::CONFLICT, "aborted"),
-            Code::OutOfRange => (StatusCode::BAD_REQUEST, "out_of_range"),
-            Code::Unimplemented => (StatusCode::NOT_IMPLEMENTED, "unimplemented"),
-            Code::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Code::DataLoss => (StatusCode::INTERNAL_SERVER_ERROR, "data_loss"),
-            Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
-        };
-        let field = status
-            .get_details_bad_request()
-            .and_then(|details| details.field_violations.into_iter().next())
-            .map(|violation| violation.field);
-        ApiError {
-            status: http,
-            code,
-            message: status.message().to_owned(),
-            field,
-        }
-    }
-}
 
 /// Answers one `/api/...` request.
 pub(super) async fn answer(request: Request<Incoming>, services: &Services) -> Response<Body> {
@@ -265,16 +167,16 @@ async fn route(
             let types: Vec<Value> = reply
                 .event_types
                 .into_iter()
-                .map(convert::event_type)
+                .map(reply::event_type)
                 .collect();
             json!({ "event_types": types })
         }
         (&Method::GET, ["handlers"]) => list_handlers(&call).await?,
         (&Method::POST, ["handlers"]) => {
             let authorized = call.authorize(&handler_method("Create"))?;
-            let message = convert::create_handler(body().await?)?;
+            let message = request::create_handler(body().await?)?;
             let reply = handlers.create(authorized.request(message)).await?;
-            convert::handler(reply.into_inner())
+            reply::handler(reply.into_inner())
         }
         (method, ["handlers", id]) => {
             let id = id_of(id)?;
@@ -282,12 +184,12 @@ async fn route(
                 Method::GET => {
                     let request =
                         call.grpc(&handler_method("Get"), pb::GetHandlerRequest { id })?;
-                    convert::handler(handlers.get(request).await?.into_inner())
+                    reply::handler(handlers.get(request).await?.into_inner())
                 }
                 Method::PATCH => {
                     let authorized = call.authorize(&handler_method("Update"))?;
-                    let message = convert::update_handler(id, body().await?)?;
-                    convert::handler(
+                    let message = request::update_handler(id, body().await?)?;
+                    reply::handler(
                         handlers
                             .update(authorized.request(message))
                             .await?
@@ -309,22 +211,22 @@ async fn route(
             let mut fields = body().await?;
             let status = fields.string("status")?;
             fields.finish("")?;
-            let status = convert::handler_status("status", &status)?;
+            let status = request::handler_status("status", &status)?;
             let request = authorized.request(pb::SetHandlerStatusRequest { id, status });
-            convert::handler(handlers.set_status(request).await?.into_inner())
+            reply::handler(handlers.set_status(request).await?.into_inner())
         }
         (&Method::POST, ["handlers", id, "rotate-secret"]) => {
             let request = call.grpc(
                 &handler_method("RotateSecret"),
                 pb::RotateSecretRequest { id: id_of(id)? },
             )?;
-            convert::handler(handlers.rotate_secret(request).await?.into_inner())
+            reply::handler(handlers.rotate_secret(request).await?.into_inner())
         }
         (&Method::GET, ["logs"]) => search(&call).await?,
         (&Method::GET, ["logs", "tail"]) => return tail(&call).await,
         (&Method::GET, ["logs", id]) => {
             let request = call.grpc(&log_method("Get"), pb::GetLogRequest { id: id_of(id)? })?;
-            convert::execution_log(logs.get(request).await?.into_inner())
+            reply::execution_log(logs.get(request).await?.into_inner())
         }
         (&Method::POST, ["logs", id, "retry"]) => {
             let log_id = id_of(id)?;
@@ -339,15 +241,15 @@ async fn route(
         (&Method::GET, ["stats"]) => {
             let request = pb::LogStatsRequest {
                 handler_id: call.number("handler_id")?,
-                from: convert::timestamp_from("from", &call.text("from"))?,
-                to: convert::timestamp_from("to", &call.text("to"))?,
+                from: request::timestamp_from("from", &call.text("from"))?,
+                to: request::timestamp_from("to", &call.text("to"))?,
             };
             let request = call.grpc(&log_method("Stats"), request)?;
             let reply = logs.stats(request).await?.into_inner();
             let handlers: Vec<Value> = reply
                 .handlers
                 .into_iter()
-                .map(convert::handler_stats)
+                .map(reply::handler_stats)
                 .collect();
             json!({ "handlers": handlers })
         }
@@ -364,13 +266,6 @@ fn no_route(parts: &hyper::http::request::Parts) -> ApiError {
         parts.method,
         parts.uri.path()
     ))
-}
-
-fn no_store(response: &mut Response<Body>) {
-    response.headers_mut().insert(
-        hyper::header::CACHE_CONTROL,
-        hyper::header::HeaderValue::from_static("no-store"),
-    );
 }
 
 fn id_of(text: &str) -> Result<i64, ApiError> {
@@ -433,10 +328,10 @@ async fn list_handlers(call: &Call<'_>) -> Result<Value, ApiError> {
     let mut request = pb::ListHandlersRequest {
         event: call.text("event"),
         phase: phase_param(call, "phase")?,
-        kind: convert::enum_value("kind", &call.text("kind"), "HANDLER_KIND", |s| {
+        kind: request::enum_value("kind", &call.text("kind"), "HANDLER_KIND", |s| {
             pb::HandlerKind::from_str_name(s).map(Into::into)
         })?,
-        status: convert::handler_status("status", &call.text("status"))?,
+        status: request::handler_status("status", &call.text("status"))?,
         page_size: HANDLER_PAGE,
         page_token: String::new(),
     };
@@ -448,7 +343,7 @@ async fn list_handlers(call: &Call<'_>) -> Result<Value, ApiError> {
             .list(call.grpc(&path, request.clone())?)
             .await?
             .into_inner();
-        handlers.extend(reply.handlers.into_iter().map(convert::handler));
+        handlers.extend(reply.handlers.into_iter().map(reply::handler));
         if reply.next_page_token.is_empty() {
             break;
         }
@@ -458,7 +353,7 @@ async fn list_handlers(call: &Call<'_>) -> Result<Value, ApiError> {
 }
 
 fn phase_param(call: &Call<'_>, key: &str) -> Result<i32, ApiError> {
-    convert::enum_value(key, &call.text(key), "PHASE", |s| {
+    request::enum_value(key, &call.text(key), "PHASE", |s| {
         pb::Phase::from_str_name(s).map(Into::into)
     })
 }
@@ -468,7 +363,7 @@ fn phase_param(call: &Call<'_>, key: &str) -> Result<i32, ApiError> {
 fn log_filter(call: &Call<'_>) -> Result<pb::LogFilter, ApiError> {
     let event = call.text("event");
     Ok(pb::LogFilter {
-        status: convert::enum_value("status", &call.text("status"), "RUN_STATUS", |s| {
+        status: request::enum_value("status", &call.text("status"), "RUN_STATUS", |s| {
             pb::RunStatus::from_str_name(s).map(Into::into)
         })?,
         phase: phase_param(call, "phase")?,
@@ -480,8 +375,8 @@ fn log_filter(call: &Call<'_>) -> Result<pb::LogFilter, ApiError> {
         handler_id: call.number("handler_id")?,
         data_contains: call.text("data"),
         error_contains: call.text("error"),
-        from: convert::timestamp_from("from", &call.text("from"))?,
-        to: convert::timestamp_from("to", &call.text("to"))?,
+        from: request::timestamp_from("from", &call.text("from"))?,
+        to: request::timestamp_from("to", &call.text("to"))?,
         ..Default::default()
     })
 }
@@ -511,7 +406,7 @@ async fn search(call: &Call<'_>) -> Result<Value, ApiError> {
                 .unwrap_or(Value::Null);
             break;
         }
-        entries.push(convert::log_entry(entry));
+        entries.push(reply::log_entry(entry));
     }
     Ok(json!({ "entries": entries, "next_cursor": next_cursor }))
 }
@@ -534,7 +429,7 @@ async fn tail(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
             item = entries.next() => match item {
                 Some(Ok(entry)) => {
                     let cursor = entry.cursor.clone();
-                    let data = convert::log_entry(entry);
+                    let data = reply::log_entry(entry);
                     Some((format!("id: {cursor}\nevent: log\ndata: {data}\n\n"), Some(entries)))
                 }
                 Some(Err(status)) => {
@@ -557,71 +452,4 @@ async fn tail(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     );
     no_store(&mut response);
     Ok(response)
-}
-
-/// `a=1&b=x%20y` → map (the last value of a repeated key wins); `+` is a space.
-fn parse_query(query: &str) -> HashMap<String, String> {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(key), percent_decode(value))
-        })
-        .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (
-                bytes.get(i + 1).and_then(|b| hex(*b)),
-                bytes.get(i + 2).and_then(|b| hex(*b)),
-            ) {
-                (Some(high), Some(low)) => {
-                    out.push((high * 16 + low) as u8);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queries_decode_percent_escapes_and_plus() {
-        let query = parse_query("data=%22accname%22%3A+%221%22&event=accounts.create&x&bad=%zz%4");
-        assert_eq!(query["data"], "\"accname\": \"1\"");
-        assert_eq!(query["event"], "accounts.create");
-        assert_eq!(query["x"], "");
-        assert_eq!(query["bad"], "%zz%4");
-    }
-
-    #[test]
-    fn statuses_map_to_http_and_keep_the_field() {
-        let error = ApiError::from(crate::grpc::status::invalid_argument(
-            "http.url: \"x\" is not an absolute http(s) URL",
-        ));
-        assert_eq!(error.status, StatusCode::BAD_REQUEST);
-        assert_eq!(error.field.as_deref(), Some("http.url"));
-        let denied = ApiError::from(tonic::Status::permission_denied("no"));
-        assert_eq!(denied.status, StatusCode::FORBIDDEN);
-        assert_eq!(denied.json()["code"], "permission_denied");
-        let nested =
-            ApiError::bad_request(Some("url"), "must be a string".into()).with_field_prefix("http");
-        assert_eq!(nested.field.as_deref(), Some("http.url"));
-        assert_eq!(nested.message, "http.url: must be a string");
-    }
 }

@@ -4,8 +4,9 @@
 //!
 //! Two things on one HTTP/1.1 address (hyper):
 //! - the static page: one HTML file, one CSS file and a few plain JavaScript modules
-//!   (no framework, no build step), embedded in the binary ([`assets`]);
-//! - a thin JSON API under `/api/` ([`api`]) that the page calls.
+//!   (no framework, no build step), embedded in the binary (`assets`);
+//! - a thin JSON API under `/api/` (`api`) that the page calls: requests read by
+//!   `request` and `query`, replies written by `reply`, refusals as `error`.
 //!
 //! Why JSON and not gRPC-Web: the browser then needs no protobuf codec, no generated
 //! stubs and no build step, and nothing is lost, because the JSON layer owns no rule.
@@ -15,7 +16,7 @@
 //! resolved by the same [`Gate`]). Validation, roles, secrets masking and error
 //! messages therefore stay where they are: a refusal comes back as the service's
 //! `tonic::Status`, turned into an HTTP status and `{code, message, field}` once
-//! ([`api::ApiError`]).
+//! (`error::ApiError`).
 //!
 //! The page keeps its token in `sessionStorage` and sends it as `Authorization:
 //! Bearer`, never in a URL (the Live log reads its Server-Sent Events with `fetch`, not
@@ -25,7 +26,10 @@
 
 mod api;
 mod assets;
-mod convert;
+mod error;
+mod query;
+mod reply;
+mod request;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -136,4 +140,12 @@ fn whole(
         hyper::header::HeaderValue::from_static(content_type),
     );
     response
+}
+
+/// API answers are never cached (they hold what the caller may see now).
+fn no_store(response: &mut Response<Body>) {
+    response.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
 }

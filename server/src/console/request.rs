@@ -1,18 +1,16 @@
-//! JSON ⇄ prost for the few messages the console uses, by hand and explicit: enums as
-//! their proto names without the prefix, lowercased (`PHASE_AFTER` is `"after"`),
-//! timestamps as RFC 3339 text, event data as the JSON text the API keeps it as.
+//! JSON → prost: the bodies and enum names of the console's requests, read by hand
+//! into the gRPC request messages. Enums are their proto names without the prefix,
+//! lowercased (`PHASE_AFTER` is `"after"`); times are RFC 3339 text.
 //!
-//! Decoding only shapes the request (a field of the wrong JSON type, an unknown field,
+//! Reading only shapes the request (a field of the wrong JSON type, an unknown field,
 //! an enum name that does not exist): whether the values are acceptable is the gRPC
-//! service's decision, made by the same code for both doors. Replies are destructured
-//! fully, so a new proto field fails to compile here until the console shows or skips
-//! it on purpose.
+//! service's decision, made by the same code for both doors.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::DateTime;
 use provisioning_api::v1 as pb;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
-use super::api::ApiError;
+use super::error::ApiError;
 
 /// A JSON object body being read field by field; what is left at the end is unknown.
 pub(super) struct Fields(Map<String, Value>);
@@ -124,21 +122,6 @@ pub(super) fn enum_value(
     from_str_name(&format!("{prefix}_{}", text.to_ascii_uppercase()))
         .filter(|_| text.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
         .ok_or_else(|| ApiError::bad_request(Some(field), format!("unknown value {text:?}")))
-}
-
-/// The short lowercase name of a proto enum's `as_str_name()`.
-fn enum_name(name: &str, prefix: &str) -> String {
-    name.strip_prefix(prefix)
-        .and_then(|rest| rest.strip_prefix('_'))
-        .unwrap_or(name)
-        .to_ascii_lowercase()
-}
-
-fn phase_name(value: i32) -> String {
-    enum_name(
-        pb::Phase::try_from(value).unwrap_or_default().as_str_name(),
-        "PHASE",
-    )
 }
 
 fn phase(fields: &mut Fields) -> Result<i32, ApiError> {
@@ -333,171 +316,6 @@ pub(super) fn timestamp_from(
     }))
 }
 
-fn time(timestamp: Option<prost_types::Timestamp>) -> Value {
-    timestamp
-        .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-        .map(|t| Value::String(t.to_rfc3339_opts(SecondsFormat::Micros, true)))
-        .unwrap_or(Value::Null)
-}
-
-/// Handler → JSON.
-pub(super) fn handler(handler: pb::Handler) -> Value {
-    let pb::Handler {
-        id,
-        name,
-        event,
-        phase,
-        kind,
-        status,
-        priority,
-        timeout_ms,
-        target,
-        failure_policy,
-        filter_json,
-        disabled_reason,
-        created_at,
-        updated_at,
-        ordering_policy,
-        ordering_group,
-        max_in_flight,
-        rate_per_second,
-    } = handler;
-    let (http, script) = match target {
-        Some(pb::handler::Target::Http(pb::HttpTarget {
-            url,
-            headers,
-            secret,
-        })) => (
-            json!({"url": url, "headers": headers, "secret": secret}),
-            Value::Null,
-        ),
-        Some(pb::handler::Target::Script(pb::ScriptTarget { path })) => {
-            (Value::Null, json!({ "path": path }))
-        }
-        None => (Value::Null, Value::Null),
-    };
-    json!({
-        "id": id,
-        "name": name,
-        "event": event,
-        "phase": phase_name(phase),
-        "kind": enum_name(pb::HandlerKind::try_from(kind).unwrap_or_default().as_str_name(), "HANDLER_KIND"),
-        "status": enum_name(pb::HandlerStatus::try_from(status).unwrap_or_default().as_str_name(), "HANDLER_STATUS"),
-        "priority": priority,
-        "timeout_ms": timeout_ms,
-        "http": http,
-        "script": script,
-        "failure_policy": enum_name(pb::FailurePolicy::try_from(failure_policy).unwrap_or_default().as_str_name(), "FAILURE_POLICY"),
-        "filter_json": filter_json,
-        "disabled_reason": disabled_reason,
-        "created_at": time(created_at),
-        "updated_at": time(updated_at),
-        "ordering_policy": enum_name(pb::OrderingPolicy::try_from(ordering_policy).unwrap_or_default().as_str_name(), "ORDERING_POLICY"),
-        "ordering_group": ordering_group,
-        "max_in_flight": max_in_flight,
-        "rate_per_second": rate_per_second,
-    })
-}
-
-/// EventType → JSON.
-pub(super) fn event_type(event_type: pb::EventType) -> Value {
-    let pb::EventType {
-        name,
-        description,
-        builtin,
-        schema_json,
-    } = event_type;
-    json!({"name": name, "description": description, "builtin": builtin, "schema_json": schema_json})
-}
-
-/// ExecutionLog → JSON.
-pub(super) fn execution_log(log: pb::ExecutionLog) -> Value {
-    let pb::ExecutionLog {
-        id,
-        created_at,
-        phase,
-        event,
-        status,
-        handler_id,
-        handler_name,
-        error,
-        duration_ms,
-        attempt,
-        data_sent_json,
-        data_returned_json,
-        response,
-        http_status,
-        exit_code,
-        event_id,
-        delivery_id,
-        kind,
-        emitted_by,
-        test,
-    } = log;
-    json!({
-        "id": id,
-        "created_at": time(created_at),
-        "phase": phase_name(phase),
-        "event": event,
-        "status": enum_name(pb::RunStatus::try_from(status).unwrap_or_default().as_str_name(), "RUN_STATUS"),
-        "handler_id": handler_id,
-        "handler_name": handler_name,
-        "error": error,
-        "duration_ms": duration_ms,
-        "attempt": attempt,
-        "data_sent_json": data_sent_json,
-        "data_returned_json": data_returned_json,
-        "response": response,
-        "http_status": http_status,
-        "exit_code": exit_code,
-        "event_id": event_id,
-        "delivery_id": delivery_id,
-        "kind": enum_name(pb::HandlerKind::try_from(kind).unwrap_or_default().as_str_name(), "HANDLER_KIND"),
-        "emitted_by": emitted_by,
-        "test": test,
-    })
-}
-
-/// LogEntry → JSON: the run and its cursor.
-pub(super) fn log_entry(entry: pb::LogEntry) -> Value {
-    let pb::LogEntry { log, cursor } = entry;
-    json!({"log": log.map(execution_log), "cursor": cursor})
-}
-
-/// HandlerStats → JSON.
-pub(super) fn handler_stats(stats: pb::HandlerStats) -> Value {
-    let pb::HandlerStats {
-        handler_id,
-        handler_name,
-        total,
-        success,
-        fail,
-        success_rate,
-        p50_ms,
-        p95_ms,
-        p99_ms,
-        paused,
-        queued,
-        blocked_keys,
-        throttled,
-    } = stats;
-    json!({
-        "handler_id": handler_id,
-        "handler_name": handler_name,
-        "total": total,
-        "success": success,
-        "fail": fail,
-        "success_rate": success_rate,
-        "p50_ms": p50_ms,
-        "p95_ms": p95_ms,
-        "p99_ms": p99_ms,
-        "paused": paused,
-        "queued": queued,
-        "blocked_keys": blocked_keys,
-        "throttled": throttled,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,17 +380,13 @@ mod tests {
     }
 
     #[test]
-    fn enum_names_round_trip() {
-        assert_eq!(phase_name(pb::Phase::Before as i32), "before");
-        assert_eq!(
-            enum_name(pb::FailurePolicy::FailOpen.as_str_name(), "FAILURE_POLICY"),
-            "fail_open"
-        );
+    fn enum_names_and_dates_are_read_strictly() {
         assert_eq!(
             handler_status("s", "archived").unwrap(),
             pb::HandlerStatus::Archived as i32
         );
         assert_eq!(handler_status("s", "").unwrap(), 0);
+        assert!(handler_status("s", "ARCHIVED").is_err());
         assert!(timestamp_from("from", "yesterday").is_err());
         assert_eq!(
             timestamp_from("from", "2016-12-20T13:45:15Z")
