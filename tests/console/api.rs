@@ -30,6 +30,9 @@ async fn the_json_api_answers_bad_requests_with_a_status_a_message_and_the_field
     assert!(!invalid.text.contains("not-a-token"), "{}", invalid.text);
     let whoami = call(addr, "GET", "/api/whoami", Some("not-a-token"), None).await;
     assert_eq!(whoami.status, 401);
+    // Credentials are checked before the request is read.
+    let unread = call(addr, "GET", "/api/logs?status=maybe", None, None).await;
+    assert_eq!(unread.status, 401, "{}", unread.text);
 
     let unknown = call(addr, "GET", "/api/nothing-here", Some(ADMIN), None).await;
     assert_eq!(unknown.status, 404, "{}", unknown.text);

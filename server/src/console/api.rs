@@ -156,15 +156,15 @@ async fn route(
     let body = || read_body(&parts, body, services.max_body_bytes);
     let handlers = &services.handlers;
     let logs = &services.logs;
-    let reply = match (&parts.method, segments.as_slice()) {
+    let answer = match (&parts.method, segments.as_slice()) {
         (&Method::GET, ["whoami"]) => whoami(&call)?,
         (&Method::GET, ["event-types"]) => {
             let request = call.grpc(
                 &handler_method("ListEventTypes"),
                 pb::ListEventTypesRequest {},
             )?;
-            let reply = handlers.list_event_types(request).await?.into_inner();
-            let types: Vec<Value> = reply
+            let listed = handlers.list_event_types(request).await?.into_inner();
+            let types: Vec<Value> = listed
                 .event_types
                 .into_iter()
                 .map(reply::event_type)
@@ -175,8 +175,8 @@ async fn route(
         (&Method::POST, ["handlers"]) => {
             let authorized = call.authorize(&handler_method("Create"))?;
             let message = request::create_handler(body().await?)?;
-            let reply = handlers.create(authorized.request(message)).await?;
-            reply::handler(reply.into_inner())
+            let created = handlers.create(authorized.request(message)).await?;
+            reply::handler(created.into_inner())
         }
         (method, ["handlers", id]) => {
             let id = id_of(id)?;
@@ -239,14 +239,14 @@ async fn route(
             json!({ "delivery_id": delivery_id })
         }
         (&Method::GET, ["stats"]) => {
+            let authorized = call.authorize(&log_method("Stats"))?;
             let request = pb::LogStatsRequest {
                 handler_id: call.number("handler_id")?,
                 from: request::timestamp_from("from", &call.text("from"))?,
                 to: request::timestamp_from("to", &call.text("to"))?,
             };
-            let request = call.grpc(&log_method("Stats"), request)?;
-            let reply = logs.stats(request).await?.into_inner();
-            let handlers: Vec<Value> = reply
+            let stats = logs.stats(authorized.request(request)).await?.into_inner();
+            let handlers: Vec<Value> = stats
                 .handlers
                 .into_iter()
                 .map(reply::handler_stats)
@@ -255,7 +255,7 @@ async fn route(
         }
         _ => return Err(no_route(&parts)),
     };
-    let mut response = whole(StatusCode::OK, "application/json", reply.to_string());
+    let mut response = whole(StatusCode::OK, "application/json", answer.to_string());
     no_store(&mut response);
     Ok(response)
 }
@@ -324,7 +324,7 @@ fn whoami(call: &Call<'_>) -> Result<Value, ApiError> {
 
 /// Every handler matching the filters, in List's order (event, phase, priority, id).
 async fn list_handlers(call: &Call<'_>) -> Result<Value, ApiError> {
-    let path = handler_method("List");
+    let authorized = call.authorize(&handler_method("List"))?;
     let mut request = pb::ListHandlersRequest {
         event: call.text("event"),
         phase: phase_param(call, "phase")?,
@@ -337,17 +337,17 @@ async fn list_handlers(call: &Call<'_>) -> Result<Value, ApiError> {
     };
     let mut handlers = Vec::new();
     loop {
-        let reply = call
+        let page = call
             .services
             .handlers
-            .list(call.grpc(&path, request.clone())?)
+            .list(authorized.request(request.clone()))
             .await?
             .into_inner();
-        handlers.extend(reply.handlers.into_iter().map(reply::handler));
-        if reply.next_page_token.is_empty() {
+        handlers.extend(page.handlers.into_iter().map(reply::handler));
+        if page.next_page_token.is_empty() {
             break;
         }
-        request.page_token = reply.next_page_token;
+        request.page_token = page.next_page_token;
     }
     Ok(json!({ "handlers": handlers }))
 }
@@ -384,6 +384,7 @@ fn log_filter(call: &Call<'_>) -> Result<pb::LogFilter, ApiError> {
 /// One page of Search: up to `limit` rows, newest first, and the cursor of the next
 /// page when there is one (one row more is asked for to know).
 async fn search(call: &Call<'_>) -> Result<Value, ApiError> {
+    let authorized = call.authorize(&log_method("Search"))?;
     let limit = match call.number::<usize>("limit")? {
         0 => DEFAULT_PAGE,
         n => n.min(MAX_PAGE),
@@ -393,8 +394,12 @@ async fn search(call: &Call<'_>) -> Result<Value, ApiError> {
         limit: (limit + 1) as u32,
         cursor: call.text("cursor"),
     };
-    let request = call.grpc(&log_method("Search"), request)?;
-    let mut stream = call.services.logs.search(request).await?.into_inner();
+    let mut stream = call
+        .services
+        .logs
+        .search(authorized.request(request))
+        .await?
+        .into_inner();
     let mut entries = Vec::new();
     let mut next_cursor = Value::Null;
     while let Some(entry) = stream.next().await {
@@ -416,13 +421,18 @@ async fn search(call: &Call<'_>) -> Result<Value, ApiError> {
 /// as `event: error` with `{code, message}` before the stream ends. The response
 /// starts once the tail is subscribed, so a run logged after it is never missed.
 async fn tail(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
+    let authorized = call.authorize(&log_method("Tail"))?;
     let request = pb::TailLogsRequest {
         filter: Some(log_filter(call)?),
         backlog: call.number("backlog")?,
         cursor: call.text("cursor"),
     };
-    let request = call.grpc(&log_method("Tail"), request)?;
-    let entries = call.services.logs.tail(request).await?.into_inner();
+    let entries = call
+        .services
+        .logs
+        .tail(authorized.request(request))
+        .await?
+        .into_inner();
     let events = futures_util::stream::unfold(Some(entries), |entries| async move {
         let mut entries = entries?;
         tokio::select! {

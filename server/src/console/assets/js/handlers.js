@@ -118,7 +118,7 @@ export async function handlersScreen({ main, session }) {
 }
 
 /** The form's controls, keyed by the API field they edit. */
-function controls(eventTypes, handler, admin) {
+function controls(eventTypes, handler) {
   const h = handler || {};
   const http = h.http || {};
   const headers = Object.entries(http.headers || {}).map(([k, v]) => `${k}: ${v}`).join("\n");
@@ -136,7 +136,6 @@ function controls(eventTypes, handler, admin) {
     policy: options("failure-policy", [["fail_closed", "Fail closed (forbid the action)"],
       ["fail_open", "Fail open (continue)"]], h.failure_policy || "fail_closed"),
     filter: el("textarea", { id: "filter-json", rows: 2, placeholder: "{\"id_clients\": 15}" }, h.filter_json || ""),
-    admin,
   };
 }
 
@@ -192,7 +191,7 @@ export async function handlerForm({ main, session }, id) {
     api("GET", "/api/event-types"),
     id ? api("GET", `/api/handlers/${encodeURIComponent(id)}`) : Promise.resolve(null),
   ]);
-  const c = controls(eventTypes, handler, session.admin);
+  const c = controls(eventTypes, handler);
   const message = el("div", { id: "form-message", role: "status" });
   const secretSlot = el("div", {}, handler ? secretPanel(handler) : null);
   const httpFields = el("div", { class: "target-fields" },

@@ -170,13 +170,13 @@ export async function logsScreen({ main, session, params, onLeave }) {
     delete filter.from;
     delete filter.to;
     try {
-      for await (const message of events(`/api/logs/tail${query(filter)}`, controller.signal)) {
-        if (message.event === "open") liveStatus.textContent = "Live: new runs appear at the top";
-        else if (message.event === "log") {
-          const tr = row(message.data.log, session, messageLine);
+      for await (const item of events(`/api/logs/tail${query(filter)}`, controller.signal)) {
+        if (item.event === "open") liveStatus.textContent = "Live: new runs appear at the top";
+        else if (item.event === "log") {
+          const tr = row(item.data.log, session, message);
           tr.classList.add("fresh");
           body.prepend(tr);
-        } else if (message.event === "error") throw new Error(message.data.message);
+        } else if (item.event === "error") throw new Error(item.data.message);
       }
       if (!controller.signal.aborted) throw new Error("the live log ended");
     } catch (error) {
@@ -186,7 +186,6 @@ export async function logsScreen({ main, session, params, onLeave }) {
       liveStatus.textContent = `Live stopped: ${error.message}`;
     }
   }
-  const messageLine = message;
   live.addEventListener("change", () => {
     if (!live.checked) return stopLive();
     pages.length = 0;
