@@ -17,8 +17,9 @@ use tokio::process::{Child, Command};
 
 use crate::process::free_addr;
 
-/// How long one wait for something on the page may take.
-pub const PAGE_WAIT: Duration = Duration::from_secs(15);
+/// How long one wait for something on the page may take (generous: CI runs the browser
+/// beside the whole suite on two cores).
+pub const PAGE_WAIT: Duration = Duration::from_secs(30);
 
 /// The chromedriver binary: `CHROMEDRIVER` or `/usr/bin/chromedriver`.
 fn chromedriver_path() -> PathBuf {

@@ -327,10 +327,8 @@ async fn list_handlers(call: &Call<'_>) -> Result<Value, ApiError> {
     let authorized = call.authorize(&handler_method("List"))?;
     let mut request = pb::ListHandlersRequest {
         event: call.text("event"),
-        phase: phase_param(call, "phase")?,
-        kind: request::enum_value("kind", &call.text("kind"), "HANDLER_KIND", |s| {
-            pb::HandlerKind::from_str_name(s).map(Into::into)
-        })?,
+        phase: request::phase_value("phase", &call.text("phase"))?,
+        kind: request::handler_kind("kind", &call.text("kind"))?,
         status: request::handler_status("status", &call.text("status"))?,
         page_size: HANDLER_PAGE,
         page_token: String::new(),
@@ -352,21 +350,13 @@ async fn list_handlers(call: &Call<'_>) -> Result<Value, ApiError> {
     Ok(json!({ "handlers": handlers }))
 }
 
-fn phase_param(call: &Call<'_>, key: &str) -> Result<i32, ApiError> {
-    request::enum_value(key, &call.text(key), "PHASE", |s| {
-        pb::Phase::from_str_name(s).map(Into::into)
-    })
-}
-
 /// The Advanced Search filter from the query: `status`, `phase`, `event`, `handler_id`,
 /// `data` (substring), `error` (substring), `from`, `to` (RFC 3339).
 fn log_filter(call: &Call<'_>) -> Result<pb::LogFilter, ApiError> {
     let event = call.text("event");
     Ok(pb::LogFilter {
-        status: request::enum_value("status", &call.text("status"), "RUN_STATUS", |s| {
-            pb::RunStatus::from_str_name(s).map(Into::into)
-        })?,
-        phase: phase_param(call, "phase")?,
+        status: request::run_status("status", &call.text("status"))?,
+        phase: request::phase_value("phase", &call.text("phase"))?,
         events: if event.is_empty() {
             Vec::new()
         } else {

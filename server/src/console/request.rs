@@ -110,7 +110,7 @@ fn wrong_type(key: &str, expected: &str, got: &Value) -> ApiError {
 
 /// A proto enum from its short lowercase name (`"after"` for `PHASE_AFTER`); `""` is
 /// the unspecified value (0), which the service accepts or refuses as gRPC would.
-pub(super) fn enum_value(
+fn enum_value(
     field: &str,
     text: &str,
     prefix: &str,
@@ -126,15 +126,34 @@ pub(super) fn enum_value(
 
 fn phase(fields: &mut Fields) -> Result<i32, ApiError> {
     let text = fields.string("phase")?;
-    enum_value("phase", &text, "PHASE", |s| {
+    phase_value("phase", &text)
+}
+
+/// `"before"`, `"after"` to the Phase value.
+pub(super) fn phase_value(field: &str, text: &str) -> Result<i32, ApiError> {
+    enum_value(field, text, "PHASE", |s| {
         pb::Phase::from_str_name(s).map(Into::into)
     })
 }
 
-/// `"enabled"` ... to the HandlerStatus value.
+/// `"enabled"`, `"disabled"`, `"archived"` to the HandlerStatus value.
 pub(super) fn handler_status(field: &str, text: &str) -> Result<i32, ApiError> {
     enum_value(field, text, "HANDLER_STATUS", |s| {
         pb::HandlerStatus::from_str_name(s).map(Into::into)
+    })
+}
+
+/// `"http"`, `"script"` to the HandlerKind value.
+pub(super) fn handler_kind(field: &str, text: &str) -> Result<i32, ApiError> {
+    enum_value(field, text, "HANDLER_KIND", |s| {
+        pb::HandlerKind::from_str_name(s).map(Into::into)
+    })
+}
+
+/// `"success"`, `"fail"` to the RunStatus value.
+pub(super) fn run_status(field: &str, text: &str) -> Result<i32, ApiError> {
+    enum_value(field, text, "RUN_STATUS", |s| {
+        pb::RunStatus::from_str_name(s).map(Into::into)
     })
 }
 
