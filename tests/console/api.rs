@@ -237,3 +237,83 @@ async fn development_mode_refuses_a_console_on_a_network_address() {
         other => panic!("expected the start to be refused, got {other:?}"),
     }
 }
+
+/// Why: the Execution Logs screen pages by cursor, and the form's Rotate secret and
+/// Delete buttons call their own routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_page_by_cursor_and_secrets_rotate_and_handlers_delete() {
+    let db = TestDatabase::new().await;
+    let console = ConsoleServer::start(&db, false).await;
+    let addr = console.console;
+    // A refusing port: every attempt fails (3 attempts with the test configuration).
+    let body = r#"{"name": "Nobody home", "event": "accounts.create", "phase": "after",
+        "http": {"url": "http://127.0.0.1:9/add"}}"#;
+    let created = call(addr, "POST", "/api/handlers", None, Some(body))
+        .await
+        .json();
+    let id = created["id"].as_i64().expect("an id");
+    let secret = created["http"]["secret"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    crate::dispatch::emit_after(&console.server.client, "accounts.create", r#"{"id": 1}"#).await;
+    provisioning_tests::eventually(crate::dispatch::WAIT, "3 failed runs", || async {
+        let page = call(addr, "GET", "/api/logs?status=fail", None, None)
+            .await
+            .json();
+        (page["entries"].as_array().map_or(0, Vec::len) == 3).then_some(())
+    })
+    .await;
+
+    let first = call(addr, "GET", "/api/logs?limit=2", None, None)
+        .await
+        .json();
+    let ids = |page: &serde_json::Value| -> Vec<i64> {
+        page["entries"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter_map(|e| e["log"]["id"].as_i64())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(ids(&first).len(), 2, "{first}");
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    let second = call(
+        addr,
+        "GET",
+        &format!("/api/logs?limit=2&cursor={cursor}"),
+        None,
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(ids(&second).len(), 1, "{second}");
+    assert!(second["next_cursor"].is_null(), "{second}");
+    let mut all = ids(&first);
+    all.extend(ids(&second));
+    let mut newest_first = all.clone();
+    newest_first.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(all, newest_first, "newest first, no run twice");
+
+    let rotated = call(
+        addr,
+        "POST",
+        &format!("/api/handlers/{id}/rotate-secret"),
+        None,
+        Some("{}"),
+    )
+    .await
+    .json();
+    let new_secret = rotated["http"]["secret"].as_str().unwrap_or_default();
+    assert!(
+        new_secret.starts_with("whsec_") && new_secret != secret,
+        "{rotated}"
+    );
+    let deleted = call(addr, "DELETE", &format!("/api/handlers/{id}"), None, None).await;
+    assert_eq!(deleted.json()["deleted"], id, "{}", deleted.text);
+    let gone = call(addr, "GET", &format!("/api/handlers/{id}"), None, None).await;
+    assert_eq!(gone.status, 404, "{}", gone.text);
+}
