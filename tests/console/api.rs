@@ -316,4 +316,33 @@ async fn logs_page_by_cursor_and_secrets_rotate_and_handlers_delete() {
     assert_eq!(deleted.json()["deleted"], id, "{}", deleted.text);
     let gone = call(addr, "GET", &format!("/api/handlers/{id}"), None, None).await;
     assert_eq!(gone.status, 404, "{}", gone.text);
+    stops_with_a_live_log_open(console).await;
+}
+
+/// Opens the Live log's event stream, then stops the server gracefully: the stop must
+/// not wait for the browser (within `TestServer::stop`'s limit) and the stream ends.
+async fn stops_with_a_live_log_open(console: ConsoleServer) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(console.console)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /api/logs/tail HTTP/1.1\r\nHost: console\r\n\r\n")
+        .await
+        .expect("send");
+    let mut head = vec![0; 4096];
+    let read = stream.read(&mut head).await.expect("the answer");
+    let head = String::from_utf8_lossy(&head[..read]).to_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200") && head.contains("text/event-stream"),
+        "{head}"
+    );
+    console.server.stop().await;
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(ended.is_ok(), "the event stream outlived the server");
 }
