@@ -110,7 +110,13 @@ async fn an_admin_and_a_reader_use_every_screen_in_a_real_browser() {
         .find("#handlers-table tr[data-status=disabled]")
         .await;
     browser.screenshot("04-handlers-one-disabled").await;
-    browser.click(&format!("{crm_row} .status-toggle")).await;
+    // The switch is a real button: the keyboard works it too (Enter, WebDriver key U+E007).
+    browser
+        .find(&format!("{crm_row} .status-toggle"))
+        .await
+        .send_keys("\u{e007}")
+        .await
+        .expect("press Enter on the switch");
     browser
         .wait_for_count("#handlers-table tr[data-status=enabled]", 1)
         .await;
