@@ -5,6 +5,7 @@ mod auth;
 mod before;
 mod cli;
 mod cli_logs;
+mod console;
 mod dispatch;
 mod edges;
 mod embedded_ownership;

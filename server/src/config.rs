@@ -116,6 +116,12 @@ pub struct Config {
     #[arg(long, env = "PROVISIOND_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Address of the web console (the Handlers, Execution Logs and Stats pages and their
+    /// JSON API under `/api/`); off when not set. Without --tokens-file it serves
+    /// loopback addresses only, as the gRPC listener does.
+    #[arg(long, env = "PROVISIOND_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
+
     /// OTLP/gRPC collector the server's spans are exported to (`http://HOST:4317`,
     /// plaintext); off when not set: without it no exporter, no batch thread.
     #[arg(long, env = "PROVISIOND_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]

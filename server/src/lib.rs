@@ -23,6 +23,8 @@
 //!   deadline (the other limits are set where they apply).
 //! - `policy`: security decisions as pure functions (outbound CIDR policy, script file
 //!   ownership and permissions, the script account).
+//! - `console`: the optional web console (`--console-listen`): static pages and a JSON
+//!   API that calls the gRPC services in process, so validation and roles stay theirs.
 //! - `tls`: optional TLS (rustls): files reloaded on SIGHUP, the accept loop, client
 //!   certificates turned into `auth::PeerSubjects`.
 //! - `auth`: caller identities carried in request extensions.
@@ -30,6 +32,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod dispatch;
 pub mod domain;
@@ -153,6 +156,10 @@ pub async fn run(
         Some(addr) => Some(metrics::bind(addr).await.map_err(ServerError::Io)?),
         None => None,
     };
+    let console_listener = match config.console_listen {
+        Some(addr) => Some(console::bind(addr).await.map_err(ServerError::Io)?),
+        None => None,
+    };
     let config = Arc::new(config);
     let metrics = Arc::new(metrics::Metrics::new());
     let signals = listener::spawn(db.clone(), &shutdown);
@@ -231,6 +238,19 @@ pub async fn run(
     }
     let before =
         dispatch::before::BeforeChain::new(db.clone(), runner, config.max_payload_bytes, schemas);
+    // Shared by the gRPC server and the web console, which calls them in process.
+    let handler_api = Arc::new(grpc::handler_service::HandlerApi::new(registry, tests));
+    let log_api = Arc::new(grpc::log_service::LogApi::new(logs));
+    if let Some(listener) = console_listener {
+        tracing::info!(listen = ?listener.local_addr().ok(), "web console served");
+        let services = console::Services {
+            handlers: handler_api.clone(),
+            logs: log_api.clone(),
+            gate: gate.clone(),
+            max_body_bytes: config.max_message_bytes,
+        };
+        console::serve(listener, services, &shutdown);
+    }
 
     // Both reflection versions, so every grpcurl works without proto files.
     let reflection_v1 = reflection().build_v1()?;
@@ -296,7 +316,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            HandlerServiceServer::new(grpc::handler_service::HandlerApi::new(registry, tests))
+            HandlerServiceServer::from_arc(handler_api)
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )
@@ -306,7 +326,7 @@ pub async fn run(
                 .max_encoding_message_size(max_message),
         )
         .add_service(
-            ExecutionLogServiceServer::new(grpc::log_service::LogApi::new(logs))
+            ExecutionLogServiceServer::from_arc(log_api)
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         );
@@ -355,7 +375,11 @@ fn auth_gate(config: &Config, listener: &TcpListener) -> Result<auth::layer::Gat
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Io(format!("listener address: {e}")))?;
-    if !addr.ip().is_loopback() && !config.insecure_no_auth {
+    // The web console's address is held to the same rule: it reaches the same services.
+    let exposed = std::iter::once(addr)
+        .chain(config.console_listen)
+        .find(|addr| !addr.ip().is_loopback());
+    if let Some(addr) = exposed.filter(|_| !config.insecure_no_auth) {
         return Err(ServerError::Auth(format!(
             "no --tokens-file: development mode (no authentication, every caller is admin) \
              serves loopback addresses only, and {addr} is not one; configure \

@@ -10,9 +10,12 @@
 //! - [`TempDir`]: temporary directories (mode 0755) removed on drop.
 //! - [`TestPki`]: a CA, server and client certificates made at run time (rcgen).
 //! - [`pgbouncer::PgBouncer`]: a real PgBouncer in transaction pooling mode.
+//! - [`browser::Browser`]: headless Chromium under chromedriver (WebDriver), for the
+//!   web console.
 //!
 //! The tests themselves live in `tests/main.rs` and its modules (one binary).
 
+pub mod browser;
 pub mod database;
 pub mod embedded;
 pub mod pgbouncer;

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use futures_util::future::Either;
 
 use super::identities::Identities;
-use super::{decide, PeerSubjects};
+use super::{decide, identify, AuthError, Caller, PeerSubjects};
 
 /// The identities requests are checked against, shared by the layer and the reloader.
 /// `None` inside = development mode (every caller is the anonymous admin).
@@ -46,6 +46,23 @@ impl Gate {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             *current = Arc::new(identities);
         }
+    }
+
+    /// [`super::decide`] against the current identities: what the layer does for every
+    /// gRPC request, and the web console for the JSON route mapped to the method `path`.
+    pub fn decide(
+        &self,
+        path: &str,
+        authorization: Option<&[u8]>,
+        peer: Option<&PeerSubjects>,
+    ) -> Result<Option<Caller>, AuthError> {
+        decide(self.current().as_deref(), path, authorization, peer)
+    }
+
+    /// [`super::identify`] against the current identities: who the credentials name,
+    /// without a method to check (the web console's `whoami`).
+    pub fn identify(&self, authorization: Option<&[u8]>) -> Result<Caller, AuthError> {
+        identify(self.current().as_deref(), authorization, None)
     }
 
     fn current(&self) -> Option<Arc<Identities>> {
@@ -102,9 +119,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let identities = self.gate.current();
-        let decision = decide(
-            identities.as_deref(),
+        let decision = self.gate.decide(
             request.uri().path(),
             request
                 .headers()

@@ -234,6 +234,19 @@ pub fn decide(
     if access == Access::Open {
         return Ok(None);
     }
+    let caller = identify(identities, authorization, peer)?;
+    authorize(&caller, access, path)?;
+    Ok(Some(caller))
+}
+
+/// Who presents these credentials, whatever they may call: the bearer token first, then
+/// the client certificate's names. `identities` is `None` in development mode (every
+/// caller is [`Caller::development`]).
+pub fn identify(
+    identities: Option<&identities::Identities>,
+    authorization: Option<&[u8]>,
+    peer: Option<&PeerSubjects>,
+) -> Result<Caller, AuthError> {
     let caller = match identities {
         None => Caller::development(),
         Some(identities) => match bearer_token(authorization)? {
@@ -262,8 +275,7 @@ pub fn decide(
             },
         },
     };
-    authorize(&caller, access, path)?;
-    Ok(Some(caller))
+    Ok(caller)
 }
 
 #[cfg(test)]
