@@ -176,6 +176,7 @@ export async function logsScreen({ main, session, params, onLeave }) {
           const tr = row(item.data.log, session, message);
           tr.classList.add("fresh");
           body.prepend(tr);
+          if (count.textContent === "No runs match") count.textContent = "";
         } else if (item.event === "error") throw new Error(item.data.message);
       }
       if (!controller.signal.aborted) throw new Error("the live log ended");
