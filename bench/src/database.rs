@@ -180,3 +180,26 @@ mod tests {
         assert!(with_database("host=localhost dbname=x", "b").is_err());
     }
 }
+
+#[derive(QueryableByName)]
+struct CountRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    count: i64,
+}
+
+/// Events a scenario's server handled in its fresh database: AFTER events stored, plus
+/// BEFORE events run (those are not stored; their log rows carry their ids).
+pub async fn events_handled(url: &str) -> anyhow::Result<u64> {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = PgConnection::establish(&url)?;
+        let row: CountRow = diesel::sql_query(
+            "SELECT (SELECT count(*) FROM events) \
+                  + (SELECT count(DISTINCT event_id) FROM execution_logs WHERE phase = 'before') \
+                    AS count",
+        )
+        .get_result(&mut conn)?;
+        Ok(row.count.max(0) as u64)
+    })
+    .await?
+}

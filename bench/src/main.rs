@@ -309,6 +309,14 @@ impl ScenarioEnv<'_> {
         };
         metrics.push(rss.note("fresh server per scenario: the peak of this scenario alone"));
         metrics.extend(cpu_metrics(scenario.name(), &cpu));
+        // The search scenario's events are written straight into the table: it measures
+        // queries.
+        if scenario != Scenario::Search {
+            match database::events_handled(&db.url).await {
+                Ok(events) => metrics.extend(cpu_per_event(scenario.name(), &cpu, events)),
+                Err(error) => eprintln!("counting the events of {scenario}: {error:#}"),
+            }
+        }
         Ok(metrics)
     }
 }
@@ -335,6 +343,31 @@ fn cpu_metrics(scenario: &str, cpu: &usage::Usage) -> Vec<Metric> {
         ));
     }
     metrics
+}
+
+/// CPU time per event the scenario's server handled (machine-wide and server-only), in
+/// microseconds, so that a change shows what it costs per event whatever the rate; none
+/// when the scenario handled no event on its server (replicas runs servers of its own).
+fn cpu_per_event(scenario: &str, cpu: &usage::Usage, events: u64) -> Vec<Metric> {
+    if events == 0 {
+        return Vec::new();
+    }
+    let per_event = |cores: Option<f64>| {
+        cores.map(|cores| cores * cpu.elapsed.as_secs_f64() / events as f64 * 1e6)
+    };
+    [
+        ("CPU per event: machine", per_event(cpu.machine)),
+        ("CPU per event: server", per_event(cpu.server)),
+    ]
+    .into_iter()
+    .filter_map(|(name, micros)| {
+        Some(Metric::new(scenario, name, micros?, "µs").note(format!(
+            "CPU time over the scenario's {:.1} s / {events} events it stored or ran \
+             (BEFORE), setup included",
+            cpu.elapsed.as_secs_f64()
+        )))
+    })
+    .collect()
 }
 
 /// The run's temporary directory (embedded cluster, server logs, scripts directory).
