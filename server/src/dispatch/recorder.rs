@@ -8,6 +8,13 @@
 //! single bad row cannot hold the others back, and a row refused on its own is repaired
 //! and written again: no run's row is ever dropped. The task ends when every sender is gone,
 //! after writing what was queued, so runs in flight at shutdown are kept.
+//!
+//! Keyed deliveries that finished free their ordering slots; the next queued event of
+//! each slot is promoted by a second task, the promoter, in a transaction of its own
+//! once the batch that finished them is committed: it runs while the recorder writes
+//! the next batch, so keyed delivery pays for the log write or the promotion, whichever
+//! is longer, not for both in a row. A promotion lost to a crash is made by the
+//! periodic sweep (`deliveries::promote_all_ready`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -127,8 +134,56 @@ pub fn spawn(
     shutdown: &Shutdown,
 ) -> Recorder {
     let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
-    shutdown.spawn(write_loop(db, config, signals, metrics, receiver));
+    let (freed, freed_receiver) = mpsc::unbounded_channel();
+    shutdown.spawn(promote_loop(db.clone(), signals.clone(), freed_receiver));
+    shutdown.spawn(write_loop(db, config, signals, metrics, receiver, freed));
     Recorder { sender }
+}
+
+/// Promotes the next queued event of the ordering slots the recorder's committed batches
+/// freed, all the slots freed meanwhile in one transaction, under the slots' key locks
+/// (an insert of one of these keys either committed before, and its queued event is
+/// promoted here, or waits and then sees the earlier deliveries finished). Retried while
+/// the database is unreachable; after a few failures the slots are left to the sweep.
+/// Ends once the recorder is gone and what it sent is promoted.
+async fn promote_loop(db: Db, signals: Signals, mut freed: mpsc::UnboundedReceiver<Vec<String>>) {
+    let mut batches = Vec::new();
+    while freed.recv_many(&mut batches, usize::MAX).await > 0 {
+        let slots: Arc<Vec<String>> = Arc::new(std::mem::take(&mut batches).concat());
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=5 {
+            let freed = slots.clone();
+            let promoted = db
+                .run(move |conn| {
+                    conn.transaction(|conn| {
+                        let slots: Vec<&str> = freed.iter().map(String::as_str).collect();
+                        let keys: Vec<&str> = slots
+                            .iter()
+                            .filter_map(|slot| deliveries::ordering_key_of(slot))
+                            .collect();
+                        events::lock_ordering_keys(conn, &keys)?;
+                        deliveries::promote_queued(conn, &slots)
+                    })
+                    .map_err(DbError::from)
+                })
+                .await;
+            match promoted {
+                Ok(0) => break,
+                Ok(_) => {
+                    signals.announce_work();
+                    break;
+                }
+                Err(error) if attempt == 5 => {
+                    tracing::warn!(%error, slots = slots.len(), "promoting queued keyed deliveries failed; the sweep will");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "promoting queued keyed deliveries failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
 }
 
 async fn write_loop(
@@ -137,6 +192,7 @@ async fn write_loop(
     signals: Signals,
     metrics: Arc<Metrics>,
     mut receiver: mpsc::Receiver<Record>,
+    freed: mpsc::UnboundedSender<Vec<String>>,
 ) {
     let disable_after_ms = config.disable_after.as_millis() as i64;
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -157,12 +213,33 @@ async fn write_loop(
         for record in &records {
             count_run(&metrics, record);
         }
-        if let Some(max_id) =
-            write_with_retry(&db, &metrics, &signals, records, disable_after_ms).await
-        {
+        let slots = freed_slots(&records);
+        if let Some(max_id) = write_with_retry(&db, &metrics, records, disable_after_ms).await {
             signals.announce_logs(max_id);
         }
+        // Written (or, for a row refused even stripped, given up): either way its
+        // delivery no longer holds the slot.
+        if !slots.is_empty() && freed.send(slots).is_err() {
+            tracing::error!("promoter stopped; the sweep will promote queued keyed deliveries");
+        }
     }
+}
+
+/// The ordering slots of the keyed deliveries these records finish (delivered, dead or
+/// gone: not those with a retry scheduled, which keep their slot).
+fn freed_slots(records: &[Record]) -> Vec<String> {
+    records
+        .iter()
+        .filter(|record| {
+            matches!(
+                record.delivery,
+                Some(DeliveryOutcome::Delivered)
+                    | Some(DeliveryOutcome::Gone)
+                    | Some(DeliveryOutcome::Failed { retry_at: None })
+            ) && record.log.delivery_id.is_some()
+        })
+        .filter_map(|record| record.ordering_slot.clone())
+        .collect()
 }
 
 /// Counts a run in the metrics, by its outcome.
@@ -183,7 +260,6 @@ fn count_run(metrics: &Metrics, record: &Record) {
 async fn write_with_retry(
     db: &Db,
     metrics: &Metrics,
-    signals: &Signals,
     records: Vec<Record>,
     disable_after_ms: i64,
 ) -> Option<i64> {
@@ -195,7 +271,7 @@ async fn write_with_retry(
             .run(move |conn| write_batch(conn, &batch, disable_after_ms))
             .await
         {
-            Ok(written) => return written.counted(metrics, signals),
+            Ok(written) => return written.counted(metrics),
             Err(error) if error.is_rejection() => {
                 tracing::warn!(%error, rows = records.len(), "log batch rejected; writing rows one by one");
                 break;
@@ -209,7 +285,7 @@ async fn write_with_retry(
     }
     let mut written = None;
     for record in records.iter().cloned() {
-        written = written.max(write_one(db, metrics, signals, record, disable_after_ms).await);
+        written = written.max(write_one(db, metrics, record, disable_after_ms).await);
     }
     written
 }
@@ -220,7 +296,6 @@ async fn write_with_retry(
 async fn write_one(
     db: &Db,
     metrics: &Metrics,
-    signals: &Signals,
     mut record: Record,
     disable_after_ms: i64,
 ) -> Option<i64> {
@@ -232,7 +307,7 @@ async fn write_one(
             .run(move |conn| write_batch(conn, &row, disable_after_ms))
             .await
         {
-            Ok(written) => return written.counted(metrics, signals),
+            Ok(written) => return written.counted(metrics),
             Err(error) if error.is_rejection() => {
                 refusals += 1;
                 let repaired = match refusals {
@@ -391,18 +466,13 @@ struct Written {
     max_id: Option<i64>,
     /// Handlers disabled automatically by these runs.
     disabled: u64,
-    /// Deliveries queued behind the finished ones that may run now.
-    promoted: usize,
 }
 
 impl Written {
-    /// Once the batch is committed: counts the handlers disabled, wakes the claimers
-    /// for the deliveries promoted, and returns the highest log id.
-    fn counted(self, metrics: &Metrics, signals: &Signals) -> Option<i64> {
+    /// Once the batch is committed: counts the handlers disabled and returns the highest
+    /// log id.
+    fn counted(self, metrics: &Metrics) -> Option<i64> {
         metrics.handlers_auto_disabled.inc_by(self.disabled);
-        if self.promoted > 0 {
-            signals.announce_work();
-        }
         self.max_id
     }
 }
@@ -418,18 +488,8 @@ fn write_batch(
     let mut succeeded_handlers = Vec::new();
     let mut failed_handlers = Vec::new();
     let mut gone = Vec::new();
-    let mut finished_slots = Vec::new();
-    for Record {
-        log,
-        delivery,
-        ordering_slot,
-    } in records
-    {
+    for Record { log, delivery, .. } in records {
         if let (Some(outcome), Some(id)) = (delivery, log.delivery_id) {
-            let finished = !matches!(outcome, DeliveryOutcome::Failed { retry_at: Some(_) });
-            if let (true, Some(slot)) = (finished, ordering_slot) {
-                finished_slots.push(slot.as_str());
-            }
             match outcome {
                 DeliveryOutcome::Delivered => {
                     delivered.push(id);
@@ -471,20 +531,17 @@ fn write_batch(
     }
     succeeded_handlers.sort_unstable();
     succeeded_handlers.dedup();
-    if failed_ids.is_empty() && finished_slots.is_empty() {
+    if failed_ids.is_empty() {
         // Only successes (the common case): one statement, committed on its own.
         let max_id = logs::insert_batch(conn, &columns, &delivered, &succeeded_handlers)?;
         return Ok(Written {
             max_id,
             disabled: 0,
-            promoted: 0,
         });
     }
     conn.transaction::<_, DbError, _>(|conn| {
         let max_id = logs::insert_batch(conn, &columns, &delivered, &succeeded_handlers)?;
-        if !failed_ids.is_empty() {
-            deliveries::record_failures(conn, &failed_ids, &failed_at, &failed_errors)?;
-        }
+        deliveries::record_failures(conn, &failed_ids, &failed_at, &failed_errors)?;
         let mut disabled = 0;
         if !failed_handlers.is_empty() {
             for id in deliveries::record_handler_failures(conn, &failed_handlers, disable_after_ms)?
@@ -504,21 +561,6 @@ fn write_batch(
                 "handler disabled: its endpoint answered 410 Gone"
             );
         }
-        // The keys' locks are taken last, held only while the next events are promoted
-        // and the transaction commits: an insert of one of these keys either committed
-        // before (its queued event is promoted here) or waits and then sees these
-        // deliveries finished. Held across the log write, they would stall every insert
-        // of the keys for as long.
-        let keys: Vec<&str> = finished_slots
-            .iter()
-            .filter_map(|slot| deliveries::ordering_key_of(slot))
-            .collect();
-        events::lock_ordering_keys(conn, &keys)?;
-        let promoted = deliveries::promote_queued(conn, &finished_slots)?;
-        Ok(Written {
-            max_id,
-            disabled,
-            promoted,
-        })
+        Ok(Written { max_id, disabled })
     })
 }
