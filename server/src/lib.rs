@@ -163,7 +163,7 @@ pub async fn run(
     let config = Arc::new(config);
     let metrics = Arc::new(metrics::Metrics::new());
     let signals = listener::spawn(db.clone(), &shutdown);
-    let recorder = dispatch::recorder::spawn(
+    let (recorder, freed_slots) = dispatch::recorder::spawn(
         db.clone(),
         config.clone(),
         signals.clone(),
@@ -183,6 +183,13 @@ pub async fn run(
         config.clone(),
         runner.clone(),
         signals.clone(),
+        &shutdown,
+    );
+    dispatch::promoter::spawn(
+        db.clone(),
+        signals.clone(),
+        worker.clone(),
+        freed_slots,
         &shutdown,
     );
     // One cache of compiled event schemas per replica, shared by every entry point.

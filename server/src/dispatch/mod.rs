@@ -1,7 +1,8 @@
 //! Running handlers: the AFTER worker (`worker`: hand-over or claim → run → record),
 //! the BEFORE chain (`before`), test runs of one handler (`test_run`), the executors
-//! (`http`, `script`), the pure retry policy (`retry`) and the batched writer of
-//! execution-log rows and delivery outcomes (`recorder`).
+//! (`http`, `script`), the pure retry policy (`retry`), the batched writer of
+//! execution-log rows and delivery outcomes (`recorder`) and the promoter of the keyed
+//! events it lets go (`promoter`).
 //!
 //! Attempt errors are recorded in the execution log; they are never returned to RPC
 //! callers.
@@ -9,6 +10,7 @@
 pub mod before;
 pub mod guard;
 pub mod http;
+pub mod promoter;
 pub mod recorder;
 pub mod retry;
 pub mod script;

@@ -9,12 +9,9 @@
 //! and written again: no run's row is ever dropped. The task ends when every sender is gone,
 //! after writing what was queued, so runs in flight at shutdown are kept.
 //!
-//! Keyed deliveries that finished free their ordering slots; the next queued event of
-//! each slot is promoted by a second task, the promoter, in a transaction of its own
-//! once the batch that finished them is committed: it runs while the recorder writes
-//! the next batch, so keyed delivery pays for the log write or the promotion, whichever
-//! is longer, not for both in a row. A promotion lost to a crash is made by the
-//! periodic sweep (`deliveries::promote_all_ready`).
+//! Keyed deliveries that finished free their ordering slots: once the batch that
+//! finished them is committed, the slots are sent to the promoter (`promoter`), which
+//! promotes the next queued event of each while the recorder writes the next batch.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -26,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::LOGGED_RESPONSE_BYTES;
 use crate::config::Config;
-use crate::db::queries::{deliveries, events, logs};
+use crate::db::queries::{deliveries, logs};
 use crate::db::{Db, DbError};
 use crate::domain::{event_data, text, HandlerKind, Phase, RunStatus};
 use crate::listener::Signals;
@@ -124,6 +121,10 @@ impl Recorder {
     }
 }
 
+/// The ordering slots freed by each committed batch, for the promoter. Closed once the
+/// recorder has written everything.
+pub type FreedSlots = mpsc::UnboundedReceiver<Vec<String>>;
+
 /// Starts the recorder task. It ends once every `Recorder` handle is gone and the
 /// queue is drained, so runs still in flight at shutdown are recorded.
 pub fn spawn(
@@ -132,58 +133,11 @@ pub fn spawn(
     signals: Signals,
     metrics: Arc<Metrics>,
     shutdown: &Shutdown,
-) -> Recorder {
+) -> (Recorder, FreedSlots) {
     let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
     let (freed, freed_receiver) = mpsc::unbounded_channel();
-    shutdown.spawn(promote_loop(db.clone(), signals.clone(), freed_receiver));
     shutdown.spawn(write_loop(db, config, signals, metrics, receiver, freed));
-    Recorder { sender }
-}
-
-/// Promotes the next queued event of the ordering slots the recorder's committed batches
-/// freed, all the slots freed meanwhile in one transaction, under the slots' key locks
-/// (an insert of one of these keys either committed before, and its queued event is
-/// promoted here, or waits and then sees the earlier deliveries finished). Retried while
-/// the database is unreachable; after a few failures the slots are left to the sweep.
-/// Ends once the recorder is gone and what it sent is promoted.
-async fn promote_loop(db: Db, signals: Signals, mut freed: mpsc::UnboundedReceiver<Vec<String>>) {
-    let mut batches = Vec::new();
-    while freed.recv_many(&mut batches, usize::MAX).await > 0 {
-        let slots: Arc<Vec<String>> = Arc::new(std::mem::take(&mut batches).concat());
-        let mut delay = Duration::from_millis(50);
-        for attempt in 1..=5 {
-            let freed = slots.clone();
-            let promoted = db
-                .run(move |conn| {
-                    conn.transaction(|conn| {
-                        let slots: Vec<&str> = freed.iter().map(String::as_str).collect();
-                        let keys: Vec<&str> = slots
-                            .iter()
-                            .filter_map(|slot| deliveries::ordering_key_of(slot))
-                            .collect();
-                        events::lock_ordering_keys(conn, &keys)?;
-                        deliveries::promote_queued(conn, &slots)
-                    })
-                    .map_err(DbError::from)
-                })
-                .await;
-            match promoted {
-                Ok(0) => break,
-                Ok(_) => {
-                    signals.announce_work();
-                    break;
-                }
-                Err(error) if attempt == 5 => {
-                    tracing::warn!(%error, slots = slots.len(), "promoting queued keyed deliveries failed; the sweep will");
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "promoting queued keyed deliveries failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-            }
-        }
-    }
+    (Recorder { sender }, freed_receiver)
 }
 
 async fn write_loop(
@@ -236,7 +190,7 @@ fn freed_slots(records: &[Record]) -> Vec<String> {
                 Some(DeliveryOutcome::Delivered)
                     | Some(DeliveryOutcome::Gone)
                     | Some(DeliveryOutcome::Failed { retry_at: None })
-            ) && record.log.delivery_id.is_some()
+            )
         })
         .filter_map(|record| record.ordering_slot.clone())
         .collect()

@@ -293,7 +293,7 @@ impl Upkeep {
 }
 
 /// Claimed rows come ordered by event: consecutive rows of one event form a chain.
-fn split_by_event(rows: Vec<ClaimedDelivery>) -> Vec<Vec<ClaimedDelivery>> {
+pub(super) fn split_by_event(rows: Vec<ClaimedDelivery>) -> Vec<Vec<ClaimedDelivery>> {
     let mut chains: Vec<Vec<ClaimedDelivery>> = Vec::new();
     for row in rows {
         match chains.last_mut() {

@@ -12,6 +12,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Int4, Jsonb, Nullable, Text, Timestamptz};
 
 use crate::db::prepared::prepared;
+use crate::db::queries::events::LeaseAtInsert;
 
 /// A claimed delivery with what is needed to run it.
 #[derive(Debug, Clone, QueryableByName)]
@@ -157,19 +158,39 @@ WHERE id = ANY($2) AND leased_by = $3 AND state = 1
     Ok(released)
 }
 
-/// The statement promoting queued events: `$heads` selects, per ordering slot, the
+/// The earliest queued event of each slot in `$1`: one index probe per slot (not every
+/// queued event of every slot, sorted: a slot may hold thousands).
+macro_rules! heads_of_slots {
+    () => {
+        r#"
+    SELECT x.event_id FROM (SELECT DISTINCT unnest($1::text[]) AS slot) s
+    CROSS JOIN LATERAL (
+        SELECT q.event_id FROM deliveries q
+        WHERE q.state = 4 AND q.ordering_slot = s.slot
+        ORDER BY q.event_id
+        LIMIT 1
+    ) x
+"#
+    };
+}
+
+/// The statement promoting queued events: `heads` selects, per ordering slot, the
 /// earliest queued event (`event_id`); those nothing earlier holds any more (in any of
-/// their slots) have their first delivery in run order made pending now and the rest
-/// waiting behind it (or are throttled, when one of their handlers is limited). What
-/// holds a slot is what holds it at insert (`events::insert_batch`). A queued event's
-/// deliveries are all queued, so they are found by event id alone: with a state
-/// condition the planner, on statistics that lag behind a burst, walks the queued index
-/// for each event instead (hundreds of milliseconds at 50,000 queued). For the same
-/// reason the rows to update are passed as arrays: joined to `ranked`, the update hashed
-/// every queued row of the table (30 ms at 20,000 queued) to change a few hundred; from
-/// an array of ids it looks each one up by primary key.
+/// their slots) are promoted. Of those with no limited handler, the first
+/// `lease_events` (in event order) have every delivery leased to `owner` for
+/// `lease_ms` beyond the chain's timeouts, exactly as a claim leaves them; the others
+/// have their first delivery in run order made pending now and the rest waiting behind
+/// it. Those with a limited handler are throttled. `then` reads the `promoted` rows.
+/// What holds a slot is what holds it at insert (`events::insert_batch`). A queued
+/// event's deliveries are all queued, so they are found by event id alone: with a
+/// state condition the planner, on statistics that lag behind a burst, walks the queued
+/// index for each event instead (hundreds of milliseconds at 50,000 queued). For the
+/// same reason the rows to update are passed as arrays: joined to `ranked`, the update
+/// hashed every queued row of the table (30 ms at 20,000 queued) to change a few
+/// hundred; from an array of ids it looks each one up by primary key.
 macro_rules! promote_sql {
-    ($heads:literal) => {
+    (heads: $heads:expr, lease_events: $events:literal, owner: $owner:literal,
+     lease_ms: $lease_ms:literal, then: $then:expr) => {
         concat!(
             "WITH heads AS (",
             $heads,
@@ -182,20 +203,40 @@ macro_rules! promote_sql {
         WHERE q.event_id = n.event_id
           AND (p.state IN (0, 1, 4, 5) OR ph.ordering_policy = 'block'))
 ), ranked AS (
-    SELECT d.id, row_number() OVER (PARTITION BY d.event_id ORDER BY d.priority, d.handler_id) AS rank,
+    SELECT d.id, d.event_id,
+           row_number() OVER (PARTITION BY d.event_id ORDER BY d.priority, d.handler_id) AS rank,
            bool_or(h.max_in_flight IS NOT NULL OR h.rate_per_second IS NOT NULL)
-               OVER (PARTITION BY d.event_id) AS throttled
+               OVER (PARTITION BY d.event_id) AS throttled,
+           sum(h.timeout_ms) OVER (PARTITION BY d.event_id) AS chain_ms
     FROM deliveries d JOIN handlers h ON h.id = d.handler_id
     WHERE d.event_id IN (SELECT event_id FROM ready)
+), leasing AS (
+    SELECT r.*, NOT r.throttled
+               AND dense_rank() OVER (PARTITION BY r.throttled ORDER BY r.event_id) <= "#,
+            $events,
+            r#" AS leased
+    FROM ranked r
 ), targets AS (
     SELECT array_agg(id) AS ids,
-           array_agg(CASE WHEN throttled THEN 5 WHEN rank = 1 THEN 1 ELSE 0 END) AS states
-    FROM ranked
-)
-UPDATE deliveries d
-SET state = t.state, next_attempt_at = now()
-FROM unnest((SELECT ids FROM targets), (SELECT states FROM targets)) AS t(id, state)
-WHERE d.id = t.id AND d.state = 4"#
+           array_agg(CASE WHEN throttled THEN 5 WHEN leased OR rank = 1 THEN 1 ELSE 0 END) AS states,
+           array_agg(CASE WHEN leased
+                     THEN now() + (("#,
+            $lease_ms,
+            r#" + chain_ms) * interval '1 millisecond')
+                     ELSE now() END) AS due,
+           array_agg(CASE WHEN leased THEN "#,
+            $owner,
+            r#" END) AS owners
+    FROM leasing
+), promoted AS (
+    UPDATE deliveries d
+    SET state = t.state, next_attempt_at = t.due, leased_by = t.owner
+    FROM unnest((SELECT ids FROM targets), (SELECT states FROM targets),
+                (SELECT due FROM targets), (SELECT owners FROM targets)) AS t(id, state, due, owner)
+    WHERE d.id = t.id AND d.state = 4
+    RETURNING d.id, d.event_id, d.handler_id, d.attempts, d.priority, d.ordering_slot, d.leased_by
+)"#,
+            $then
         )
     };
 }
@@ -208,25 +249,67 @@ pub fn promote_queued(conn: &mut PgConnection, slots: &[&str]) -> QueryResult<us
     if slots.is_empty() {
         return Ok(0);
     }
-    // One index probe per slot for its earliest queued event (not every queued event of
-    // every slot, sorted: a slot may hold thousands).
-    // The generic plan, made for an array of unknown length, walks the indexes head by
-    // head; a plan made for the actual 500 slots on lagging statistics hashed every
-    // earlier delivery of every slot (600 ms and more at 50,000 queued).
+    with_generic_plan(conn, |conn| {
+        let promoted: Count = prepared(promote_sql!(
+            heads: heads_of_slots!(),
+            lease_events: "0",
+            owner: "NULL::text",
+            lease_ms: "0",
+            then: "SELECT count(*) AS n FROM promoted"
+        ))
+        .bind::<Array<Text>, _>(slots)
+        .get_result(conn)?;
+        Ok(promoted.n as usize)
+    })
+}
+
+/// [`promote_queued`], leasing the deliveries of up to `lease.events` of the promoted
+/// events to `lease.owner` as a claim would (the caller holds that many free run slots)
+/// and returning them, ordered by event then run order, to be run without claiming
+/// them back. The other promoted deliveries are left to the claim loop (pending) or to
+/// the admission (throttled).
+pub fn promote_and_lease(
+    conn: &mut PgConnection,
+    slots: &[&str],
+    lease: LeaseAtInsert<'_>,
+) -> QueryResult<Vec<ClaimedDelivery>> {
+    if slots.is_empty() {
+        return Ok(Vec::new());
+    }
+    with_generic_plan(conn, |conn| {
+        prepared(promote_sql!(
+            heads: heads_of_slots!(),
+            lease_events: "$2::int4",
+            owner: "$3::text",
+            lease_ms: "$4::bigint",
+            then: r#"
+SELECT p.id, p.event_id, p.attempts, e.event, e.data,
+       h.id AS handler_id, h.name, h.kind, h.status, h.url, h.headers, h.secret, h.script_path, h.timeout_ms,
+       e.emitted_by, e.traceparent, p.ordering_slot
+FROM promoted p
+JOIN events e ON e.id = p.event_id
+JOIN handlers h ON h.id = p.handler_id
+WHERE p.leased_by IS NOT NULL
+ORDER BY p.event_id, p.priority, p.handler_id"#
+        ))
+        .bind::<Array<Text>, _>(slots)
+        .bind::<Int4, _>(lease.events)
+        .bind::<Text, _>(lease.owner)
+        .bind::<BigInt, _>(lease.lease_ms)
+        .load(conn)
+    })
+}
+
+/// Runs a promotion with its generic plan. The generic plan, made for an array of
+/// unknown length, walks the indexes head by head; a plan made for the actual 500
+/// slots on lagging statistics hashed every earlier delivery of every slot (600 ms and
+/// more at 50,000 queued).
+fn with_generic_plan<T>(
+    conn: &mut PgConnection,
+    promote: impl FnOnce(&mut PgConnection) -> QueryResult<T>,
+) -> QueryResult<T> {
     conn.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan")?;
-    let promoted = prepared(promote_sql!(
-        r#"
-    SELECT x.event_id FROM (SELECT DISTINCT unnest($1::text[]) AS slot) s
-    CROSS JOIN LATERAL (
-        SELECT q.event_id FROM deliveries q
-        WHERE q.state = 4 AND q.ordering_slot = s.slot
-        ORDER BY q.event_id
-        LIMIT 1
-    ) x
-"#
-    ))
-    .bind::<Array<Text>, _>(slots)
-    .execute(conn)?;
+    let promoted = promote(conn)?;
     conn.batch_execute("RESET plan_cache_mode")?;
     Ok(promoted)
 }
@@ -235,14 +318,25 @@ pub fn promote_queued(conn: &mut PgConnection, slots: &[&str]) -> QueryResult<us
 /// back any more, whatever freed it (a handler deleted with its deliveries, two slots of
 /// one event freed at once by different transactions). Run periodically.
 pub fn promote_all_ready(conn: &mut PgConnection) -> QueryResult<usize> {
-    diesel::sql_query(promote_sql!(
-        r#"
+    let promoted: Count = diesel::sql_query(promote_sql!(
+        heads: r#"
     SELECT DISTINCT ON (q.ordering_slot) q.event_id FROM deliveries q
     WHERE q.state = 4
     ORDER BY q.ordering_slot, q.event_id
-"#
+"#,
+        lease_events: "0",
+        owner: "NULL::text",
+        lease_ms: "0",
+        then: "SELECT count(*) AS n FROM promoted"
     ))
-    .execute(conn)
+    .get_result(conn)?;
+    Ok(promoted.n as usize)
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
 }
 
 /// Admits throttled events (state 5) that are due, as far as their limited handlers'
