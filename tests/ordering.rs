@@ -637,3 +637,62 @@ async fn provctl_sets_ordering_shows_a_blocked_key_and_skips_it() {
     let requests = receiver.wait_for("/p", 4, WAIT).await;
     assert_eq!(numbers(&requests), [0, 0, 0, 1]);
 }
+
+/// A promotion lost between two commits (a replica killed after the log batch that
+/// finished a keyed delivery committed, before its promoter ran; simulated by deleting
+/// the finished delivery's row behind the server's back) is made by the periodic
+/// sweep: the next event of the key arrives, then the one after it, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_promotion_is_made_by_the_sweep() {
+    let db = TestDatabase::new().await;
+    let server = spawn_server(&db).await;
+    let receiver = Receiver::start().await;
+    receiver.route(
+        "/crm",
+        vec![Reply::status(503).retry_after(600), Reply::ok()],
+    );
+    let handler = ordered_handler(
+        "crm",
+        "clients.update",
+        &receiver.url("/crm"),
+        proto::OrderingPolicy::Unspecified,
+        "",
+    );
+    let handler_id = create(&server.client, handler).await.id;
+
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let data = format!(r#"{{"client": 15, "n": {n}}}"#);
+        ids.push(emit(&server.client, "clients.update", &data, "client:15").await);
+    }
+    // The first attempt failed and holds the key (its retry is 10 minutes away); the
+    // two later events are queued behind it.
+    wait_for_count(
+        &db,
+        "the first attempt's failure",
+        &format!("SELECT count(*) AS n FROM execution_logs WHERE handler_id = {handler_id} AND status = 'fail'"),
+        1,
+    )
+    .await;
+    let queued = format!(
+        "SELECT count(*) AS n FROM deliveries WHERE handler_id = {handler_id} AND state = 4"
+    );
+    assert_eq!(
+        count(&db, &queued),
+        2,
+        "the later events wait behind the first"
+    );
+    let gone = count(
+        &db,
+        &format!(
+            "WITH gone AS (DELETE FROM deliveries WHERE event_id = {} RETURNING 1) SELECT count(*) AS n FROM gone",
+            ids[0]
+        ),
+    );
+    assert_eq!(gone, 1, "the first event's delivery row");
+
+    // Nothing tells the server: only the sweep (every 5 s) finds the key free.
+    let requests = receiver.wait_for("/crm", 3, WAIT).await;
+    assert_eq!(numbers(&requests), vec![0, 1, 2], "arrivals: {requests:?}");
+    wait_for_count(&db, "no queued delivery left", &queued, 0).await;
+}
