@@ -43,6 +43,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod policy;
 pub mod shutdown;
+pub mod side_http;
 pub mod telemetry;
 pub mod tls;
 
@@ -153,11 +154,19 @@ pub async fn run(
     }
     // Bound before anything is served: a taken address fails the start.
     let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(metrics::bind(addr).await.map_err(ServerError::Io)?),
+        Some(addr) => Some(
+            side_http::bind("--metrics-listen", addr)
+                .await
+                .map_err(ServerError::Io)?,
+        ),
         None => None,
     };
     let console_listener = match config.console_listen {
-        Some(addr) => Some(console::bind(addr).await.map_err(ServerError::Io)?),
+        Some(addr) => Some(
+            side_http::bind("--console-listen", addr)
+                .await
+                .map_err(ServerError::Io)?,
+        ),
         None => None,
     };
     let config = Arc::new(config);

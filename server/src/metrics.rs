@@ -8,8 +8,6 @@
 //! come from the catalogue (a refused request is counted without its event), handlers
 //! by id, never URLs or data.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -262,35 +260,9 @@ pub fn serve(
     logs: LogStore,
     shutdown: &Shutdown,
 ) {
-    let token = shutdown.token.clone();
-    shutdown.spawn(async move {
-        loop {
-            let stream = tokio::select! {
-                _ = token.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        tracing::warn!(%error, "metrics endpoint: accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let (metrics, db, logs, token) =
-                (metrics.clone(), db.clone(), logs.clone(), token.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let (metrics, db, logs) = (metrics.clone(), db.clone(), logs.clone());
-                    async move { Ok::<_, Infallible>(answer(request, &metrics, &db, &logs).await) }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                tokio::select! {
-                    _ = connection => {}
-                    _ = token.cancelled() => {}
-                }
-            });
-        }
+    crate::side_http::serve(listener, "metrics endpoint", shutdown, move |request| {
+        let (metrics, db, logs) = (metrics.clone(), db.clone(), logs.clone());
+        async move { answer(request, &metrics, &db, &logs).await }
     });
 }
 
@@ -326,11 +298,4 @@ async fn answer(
             "metrics are at /metrics\n".into(),
         ),
     }
-}
-
-/// Binds the metrics address (a clear error at start-up when it is taken).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("--metrics-listen {addr}: {e}"))
 }

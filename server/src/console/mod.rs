@@ -32,9 +32,7 @@ mod reply;
 mod request;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Bytes;
@@ -61,45 +59,13 @@ pub struct Services {
 /// The body of every console response: whole pages and JSON, or an event stream.
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-/// Binds the console address (a clear error at start-up when it is taken).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("--console-listen {addr}: {e}"))
-}
-
 /// Serves the console on `listener` until shutdown; open connections (a Live log
 /// among them) are closed then.
 pub fn serve(listener: TcpListener, services: Services, shutdown: &Shutdown) {
     let services = Arc::new(services);
-    let token = shutdown.token.clone();
-    shutdown.spawn(async move {
-        loop {
-            let stream = tokio::select! {
-                _ = token.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        tracing::warn!(%error, "web console: accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let (services, token) = (services.clone(), token.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let services = services.clone();
-                    async move { Ok::<_, Infallible>(answer(request, &services).await) }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                tokio::select! {
-                    _ = connection => {}
-                    _ = token.cancelled() => {}
-                }
-            });
-        }
+    crate::side_http::serve(listener, "web console", shutdown, move |request| {
+        let services = services.clone();
+        async move { answer(request, &services).await }
     });
 }
 
