@@ -2,9 +2,10 @@
 //! with their deliveries.
 //!
 //! Concurrent `emit` calls are group-committed: they queue for a committer task that
-//! stores everything queued so far in one transaction (a few transactions may be in
-//! flight at once) and answers each caller only after the commit. Throughput grows with
-//! concurrency without giving up durability.
+//! stores everything queued so far in one transaction and answers each caller only
+//! after the commit. Small groups commit one at a time, so the next one grows while a
+//! commit runs; a second starts beside a slow commit or for a big group. Throughput
+//! grows with concurrency without giving up durability.
 //!
 //! Deliveries of fresh events are leased to this replica's worker in the statement that
 //! stores them, as far as it has free run slots and nothing older waits in the table,
