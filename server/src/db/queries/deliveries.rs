@@ -70,6 +70,31 @@ pub struct ClaimedDelivery {
     pub ordering_slot: Option<String>,
 }
 
+/// The [`ClaimedDelivery`] rows of the deliveries a statement leased, read from its CTE
+/// `$leased` (which returns `id, event_id, handler_id, attempts, priority,
+/// ordering_slot`) as `c`, kept by `$filter`, with their events and handlers, ordered
+/// by event then run order (consecutive rows of one event form its chain).
+macro_rules! select_claimed {
+    ($leased:literal, $filter:literal) => {
+        concat!(
+            r#"
+SELECT c.id, c.event_id, c.attempts, e.event, e.data,
+       h.id AS handler_id, h.name, h.kind, h.status, h.url, h.headers, h.secret, h.script_path, h.timeout_ms,
+       e.emitted_by, e.traceparent, c.ordering_slot
+FROM "#,
+            $leased,
+            r#" c
+JOIN events e ON e.id = c.event_id
+JOIN handlers h ON h.id = c.handler_id
+"#,
+            $filter,
+            r#"
+ORDER BY c.event_id, c.priority, c.handler_id
+"#
+        )
+    };
+}
+
 /// The ordering key in a slot: what follows the first `|` (groups and `h:<id>` hold
 /// none).
 pub fn ordering_key_of(slot: &str) -> Option<&str> {
@@ -92,8 +117,8 @@ pub fn claim_due(
     // generic plan does not know the LIMIT.)
     conn.transaction(|conn| {
         conn.batch_execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")?;
-        diesel::sql_query(
-        r#"
+        diesel::sql_query(concat!(
+            r#"
 WITH heads AS (
     SELECT id, event_id, handler_id FROM deliveries
     WHERE state = 1 AND next_attempt_at <= now()
@@ -117,19 +142,13 @@ WITH heads AS (
     WHERE d.id = p.id
     RETURNING d.id, d.event_id, d.handler_id, d.attempts, d.priority, d.ordering_slot
 )
-SELECT c.id, c.event_id, c.attempts, e.event, e.data,
-       h.id AS handler_id, h.name, h.kind, h.status, h.url, h.headers, h.secret, h.script_path, h.timeout_ms,
-       e.emitted_by, e.traceparent, c.ordering_slot
-FROM claimed c
-JOIN events e ON e.id = c.event_id
-JOIN handlers h ON h.id = c.handler_id
-ORDER BY c.event_id, c.priority, c.handler_id
 "#,
-    )
-    .bind::<BigInt, _>(limit)
-    .bind::<BigInt, _>(lease_ms)
-    .bind::<Text, _>(owner)
-    .load(conn)
+            select_claimed!("claimed", "")
+        ))
+        .bind::<BigInt, _>(limit)
+        .bind::<BigInt, _>(lease_ms)
+        .bind::<Text, _>(owner)
+        .load(conn)
     })
 }
 
@@ -283,15 +302,7 @@ pub fn promote_and_lease(
             lease_events: "$2::int4",
             owner: "$3::text",
             lease_ms: "$4::bigint",
-            then: r#"
-SELECT p.id, p.event_id, p.attempts, e.event, e.data,
-       h.id AS handler_id, h.name, h.kind, h.status, h.url, h.headers, h.secret, h.script_path, h.timeout_ms,
-       e.emitted_by, e.traceparent, p.ordering_slot
-FROM promoted p
-JOIN events e ON e.id = p.event_id
-JOIN handlers h ON h.id = p.handler_id
-WHERE p.leased_by IS NOT NULL
-ORDER BY p.event_id, p.priority, p.handler_id"#
+            then: select_claimed!("promoted", "WHERE c.leased_by IS NOT NULL")
         ))
         .bind::<Array<Text>, _>(slots)
         .bind::<Int4, _>(lease.events)
