@@ -71,8 +71,8 @@ pub struct ClaimedDelivery {
 }
 
 /// The [`ClaimedDelivery`] rows of the deliveries a statement leased, read from its CTE
-/// `$leased` (which returns `id, event_id, handler_id, attempts, priority,
-/// ordering_slot`) as `c`, kept by `$filter`, with their events and handlers, ordered
+/// `$leased` (which returns at least `id, event_id, handler_id, attempts, priority,
+/// ordering_slot`, and whatever `$filter` reads) as `c`, kept by `$filter`, with their events and handlers, ordered
 /// by event then run order (consecutive rows of one event form its chain).
 macro_rules! select_claimed {
     ($leased:literal, $filter:literal) => {
