@@ -22,6 +22,14 @@ impl Shutdown {
         self.tracker.spawn(future);
     }
 
+    /// Runs a tracked closure on a thread that may block, for as long as it runs.
+    pub fn spawn_blocking<F>(&self, work: F)
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        self.tracker.spawn_blocking(work);
+    }
+
     /// Resolves when shutdown has been requested.
     pub async fn requested(&self) {
         self.token.cancelled().await

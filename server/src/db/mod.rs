@@ -151,6 +151,23 @@ pub struct Db {
     waiting: Arc<AtomicUsize>,
 }
 
+/// Checks out a connection (counted in `waiting` while it waits) and runs `f` on it.
+fn with_connection<T, E, F>(
+    pool: &Pool<ConnectionManager<PgConnection>>,
+    waiting: &AtomicUsize,
+    f: F,
+) -> Result<T, E>
+where
+    F: FnOnce(&mut PgConnection) -> Result<T, E>,
+    E: From<DbError>,
+{
+    waiting.fetch_add(1, Ordering::Relaxed);
+    let conn = pool.get();
+    waiting.fetch_sub(1, Ordering::Relaxed);
+    let mut conn: PooledConnection<_> = conn.map_err(DbError::Pool)?;
+    f(&mut conn)
+}
+
 /// The pool's state, for metrics.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolStats {
@@ -226,15 +243,20 @@ impl Db {
     {
         let pool = self.pool.clone();
         let waiting = self.waiting.clone();
-        tokio::task::spawn_blocking(move || {
-            waiting.fetch_add(1, Ordering::Relaxed);
-            let conn = pool.get();
-            waiting.fetch_sub(1, Ordering::Relaxed);
-            let mut conn: PooledConnection<_> = conn.map_err(DbError::Pool)?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(DbError::Join)?
+        tokio::task::spawn_blocking(move || with_connection(&pool, &waiting, f))
+            .await
+            .map_err(DbError::Join)?
+    }
+
+    /// Runs blocking Diesel work on a pooled connection on the calling thread, which
+    /// must be one that may block: a thread of its own (the group committers), never a
+    /// runtime worker.
+    pub fn run_blocking<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, E>,
+        E: From<DbError>,
+    {
+        with_connection(&self.pool, &self.waiting, f)
     }
 
     /// Runs a trivial statement on every idle pooled connection, so that connections

@@ -1,11 +1,10 @@
 //! Event ingestion: validation of emitted events and durable storage of AFTER events
 //! with their deliveries.
 //!
-//! Concurrent `emit` calls are group-committed: they queue for a committer task that
-//! stores everything queued so far in one transaction and answers each caller only
-//! after the commit. Small groups commit one at a time, so the next one grows while a
-//! commit runs; a second starts beside a slow commit or for a big group. Throughput
-//! grows with concurrency without giving up durability.
+//! Concurrent `emit` calls are group-committed: they queue for the committers
+//! (`committer`), which store everything queued so far in one transaction and answer
+//! each caller only after the commit. Throughput grows with concurrency without giving
+//! up durability.
 //!
 //! Deliveries of fresh events are leased to this replica's worker in the statement that
 //! stores them, as far as it has free run slots and nothing older waits in the table,
@@ -20,8 +19,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use super::schemas::{Checked, EventSchemas};
 use super::trace_context::TraceContext;
@@ -37,16 +35,14 @@ use crate::listener::Signals;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
+mod committer;
+
 /// Longest idempotency key, and longest ordering key.
 pub const MAX_KEY_CHARS: usize = 200;
 /// Largest EmitBatch.
 pub const MAX_BATCH_EVENTS: usize = 10_000;
+/// Most events stored in one group commit.
 const MAX_GROUP_COMMIT: usize = 2_000;
-const COMMITS_IN_FLIGHT: usize = 2;
-/// How long a commit runs before the next small group may start beside it.
-const SLOW_COMMIT: Duration = Duration::from_millis(10);
-/// Events in a group that may start beside a commit in flight at once.
-const BIG_GROUP: usize = 256;
 /// Times a batch is validated again because schemas changed under it before giving up.
 const MAX_SCHEMA_ROUNDS: usize = 3;
 
@@ -107,7 +103,7 @@ struct Storage {
 }
 
 impl Ingest {
-    /// Starts the committer and returns the ingest front.
+    /// Starts the committers and returns the ingest front.
     pub fn new(
         db: Db,
         config: Arc<Config>,
@@ -125,7 +121,7 @@ impl Ingest {
             schemas,
             metrics,
         };
-        shutdown.spawn(commit_loop(storage.clone(), receiver));
+        committer::spawn(storage.clone(), receiver, shutdown);
         Ingest {
             max_payload: config.max_payload_bytes,
             queue,
@@ -222,7 +218,7 @@ impl Storage {
         atomicity: Atomicity,
     ) -> Result<Vec<Result<Accepted, DomainError>>, DomainError> {
         let events = batch.len();
-        let mut slots = self.worker.reserve(events);
+        let slots = self.worker.reserve(events);
         let leased_events = slots.as_ref().map_or(0, |s| s.num_permits());
         let owner = self.worker.owner();
         let lease_ms = self.worker.lease_ms();
@@ -269,18 +265,8 @@ impl Storage {
                 }
                 continue;
             }
-            self.metrics.group_commit_events.observe(batch.len() as f64);
-            for chain in stored.leased {
-                // One slot was reserved per leased event; `leased` never has more chains.
-                if let Some(slot) = slots.as_mut().and_then(|s| s.split(1)) {
-                    self.worker.start(chain, slot);
-                }
-            }
-            if stored.unleased_deliveries {
-                self.worker.note_backlog();
-                self.signals.announce_work();
-            }
-            for (position, answer) in positions.iter().zip(stored.accepted) {
+            let accepted = self.start(stored, batch.len(), slots);
+            for (position, answer) in positions.iter().zip(accepted) {
                 answers[*position] = Some(answer);
             }
             return Ok(answers
@@ -297,6 +283,61 @@ impl Storage {
         Err(DomainError::Unavailable(
             "event type schemas kept changing while the events were being stored".into(),
         ))
+    }
+
+    /// After a commit: starts the deliveries leased to this replica (one run slot of
+    /// `slots` each) and announces the others. Returns the events' answers.
+    fn start(
+        &self,
+        stored: Stored,
+        events: usize,
+        mut slots: Option<OwnedSemaphorePermit>,
+    ) -> Vec<Result<Accepted, DomainError>> {
+        self.metrics.group_commit_events.observe(events as f64);
+        for chain in stored.leased {
+            // One slot was reserved per leased event; `leased` never has more chains.
+            if let Some(slot) = slots.as_mut().and_then(|s| s.split(1)) {
+                self.worker.start(chain, slot);
+            }
+        }
+        if stored.unleased_deliveries {
+            self.worker.note_backlog();
+            self.signals.announce_work();
+        }
+        stored.accepted
+    }
+
+    /// Stores a group of independent callers' events on this thread, which may block
+    /// (a committer's), and answers them. Events validated against a schema that has
+    /// changed since go through [`Storage::store`], which validates them again.
+    fn commit_group(&self, group: Vec<Pending>) {
+        let (events, replies): (Vec<NewEvent>, Vec<_>) =
+            group.into_iter().map(|p| (p.event, p.reply)).unzip();
+        let slots = self.worker.reserve(events.len());
+        let owner = self.worker.owner();
+        let lease = LeaseAtInsert {
+            events: slots.as_ref().map_or(0, |s| s.num_permits()) as i32,
+            owner: &owner,
+            lease_ms: self.worker.lease_ms(),
+        };
+        match self
+            .db
+            .run_blocking(|conn| store(conn, &events, lease, Atomicity::EachEvent))
+        {
+            Ok(stored) if stored.stale.is_empty() => {
+                let answers = self.start(stored, events.len(), slots);
+                answer(replies, Ok(answers));
+            }
+            Ok(_) => {
+                drop(slots);
+                let storage = self.clone();
+                tokio::spawn(async move {
+                    let answers = storage.store(events, Atomicity::EachEvent).await;
+                    answer(replies, answers);
+                });
+            }
+            Err(error) => answer(replies, Err(error)),
+        }
     }
 
     /// Validates the events at `stale` (positions in `batch`) again against their event
@@ -550,78 +591,37 @@ fn accepted(
     }))
 }
 
-async fn commit_loop(storage: Storage, mut receiver: mpsc::Receiver<Pending>) {
-    let in_flight = Arc::new(Semaphore::new(COMMITS_IN_FLIGHT));
-    let mut last_started = Instant::now();
-    let mut group = Vec::with_capacity(MAX_GROUP_COMMIT);
-    // Ends when every Ingest handle is gone (the gRPC server stopped).
-    while receiver.recv_many(&mut group, MAX_GROUP_COMMIT).await > 0 {
-        // Small groups commit one at a time while commits are quick: the next group
-        // gathers while one runs, and larger groups cost the database less per event
-        // (measured: a fifth less CPU per unary Emit than two small commits side by
-        // side). A second one starts beside it once it has run for `SLOW_COMMIT`
-        // (waiting for a key's lock, a slow disk), so one slow commit does not hold
-        // every caller, or at once when the group is big enough to keep a database
-        // backend busy on its own (streams, many callers): two then use both cores.
-        let permit = if group.len() >= BIG_GROUP {
-            in_flight.clone().acquire_owned().await
-        } else {
-            tokio::select! {
-                // Nothing in flight any more: take one slot, give the others back.
-                idle = in_flight.clone().acquire_many_owned(COMMITS_IN_FLIGHT as u32) => {
-                    idle.map(|mut all| all.split(1).unwrap_or(all))
-                }
-                _ = tokio::time::sleep_until(last_started + SLOW_COMMIT) => {
-                    in_flight.clone().acquire_owned().await
-                }
-            }
-        };
-        let Ok(permit) = permit else {
-            break;
-        };
-        last_started = Instant::now();
-        // More requests may have queued while we waited for a slot.
-        while group.len() < MAX_GROUP_COMMIT {
-            match receiver.try_recv() {
-                Ok(pending) => group.push(pending),
-                Err(_) => break,
+/// Answers each caller of a group: its event's answer, or the group's error.
+fn answer(
+    replies: Vec<oneshot::Sender<Result<Accepted, DomainError>>>,
+    answers: Result<Vec<Result<Accepted, DomainError>>, DomainError>,
+) {
+    match answers {
+        Ok(answers) => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                // The caller may have gone (cancelled RPC): the event is stored anyway.
+                let _caller_gone = reply.send(answer);
             }
         }
-        let pending = std::mem::take(&mut group);
-        let storage = storage.clone();
-        tokio::spawn(async move {
-            let (events, replies): (Vec<NewEvent>, Vec<_>) =
-                pending.into_iter().map(|p| (p.event, p.reply)).unzip();
-            let result = storage.store(events, Atomicity::EachEvent).await;
-            drop(permit);
-            match result {
-                Ok(answers) => {
-                    for (reply, answer) in replies.into_iter().zip(answers) {
-                        // The caller may have gone (cancelled RPC): the event is stored anyway.
-                        let _caller_gone = reply.send(answer);
-                    }
-                }
-                Err(error) => {
-                    let message = crate::telemetry::error_chain(&error);
-                    if matches!(
-                        error,
-                        DomainError::Unavailable(_) | DomainError::OutcomeUnknown(_)
-                    ) {
-                        tracing::warn!(error = %message, events = replies.len(), "storing events failed: database unavailable");
-                    } else {
-                        tracing::error!(error = %message, events = replies.len(), "storing events failed");
-                    }
-                    for reply in replies {
-                        let source = message.clone().into();
-                        let error = match error {
-                            DomainError::Unavailable(_) => DomainError::Unavailable(source),
-                            DomainError::OutcomeUnknown(_) => DomainError::OutcomeUnknown(source),
-                            _ => DomainError::Internal(source),
-                        };
-                        let _caller_gone = reply.send(Err(error));
-                    }
-                }
+        Err(error) => {
+            let message = crate::telemetry::error_chain(&error);
+            if matches!(
+                error,
+                DomainError::Unavailable(_) | DomainError::OutcomeUnknown(_)
+            ) {
+                tracing::warn!(error = %message, events = replies.len(), "storing events failed: database unavailable");
+            } else {
+                tracing::error!(error = %message, events = replies.len(), "storing events failed");
             }
-        });
+            for reply in replies {
+                let source = message.clone().into();
+                let error = match error {
+                    DomainError::Unavailable(_) => DomainError::Unavailable(source),
+                    DomainError::OutcomeUnknown(_) => DomainError::OutcomeUnknown(source),
+                    _ => DomainError::Internal(source),
+                };
+                let _caller_gone = reply.send(Err(error));
+            }
+        }
     }
 }
