@@ -2068,49 +2068,6 @@ SELECT t, 'after', 'clients.create', 'success', 1, 'h', 'http', 1, 1, '{}', 1 FR
     assert_eq!(again.deleted, 0);
 }
 
-/// Event retention leaves an old event alone while a retry holds it (a retry locks the
-/// event it creates a delivery for, FOR KEY SHARE): no foreign key ties deliveries to
-/// events, so an event deleted under a retry would leave a delivery that nothing runs.
-/// Once the retry is over (here: rolled back, nothing created), retention removes it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn event_retention_skips_an_event_a_retry_holds() {
-    use diesel::connection::SimpleConnection;
-    let db = TestDatabase::new().await;
-    let cutoff = Utc::now() - chrono::Duration::days(30);
-    let old_event = with_conn(&db, |conn| {
-        diesel::sql_query(
-            "INSERT INTO events (event, data, created_at) VALUES ('clients.create', '{}', $1) RETURNING id",
-        )
-        .bind::<Timestamptz, _>(cutoff - chrono::Duration::days(1))
-        .get_result::<Id>(conn)
-        .unwrap()
-        .id
-    });
-    let store = provisioning_server::domain::logs::LogStore::new(
-        provisioning_server::db::Db::connect(&db.url, 2).expect("a pool"),
-        provisioning_server::listener::Signals::detached(),
-    );
-    let mut retry = db.conn();
-    retry
-        .batch_execute(&format!(
-            "BEGIN; SELECT id FROM events WHERE id = {old_event} FOR KEY SHARE"
-        ))
-        .expect("hold the event as a retry does");
-    assert_eq!(
-        store.expire_events(cutoff).await.expect("expire"),
-        0,
-        "retention deleted an event a retry holds"
-    );
-    retry.batch_execute("ROLLBACK").expect("end the retry");
-    assert_eq!(store.expire_events(cutoff).await.expect("expire"), 1);
-    let left = with_conn(&db, |conn| {
-        diesel::sql_query("SELECT id FROM events")
-            .load::<Id>(conn)
-            .unwrap()
-    });
-    assert!(left.is_empty(), "the old event outlived retention");
-}
-
 // ---------------------------------------------------------------------------------
 // Indexes and plans
 // ---------------------------------------------------------------------------------

@@ -569,7 +569,7 @@ fn schedule_retry(
     }
     let (event_id, handler_id) = (row.event_id, row.handler_id);
     conn.transaction::<_, DomainError, _>(|conn| {
-        if !logs::lock_event(conn, event_id)? {
+        if !logs::event_exists(conn, event_id)? {
             return Err(DomainError::NotFound(format!(
                 "event {event_id} of execution log {log_id} no longer exists (removed by retention)"
             )));
@@ -635,7 +635,7 @@ fn require_enabled(
     conn: &mut diesel::PgConnection,
     handler_id: i64,
 ) -> Result<(i32, HandlerStatus), DomainError> {
-    let (priority, status) = logs::lock_handler(conn, handler_id)?
+    let (priority, status) = logs::handler_priority_and_status(conn, handler_id)?
         .ok_or_else(|| DomainError::NotFound(format!("handler {handler_id} no longer exists")))?;
     let status = parse_stored(HandlerStatus::parse, &status, "handlers.status")?;
     if status != HandlerStatus::Enabled {

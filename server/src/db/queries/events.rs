@@ -125,13 +125,6 @@ WITH input AS MATERIALIZED (
     ORDER BY ord
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, event, data, ordering_key
-), live AS MATERIALIZED (
-    -- The enabled AFTER handlers of these events, each locked once against a
-    -- concurrent delete, which deletes the handler's deliveries (no foreign key does):
-    -- a handler deleted meanwhile gets none.
-    SELECT * FROM handlers h
-    WHERE h.event = ANY($1::text[]) AND h.phase = 'after' AND h.status = 'enabled'
-    FOR KEY SHARE
 ), matched AS (
     -- One row per delivery to create, with its ordering slot and whether an earlier
     -- unfinished delivery in the table holds that slot (waiting, pending or running,
@@ -144,7 +137,8 @@ WITH input AS MATERIALIZED (
                  AND (p.state IN (0, 1, 4, 5) OR ph.ordering_policy = 'block')
            ) AS held
     FROM ins
-    JOIN live h ON h.event = ins.event AND (h.filter IS NULL OR ins.data::jsonb @> h.filter)
+    JOIN handlers h ON h.event = ins.event AND h.phase = 'after' AND h.status = 'enabled'
+                   AND (h.filter IS NULL OR ins.data::jsonb @> h.filter)
     CROSS JOIN LATERAL (
         SELECT coalesce('g:' || h.ordering_group, 'h:' || h.id) || '|' || ins.ordering_key AS slot
     ) s

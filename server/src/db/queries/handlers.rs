@@ -174,12 +174,7 @@ pub fn count_for_event(
         .get_result(conn)
 }
 
-/// Deletes a handler and whatever deliveries it still has (no foreign key does: see
-/// the migration that dropped them); returns the number of handlers deleted (0 or 1).
-/// Deliveries are only created for handlers locked FOR KEY SHARE, so none can be
-/// created for it once the caller holds its row lock.
+/// Deletes a handler; returns the number of rows deleted (0 or 1).
 pub fn delete(conn: &mut PgConnection, id: i64) -> QueryResult<usize> {
-    use crate::db::schema::deliveries;
-    diesel::delete(deliveries::table.filter(deliveries::handler_id.eq(id))).execute(conn)?;
     diesel::delete(handlers::table.find(id)).execute(conn)
 }

@@ -513,18 +513,10 @@ WHERE created_at >= $1 AND created_at < $2 AND NOT test"#;
     }
 }
 
-/// Whether the event still exists (retention may have deleted it); if it does, it is
-/// locked against retention (FOR KEY SHARE) until the transaction ends, so a delivery
-/// created for it in the transaction never outlives it.
-pub fn lock_event(conn: &mut PgConnection, event_id: i64) -> QueryResult<bool> {
+/// Whether the event still exists (retention may have deleted it).
+pub fn event_exists(conn: &mut PgConnection, event_id: i64) -> QueryResult<bool> {
     use crate::db::schema::events::dsl as e;
-    let found: Option<i64> = e::events
-        .find(event_id)
-        .select(e::id)
-        .for_key_share()
-        .first(conn)
-        .optional()?;
-    Ok(found.is_some())
+    diesel::select(diesel::dsl::exists(e::events.filter(e::id.eq(event_id)))).get_result(conn)
 }
 
 /// When the event was last delivered to the handler (its latest successful AFTER run
@@ -544,10 +536,8 @@ pub fn delivered_at(
         .first(conn)
 }
 
-/// A handler's priority and status, if it still exists; it is then locked against
-/// deletion (FOR KEY SHARE) until the transaction ends, so deliveries created for it in
-/// the transaction are deleted with it.
-pub fn lock_handler(
+/// A handler's priority and status, if it still exists.
+pub fn handler_priority_and_status(
     conn: &mut PgConnection,
     handler_id: i64,
 ) -> QueryResult<Option<(i32, String)>> {
@@ -555,7 +545,6 @@ pub fn lock_handler(
     h::handlers
         .find(handler_id)
         .select((h::priority, h::status))
-        .for_key_share()
         .first(conn)
         .optional()
 }
@@ -662,39 +651,23 @@ WHERE (id, created_at) IN (
 
 /// Deletes up to `batch` events created before `cutoff` that have no delivery left;
 /// returns how many.
-///
-/// No foreign key ties deliveries to events: the candidates are locked first (a retry
-/// creating a delivery locks its event, `lock_event`, and either holds it now, so the
-/// event is skipped, or waits and then finds it gone), and checked again for
-/// deliveries by a second statement, whose snapshot sees a retry that committed
-/// between the first statement's snapshot and its locks.
 pub fn delete_old_events_batch(
     conn: &mut PgConnection,
     cutoff: DateTime<Utc>,
     batch: i64,
 ) -> QueryResult<usize> {
-    conn.transaction(|conn| {
-        use crate::db::schema::{deliveries::dsl as d, events::dsl as e};
-        let candidates: Vec<i64> = e::events
-            .filter(e::created_at.lt(cutoff))
-            .filter(diesel::dsl::not(diesel::dsl::exists(
-                d::deliveries.filter(d::event_id.eq(e::id)),
-            )))
-            .select(e::id)
-            .limit(batch)
-            .for_update()
-            .skip_locked()
-            .load(conn)?;
-        if candidates.is_empty() {
-            return Ok(0);
-        }
-        diesel::sql_query(
-            r#"
-DELETE FROM events e
-WHERE e.id = ANY($1) AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
+    diesel::sql_query(
+        r#"
+DELETE FROM events
+WHERE id IN (
+    SELECT e.id FROM events e
+    WHERE e.created_at < $1
+      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
+    LIMIT $2
+)
 "#,
-        )
-        .bind::<Array<BigInt>, _>(&candidates)
-        .execute(conn)
-    })
+    )
+    .bind::<Timestamptz, _>(cutoff)
+    .bind::<BigInt, _>(batch)
+    .execute(conn)
 }
